@@ -1,0 +1,31 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config.example.yaml
+
+.PHONY: run test lint format bench clean
+
+$(BIN)/gateway: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(BIN)/gateway
+
+run: $(BIN)/gateway
+	$(BIN)/gateway serve --config $(CONFIG)
+
+test: $(BIN)/gateway
+	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/gateway
+	$(BIN)/ruff check gateway tests
+	$(BIN)/ruff format --check gateway tests
+
+format: $(BIN)/gateway
+	$(BIN)/ruff check --fix gateway tests
+	$(BIN)/ruff format gateway tests
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,128 @@
+"""The decision: may this key make this request? Pure; the contract's order, first failure wins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.iprules import Whitelist
+from gateway.model import Key
+from gateway.routes import RouteMatch
+
+
+@dataclass(frozen=True, slots=True)
+class KeySnapshot:
+    """What the data path needs of a key, precomputed so a decision allocates nothing."""
+
+    id: str
+    account: str
+    enabled: bool
+    apps: frozenset[str] | None
+    interfaces: frozenset[str] | None
+    whitelist: Whitelist | None  # None when the whitelist is empty: any IP, plugins allowed
+    identity_headers: bytes  # X-Gateway-Key-Id / X-Gateway-Account lines for the upstream
+
+    @classmethod
+    def of(cls, key: Key) -> KeySnapshot:
+        headers = f"X-Gateway-Key-Id: {key.id}\r\nX-Gateway-Account: ".encode() + key.account.encode() + b"\r\n"
+        return cls(
+            id=key.id,
+            account=key.account,
+            enabled=key.enabled,
+            apps=None if key.apps is None else frozenset(key.apps),
+            interfaces=None if key.interfaces is None else frozenset(key.interfaces),
+            whitelist=Whitelist.compile(key.ip_whitelist) if key.ip_whitelist else None,
+            identity_headers=headers,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    status: int
+    code: int
+    reason: str
+    msg: str
+
+
+MISSING_KEY = Deny(401, 8301, "missing_key", "API key is missing")
+INVALID_KEY = Deny(401, 8301, "invalid_key", "API key is invalid")
+KEY_DISABLED = Deny(403, 8302, "key_disabled", "API key is disabled")
+IP_NOT_ALLOWED = Deny(403, 8302, "ip_not_allowed", "client IP is not in the key's whitelist")
+PLUGIN_NOT_ALLOWED = Deny(403, 8302, "plugin_not_allowed", "plugin calls may not use a key with an IP whitelist")
+UNKNOWN_INTERFACE = Deny(404, 1, "unknown_interface", "no interface matches this path")
+INTERFACE_NOT_ALLOWED = Deny(403, 8302, "interface_not_allowed", "the key may not call this interface")
+APP_NOT_ALLOWED = Deny(403, 8302, "app_not_allowed", "the key may not use this app")
+BODY_TOO_LARGE = Deny(413, 413, "body_too_large", "the body is too large to inspect for the app id")
+UPSTREAM_UNAVAILABLE = Deny(502, 502, "upstream_unavailable", "the upstream service is unavailable")
+UPSTREAM_TIMEOUT = Deny(504, 504, "upstream_timeout", "the upstream service timed out")
+ALL_DENIALS = (
+    MISSING_KEY,
+    INVALID_KEY,
+    KEY_DISABLED,
+    IP_NOT_ALLOWED,
+    PLUGIN_NOT_ALLOWED,
+    UNKNOWN_INTERFACE,
+    INTERFACE_NOT_ALLOWED,
+    APP_NOT_ALLOWED,
+    BODY_TOO_LARGE,
+    UPSTREAM_UNAVAILABLE,
+    UPSTREAM_TIMEOUT,
+)
+
+
+class Allow:
+    """Forward the request."""
+
+
+class NeedBody:
+    """Every check passed but the app id, which is in the JSON body: read it, then `authorize_app`."""
+
+
+ALLOW = Allow()
+NEED_BODY = NeedBody()
+Decision = Deny | Allow | NeedBody
+
+
+def authorize(
+    key: KeySnapshot | None,
+    key_sent: bool,
+    client_ip: int | None,
+    plugin_call: bool,
+    route: RouteMatch | None,
+    app_id: str | None,
+    unknown_allowed: bool = False,
+) -> Decision:
+    """Decide in the contract's order. `app_id` is the id from path/query/header, if any."""
+    if key is None:
+        return INVALID_KEY if key_sent else MISSING_KEY
+    if not key.enabled:
+        return KEY_DISABLED
+    if key.whitelist is not None:
+        if not key.whitelist.allows(client_ip):
+            return IP_NOT_ALLOWED
+        if plugin_call:
+            return PLUGIN_NOT_ALLOWED
+    if route is None:
+        if not unknown_allowed:
+            return UNKNOWN_INTERFACE
+        if key.interfaces is not None:
+            return INTERFACE_NOT_ALLOWED
+        return ALLOW if key.apps is None else APP_NOT_ALLOWED
+    interfaces = key.interfaces
+    if (
+        interfaces is not None
+        and route.interface not in interfaces
+        and route.interface.partition(".")[0] not in interfaces
+    ):
+        return INTERFACE_NOT_ALLOWED
+    if key.apps is None or route.app_source is None:
+        return ALLOW
+    if route.app_source == "body":
+        return NEED_BODY
+    return ALLOW if app_id in key.apps else APP_NOT_ALLOWED
+
+
+def authorize_app(key: KeySnapshot, app_id: str | None) -> Decision:
+    """The app check once the body gave (or failed to give) the app id."""
+    if key.apps is None or (app_id is not None and app_id in key.apps):
+        return ALLOW
+    return APP_NOT_ALLOWED

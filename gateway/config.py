@@ -1,0 +1,327 @@
+"""Configuration: YAML file -> frozen dataclasses.
+
+Every value may be written `${VAR}` or `${VAR:-default}`; the GATEWAY_* environment variables
+override the file. Every error names the field, so `gateway` can exit with one clear line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+from urllib.parse import urlsplit
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; str() is the one line an operator sees."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Tls:
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    tls: Tls | None = None
+    backlog: int = 1024
+
+
+@dataclass(frozen=True)
+class Admin:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    token: str = ""
+    max_body: int = 1048576
+
+
+@dataclass(frozen=True)
+class Upstream:
+    url: str = "http://127.0.0.1:9000"
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    preserve_host: bool = False
+    verify_tls: bool = True
+    max_idle_connections: int = 64
+
+
+@dataclass(frozen=True)
+class Auth:
+    header: str = "Authorization"
+    scheme: str = "Bearer"
+    strip: bool = True
+
+
+@dataclass(frozen=True)
+class Plugins:
+    header: str = "X-Plugin-Id"
+
+
+@dataclass(frozen=True)
+class Limits:
+    keys_per_account: int = 500
+    ips_per_key: int = 50
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    idle_timeout: float = 75.0
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    path: str
+    interface: str
+    app_id: str | None = None
+    methods: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Routes:
+    preset: str = "jiandaoyun"
+    unknown: str = "deny"
+    max_body_inspect: int = 1048576
+    rules: tuple[RouteRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: Listen = field(default_factory=Listen)
+    admin: Admin = field(default_factory=Admin)
+    upstream: Upstream = field(default_factory=Upstream)
+    database: str = "sqlite:///./data/gateway.db"
+    auth: Auth = field(default_factory=Auth)
+    trusted_proxies: tuple[str, ...] = ()
+    plugins: Plugins = field(default_factory=Plugins)
+    limits: Limits = field(default_factory=Limits)
+    routes: Routes = field(default_factory=Routes)
+    workers: str = "1"
+    shutdown_timeout: float = 30.0
+    secret_key: str = ""
+
+    @property
+    def worker_count(self) -> int:
+        if self.workers == "auto":
+            return os.cpu_count() or 1
+        return int(self.workers)
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if not self.database.startswith("sqlite:///"):
+            return None
+        return Path(self.database[len("sqlite:///") :])
+
+    @property
+    def data_dir(self) -> Path:
+        """Where generated files (admin token, secret key) live: next to the database."""
+        path = self.sqlite_path
+        return path.parent if path is not None else Path("data")
+
+
+ENV_OVERRIDES = {
+    "GATEWAY_UPSTREAM": ("upstream", "url"),
+    "GATEWAY_DATABASE": ("database",),
+    "GATEWAY_ADMIN_TOKEN": ("admin", "token"),
+    "GATEWAY_SECRET_KEY": ("secret_key",),
+}
+VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+TRUE_WORDS = {"true": True, "yes": True, "on": True, "1": True}
+FALSE_WORDS = {"false": False, "no": False, "off": False, "0": False}
+
+
+def _interpolate(value: Any, path: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(path, f"environment variable {name} is not set")
+
+    return VARIABLE.sub(substitute, value)
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = [t for t in typing.get_args(tp) if t is not type(None)]
+        return None if value is None else _convert(options[0], value, path)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(path, "expected a list")
+        item_type = typing.get_args(tp)[0]
+        return tuple(_convert(item_type, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in TRUE_WORDS | FALSE_WORDS:
+            return (TRUE_WORDS | FALSE_WORDS)[value.lower()]
+        raise ConfigError(path, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        raise ConfigError(path, f"expected a whole number, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(path, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(path, f"unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path or "config", "expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{path}.{key}" if path else str(key), "unknown key")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{path}.{f.name}" if path else f.name)
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        required = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs]
+        raise ConfigError(f"{path}.{required[0]}", "is required") from None
+
+
+def _check_port(value: int, path: str) -> None:
+    if not 0 <= value <= 65535:
+        raise ConfigError(path, f"port must be 0-65535, got {value}")
+
+
+def _check_positive(value: float, path: str) -> None:
+    if value <= 0:
+        raise ConfigError(path, f"must be greater than 0, got {value}")
+
+
+def _validate(config: Config) -> None:
+    _check_port(config.listen.port, "listen.port")
+    _check_port(config.admin.port, "admin.port")
+    url = urlsplit(config.upstream.url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ConfigError("upstream.url", f"expected http://host:port or https://host, got {config.upstream.url!r}")
+    try:
+        _ = url.port
+    except ValueError:
+        raise ConfigError("upstream.url", f"bad port in {config.upstream.url!r}") from None
+    if url.path not in ("", "/") or url.query or url.fragment:
+        raise ConfigError("upstream.url", "must not have a path, query or fragment")
+    for name in ("connect_timeout", "read_timeout"):
+        _check_positive(getattr(config.upstream, name), f"upstream.{name}")
+    _check_positive(config.shutdown_timeout, "shutdown_timeout")
+    _check_positive(config.limits.idle_timeout, "limits.idle_timeout")
+    db = config.database
+    if db.startswith("sqlite:///"):
+        if len(db) == len("sqlite:///"):
+            raise ConfigError("database", "sqlite URL has no file path")
+    elif not db.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("database", f"expected sqlite:///path or postgresql://..., got {db!r}")
+    for i, cidr in enumerate(config.trusted_proxies):
+        try:
+            ipaddress.ip_network(cidr.strip(), strict=True)
+        except ValueError as err:
+            raise ConfigError(f"trusted_proxies[{i}]", f"not a CIDR: {err}") from None
+    for name, value in (("auth.header", config.auth.header), ("plugins.header", config.plugins.header)):
+        if not HEADER_NAME.fullmatch(value):
+            raise ConfigError(name, f"not a header name: {value!r}")
+    if " " in config.auth.scheme:
+        raise ConfigError("auth.scheme", f"must be one word (or empty), got {config.auth.scheme!r}")
+    for name in ("keys_per_account", "ips_per_key", "max_header_bytes", "max_headers"):
+        if getattr(config.limits, name) < 1:
+            raise ConfigError(f"limits.{name}", "must be at least 1")
+    if config.routes.unknown not in ("deny", "allow"):
+        raise ConfigError("routes.unknown", f"expected deny or allow, got {config.routes.unknown!r}")
+    if config.routes.preset not in ("jiandaoyun", "none"):
+        raise ConfigError("routes.preset", f"expected jiandaoyun or none, got {config.routes.preset!r}")
+    if config.routes.max_body_inspect < 0:
+        raise ConfigError("routes.max_body_inspect", "must be 0 or more")
+    if config.workers != "auto" and not (config.workers.isdigit() and int(config.workers) >= 1):
+        raise ConfigError("workers", f"expected a number >= 1 or auto, got {config.workers!r}")
+    if config.listen.tls is not None:
+        for name in ("cert", "key"):
+            if not Path(getattr(config.listen.tls, name)).is_file():
+                raise ConfigError(f"listen.tls.{name}", "file not found")
+
+
+def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
+    """Build a Config from parsed YAML plus the environment."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("config", "the file must contain a mapping at the top level")
+    raw = _interpolate(raw, "", env)
+    for var, where in ENV_OVERRIDES.items():
+        if var in env:
+            node = raw
+            for part in where[:-1]:
+                node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+            node[where[-1]] = env[var]
+    raw_secret = raw.pop("secret_key", "")
+    config = _build(Config, raw, "")
+    config = dataclasses.replace(config, secret_key=str(raw_secret))
+    from gateway.routes import compile_routes  # routes validate their own fields
+
+    _validate(config)
+    compile_routes(config.routes)
+    return config
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load from `path`, else $GATEWAY_CONFIG, else ./config.yaml if present, else defaults."""
+    env = os.environ if env is None else env
+    chosen = path or env.get("GATEWAY_CONFIG")
+    if chosen is None and Path("config.yaml").is_file():
+        chosen = "config.yaml"
+    raw: Any = {}
+    if chosen is not None:
+        try:
+            text = Path(chosen).read_text()
+        except OSError as err:
+            raise ConfigError("config", f"cannot read {chosen}: {err.strerror}") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError("config", f"{chosen} is not valid YAML{where}") from None
+    return parse_config(raw, env)

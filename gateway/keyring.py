@@ -1,0 +1,88 @@
+"""The in-memory index the data path reads: lookup digest -> immutable key snapshot.
+
+The hot path never touches the database. Admin writes in this process update the index
+before they answer; other processes' writes arrive through the store's change feed.
+Lookups go by HMAC digest, so a dict probe compares digests, never the secret itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from gateway.authorize import KeySnapshot
+from gateway.model import Key
+
+DIGEST_CACHE_SIZE = 65536
+
+
+class Keyring:
+    def __init__(self, digest: Callable[[bytes], str]) -> None:
+        self._digest = digest
+        self._by_digest: dict[str, KeySnapshot] = {}
+        self._digest_of_id: dict[str, str] = {}
+        self._digest_cache: dict[bytes, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def put(self, key: Key) -> None:
+        old = self._digest_of_id.get(key.id)
+        if old is not None and old != key.digest:
+            self._by_digest.pop(old, None)
+        self._by_digest[key.digest] = KeySnapshot.of(key)
+        self._digest_of_id[key.id] = key.digest
+
+    def remove(self, key_id: str) -> None:
+        digest = self._digest_of_id.pop(key_id, None)
+        if digest is not None:
+            self._by_digest.pop(digest, None)
+
+    def replace_all(self, keys: Iterable[Key]) -> None:
+        by_digest = {key.digest: KeySnapshot.of(key) for key in keys}
+        self._digest_of_id = {snap.id: digest for digest, snap in by_digest.items()}
+        self._by_digest = by_digest
+
+    def lookup(self, presented: bytes) -> KeySnapshot | None:
+        """The snapshot for a presented key value (bounded memo of value -> digest)."""
+        cache = self._digest_cache
+        digest = cache.get(presented)
+        if digest is None:
+            digest = self._digest(presented)
+            if len(cache) >= DIGEST_CACHE_SIZE:
+                cache.clear()
+            cache[presented] = digest
+        return self._by_digest.get(digest)
+
+
+class Usage:
+    """Per-key request counts and last use, kept in memory and flushed in batches."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[float | int]] = {}
+
+    def touch(self, key_id: str) -> None:
+        entry = self._pending.get(key_id)
+        if entry is None:
+            self._pending[key_id] = [time.time(), 1]
+        else:
+            entry[0] = time.time()
+            entry[1] += 1
+
+    def peek(self, key_id: str) -> tuple[float, int] | None:
+        entry = self._pending.get(key_id)
+        return None if entry is None else (float(entry[0]), int(entry[1]))
+
+    def take(self) -> dict[str, tuple[float, int]]:
+        pending, self._pending = self._pending, {}
+        return {key_id: (float(at), int(count)) for key_id, (at, count) in pending.items()}
+
+    def restore(self, batch: dict[str, tuple[float, int]]) -> None:
+        """Put back a batch whose flush failed, merged with what arrived since."""
+        for key_id, (at, count) in batch.items():
+            entry = self._pending.get(key_id)
+            if entry is None:
+                self._pending[key_id] = [at, count]
+            else:
+                entry[0] = max(float(entry[0]), at)
+                entry[1] += count

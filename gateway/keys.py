@@ -1,0 +1,167 @@
+"""The key lifecycle behind the admin API: validate, persist, then update the keyring.
+
+Every write is committed to the store before the in-memory keyring changes, and the keyring
+changes before the call answers, so the very next proxied request sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import logging
+from typing import Any
+
+from gateway import secrets
+from gateway.config import Limits
+from gateway.keyring import Keyring, Usage
+from gateway.model import (
+    DEFAULT_ACCOUNT,
+    DEFAULT_NAME,
+    ApiError,
+    Key,
+    iso_time,
+    mask_secret,
+    parse_changes,
+    utc_now,
+)
+from gateway.store import KeyLimitReached, Store
+
+audit_log = logging.getLogger("gateway.audit")
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+
+
+def encode_cursor(key_id: str) -> str:
+    return base64.urlsafe_b64encode(key_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        key_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        key_id = ""
+    if not secrets.is_id(key_id):
+        raise ApiError("invalid_field", "cursor is not one this API returned", "cursor")
+    return key_id
+
+
+def parse_limit(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_PAGE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+        raise ApiError("invalid_field", f"limit must be a whole number from 1 to {MAX_PAGE}", "limit")
+    return int(text)
+
+
+class KeyService:
+    def __init__(self, store: Store, keyring: Keyring, box: secrets.SecretBox, limits: Limits, usage: Usage) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.box = box
+        self.limits = limits
+        self.usage = usage
+        # Admin writes are serialized so a write and its keyring update are never interleaved
+        # with another write (an update must not re-insert a key a delete just removed).
+        self._lock = asyncio.Lock()
+
+    def _with_usage(self, key: Key) -> Key:
+        """Merge usage not yet flushed, so `last_used_at` is current in this process."""
+        pending = self.usage.peek(key.id)
+        if pending is None:
+            return key
+        at, count = pending
+        last = iso_time(at)
+        if key.last_used_at is not None and key.last_used_at > last:
+            last = key.last_used_at
+        return dataclasses.replace(key, last_used_at=last, request_count=key.request_count + count)
+
+    async def _insert(self, fields: dict[str, Any]) -> tuple[Key, str]:
+        secret = secrets.generate_secret()
+        now = utc_now()
+        key = Key(
+            id=secrets.generate_id(),
+            name=fields.get("name", DEFAULT_NAME),
+            account=fields.get("account", DEFAULT_ACCOUNT),
+            key_masked=mask_secret(secret),
+            digest=self.box.digest(secret),
+            enabled=fields.get("enabled", True),
+            apps=fields.get("apps"),
+            interfaces=fields.get("interfaces"),
+            ip_whitelist=fields.get("ip_whitelist", ()),
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await self.store.create_key(key, self.box.encrypt(secret, key.id), self.limits.keys_per_account)
+        except KeyLimitReached:
+            limit = self.limits.keys_per_account
+            message = f"account {key.account!r} already has {limit} keys, the most allowed"
+            raise ApiError("key_limit_reached", message, "account") from None
+        self.keyring.put(key)
+        return key, secret
+
+    async def create(self, body: Any) -> tuple[Key, str]:
+        fields = parse_changes(body, self.limits.ips_per_key, creating=True)
+        async with self._lock:
+            return await self._insert(fields)
+
+    async def get(self, key_id: str) -> Key:
+        key = await self.store.get_key(key_id) if secrets.is_id(key_id) else None
+        if key is None:
+            raise ApiError("not_found", f"no key {key_id}")
+        return self._with_usage(key)
+
+    async def list(self, account: str | None, cursor: str | None, limit: str | None) -> tuple[list[Key], str | None]:
+        page = parse_limit(limit)
+        after = decode_cursor(cursor) if cursor else None
+        keys = await self.store.list_keys(account, after, page + 1)
+        more = len(keys) > page
+        keys = keys[:page]
+        next_cursor = encode_cursor(keys[-1].id) if more else None
+        return [self._with_usage(key) for key in keys], next_cursor
+
+    async def update(self, key_id: str, body: Any) -> Key:
+        changes = parse_changes(body, self.limits.ips_per_key, creating=False)
+        async with self._lock:
+            key = await self.get(key_id)
+            if changes:
+                key = await self.store.update_key(key_id, changes, utc_now())
+                if key is None:
+                    raise ApiError("not_found", f"no key {key_id}")
+                self.keyring.put(key)
+        return self._with_usage(key)
+
+    async def copy(self, key_id: str) -> tuple[Key, str]:
+        async with self._lock:
+            source = await self.get(key_id)
+            fields = {
+                "name": source.name,
+                "account": source.account,
+                "apps": source.apps,
+                "interfaces": source.interfaces,
+                "ip_whitelist": source.ip_whitelist,
+                "enabled": source.enabled,
+            }
+            key, secret = await self._insert(fields)
+        audit_log.info("copy key=%s from=%s", key.id, source.id)
+        return key, secret
+
+    async def delete(self, key_id: str) -> None:
+        async with self._lock:
+            if not secrets.is_id(key_id) or not await self.store.delete_key(key_id):
+                raise ApiError("not_found", f"no key {key_id}")
+            self.keyring.remove(key_id)
+
+    async def reveal(self, key_id: str) -> str:
+        sealed = await self.store.get_sealed(key_id) if secrets.is_id(key_id) else None
+        if sealed is None:
+            raise ApiError("not_found", f"no key {key_id}")
+        audit_log.info("reveal key=%s", key_id)
+        return self.box.decrypt(sealed, key_id)
+
+    async def reload(self) -> None:
+        """Rebuild the keyring from the store (start-up, and after another process wrote)."""
+        async with self._lock:
+            self.keyring.replace_all(await self.store.all_keys())

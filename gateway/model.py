@@ -1,0 +1,184 @@
+"""The key record, its JSON form and the admin API's field rules. Pure: no I/O."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.iprules import EntryError, parse_entry
+
+CATEGORIES = ("contacts", "app", "form", "data", "file", "workflow", "crm")
+IMMUTABLE_FIELDS = frozenset({"key", "id", "account", "key_masked", "created_at", "updated_at", "last_used_at"})
+EDITABLE_FIELDS = frozenset({"name", "apps", "interfaces", "ip_whitelist", "enabled"})
+INTERFACE_NAME = re.compile(r"[A-Za-z0-9_]+")
+MAX_TEXT = 100
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+DEFAULT_NAME = "API Key"
+DEFAULT_ACCOUNT = "default"
+
+
+class ApiError(Exception):
+    """A request the admin API refuses; `code` is the contract's error code, `field` the culprit."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One API key as stored. `apps`/`interfaces` None means "all"."""
+
+    id: str
+    name: str
+    account: str
+    key_masked: str
+    digest: str
+    enabled: bool
+    apps: tuple[str, ...] | None
+    interfaces: tuple[str, ...] | None
+    ip_whitelist: tuple[str, ...]
+    created_at: str
+    updated_at: str
+    last_used_at: str | None = None
+    request_count: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "account": self.account,
+            "key_masked": self.key_masked,
+            "enabled": self.enabled,
+            "apps": "all" if self.apps is None else list(self.apps),
+            "interfaces": "all" if self.interfaces is None else list(self.interfaces),
+            "ip_whitelist": list(self.ip_whitelist),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "last_used_at": self.last_used_at,
+            "request_count": self.request_count,
+        }
+
+
+def iso_time(seconds: float) -> str:
+    """A timestamp as the API shows it: ISO 8601, UTC, milliseconds, `Z`."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def utc_now() -> str:
+    return iso_time(time.time())
+
+
+def mask_secret(secret: str) -> str:
+    return f"{secret[:4]}****{secret[-4:]}"
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise ApiError("invalid_field", f"{field} must be a string", field)
+    text = value.strip()
+    if CONTROL.search(text):
+        raise ApiError("invalid_field", f"{field} must not contain control characters", field)
+    if not 1 <= len(text) <= MAX_TEXT:
+        raise ApiError("invalid_field", f"{field} must be 1-{MAX_TEXT} characters", field)
+    return text
+
+
+def _unique(items: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def parse_apps(value: Any) -> tuple[str, ...] | None:
+    if value == "all":
+        return None
+    if not isinstance(value, list):
+        raise ApiError("invalid_field", 'apps must be "all" or a list of app ids', "apps")
+    return _unique([_text(item, f"apps[{i}]") for i, item in enumerate(value)])
+
+
+def parse_interfaces(value: Any) -> tuple[str, ...] | None:
+    if value == "all":
+        return None
+    if not isinstance(value, list):
+        message = 'interfaces must be "all" or a list of categories and interface ids'
+        raise ApiError("invalid_field", message, "interfaces")
+    entries = []
+    for i, item in enumerate(value):
+        field = f"interfaces[{i}]"
+        if not isinstance(item, str):
+            raise ApiError("invalid_field", f"{field} must be a string", field)
+        category, dot, name = item.strip().partition(".")
+        if category not in CATEGORIES:
+            known = ", ".join(CATEGORIES)
+            raise ApiError("invalid_field", f"{field}: unknown category (known: {known})", field)
+        if dot and not INTERFACE_NAME.fullmatch(name):
+            message = f"{field}: an interface name is letters, digits and '_'"
+            raise ApiError("invalid_field", message, field)
+        entries.append(item.strip())
+    return _unique(entries)
+
+
+def parse_whitelist(value: Any, limit: int) -> tuple[str, ...]:
+    """Trim, validate in order (first bad entry wins), de-duplicate, then count."""
+    if not isinstance(value, list):
+        raise ApiError("invalid_field", "ip_whitelist must be a list", "ip_whitelist")
+    entries = []
+    for i, item in enumerate(value):
+        field = f"ip_whitelist[{i}]"
+        if not isinstance(item, str):
+            raise ApiError("invalid_field", f"{field} must be a string", field)
+        entry = item.strip()
+        try:
+            parse_entry(entry)
+        except EntryError as err:
+            raise ApiError(err.code, f"{field}: {err.message}", field) from None
+        entries.append(entry)
+    unique = _unique(entries)
+    if len(unique) > limit:
+        message = f"ip_whitelist has {len(unique)} entries; at most {limit} are allowed"
+        raise ApiError("too_many_ips", message, "ip_whitelist")
+    return unique
+
+
+def parse_enabled(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ApiError("invalid_field", "enabled must be true or false", "enabled")
+    return value
+
+
+def _check_fields(body: Any, allowed: frozenset[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError("invalid_json", "the body must be a JSON object")
+    for field in body:
+        if field in IMMUTABLE_FIELDS and field not in allowed:
+            raise ApiError("immutable_field", f"{field} cannot be set", field)
+        if field not in allowed:
+            raise ApiError("invalid_field", f"unknown field {field}", field)
+    return body
+
+
+def parse_changes(body: Any, ips_limit: int, *, creating: bool) -> dict[str, Any]:
+    """Validate a create or PATCH body into normalized field values."""
+    allowed = EDITABLE_FIELDS | {"account"} if creating else EDITABLE_FIELDS
+    body = _check_fields(body, allowed)
+    changes: dict[str, Any] = {}
+    if "name" in body:
+        changes["name"] = _text(body["name"], "name")
+    if "account" in body:
+        changes["account"] = _text(body["account"], "account")
+    if "apps" in body:
+        changes["apps"] = parse_apps(body["apps"])
+    if "interfaces" in body:
+        changes["interfaces"] = parse_interfaces(body["interfaces"])
+    if "ip_whitelist" in body:
+        changes["ip_whitelist"] = parse_whitelist(body["ip_whitelist"], ips_limit)
+    if "enabled" in body:
+        changes["enabled"] = parse_enabled(body["enabled"])
+    return changes

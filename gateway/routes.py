@@ -1,0 +1,262 @@
+"""The route table: which interface a request path is, and where its app id lives.
+
+Rules are compiled into a segment trie, so matching costs one dict lookup per path segment
+whatever the number of rules. A literal segment wins over a `prefix{name}suffix` segment,
+which wins over a `{name}` capture, which wins over `**`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from gateway.config import ConfigError, RouteRule, Routes
+from gateway.model import CATEGORIES
+
+PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+NAME_PART = re.compile(r"[A-Za-z0-9_]*")
+APP_SOURCES = ("body", "path", "query", "header")
+HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """What the route table knows about a request."""
+
+    interface: str
+    app_source: str | None  # "body" | "path" | "query" | "header" | None
+    app_key: str | None
+    app_id: str | None  # already resolved for path captures
+
+
+@dataclass(slots=True)
+class _Leaf:
+    interface_parts: tuple[str | tuple[str], ...]  # literal text, or (param name,)
+    params: dict[str, tuple[int, int, int]]  # name -> (segment index, prefix len, suffix len)
+    rest_index: int | None
+    methods: frozenset[str] | None
+    app_source: str | None
+    app_key: str | None
+
+
+@dataclass(slots=True)
+class _Node:
+    literal: dict[str, _Node] = field(default_factory=dict)
+    patterns: dict[tuple[str, str], _Node] = field(default_factory=dict)
+    capture: _Node | None = None
+    leaves: list[_Leaf] = field(default_factory=list)
+    rest: list[_Leaf] = field(default_factory=list)
+
+
+# The jiandaoyun preset of the contract: (path under /api/v{ver}/, interface, app id source).
+_DATA_OPS = {
+    "data": "data.list",
+    "data_retrieve": "data.get",
+    "data_create": "data.create",
+    "data_update": "data.update",
+    "data_delete": "data.delete",
+    "data_batch_create": "data.batch_create",
+    "data_batch_update": "data.batch_update",
+    "data_batch_delete": "data.batch_delete",
+}
+_V1_ENTRY = "app/{app_id}/entry/{entry_id}"
+PRESET: tuple[tuple[str, str, str | None], ...] = (
+    ("app/list", "app.list", None),
+    ("app/entry/list", "app.entry_list", "body.app_id"),
+    ("app/entry/widget/list", "form.widget_list", "body.app_id"),
+    ("app/entry/data/{action}", "data.{action}", "body.app_id"),
+    ("app/entry/file/get_upload_token", "file.get_upload_token", "body.app_id"),
+    ("app/retrieve_all", "app.list", None),
+    ("app/{app_id}/entry_retrieve", "app.entry_list", "path.app_id"),
+    (f"{_V1_ENTRY}/widgets", "form.widget_list", "path.app_id"),
+    *((f"{_V1_ENTRY}/{op}", iface, "path.app_id") for op, iface in _DATA_OPS.items()),
+    (f"{_V1_ENTRY}/file/get_upload_token", "file.get_upload_token", "path.app_id"),
+    (f"{_V1_ENTRY}/data/{{data_id}}/approval_comments", "workflow.approval_comments", "path.app_id"),
+    ("corp/**", "contacts.{rest}", None),
+    ("workflow/**", "workflow.{rest}", None),
+)
+
+
+def preset_rules(name: str) -> tuple[RouteRule, ...]:
+    if name != "jiandaoyun":
+        return ()
+    return tuple(RouteRule(f"/api/v{{ver}}/{path}", iface, app) for path, iface, app in PRESET)
+
+
+def split_path(path: str) -> list[str] | None:
+    """Decode a request path into segments; None when it is unsafe to route.
+
+    Dot segments, empty segments and encoded `/` or `\\` would let the upstream see a
+    different path than the one we authorized, so such paths match no route.
+    """
+    if not path.startswith("/") or "%2f" in path.lower() or "%5c" in path.lower():
+        return None
+    raw = path[1:]
+    if "%" in raw:
+        try:
+            raw = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            return None
+    segments = raw.split("/")
+    for segment in segments:
+        if segment in ("", ".", "..") or "\\" in segment or "\x00" in segment:
+            return None
+    return segments
+
+
+class RouteTable:
+    """Compiled rules. `match` is pure and allocation-light; results are memoised."""
+
+    def __init__(self, rules: tuple[RouteRule, ...]) -> None:
+        self._root = _Node()
+        self.catalogue: dict[str, list[str]] = {c: [] for c in CATEGORIES}
+        self._cache: dict[tuple[str, str], RouteMatch | None] = {}
+        for i, rule in enumerate(rules):
+            self._add(rule, f"routes.rules[{i}]")
+
+    def _add(self, rule: RouteRule, where: str) -> None:
+        if not rule.path.startswith("/") or "//" in rule.path:
+            raise ConfigError(f"{where}.path", f"must start with / and have no empty segment: {rule.path!r}")
+        node = self._root
+        params: dict[str, tuple[int, int, int]] = {}
+        rest_index = None
+        segments = rule.path[1:].split("/")
+        for index, segment in enumerate(segments):
+            if segment == "**":
+                if index != len(segments) - 1:
+                    raise ConfigError(f"{where}.path", "** must be the last segment")
+                rest_index = index
+                break
+            names = PARAM.findall(segment)
+            if len(names) > 1:
+                raise ConfigError(f"{where}.path", f"one {{name}} per segment at most: {segment!r}")
+            if not names:
+                if "{" in segment or "}" in segment or "*" in segment:
+                    raise ConfigError(f"{where}.path", f"bad segment {segment!r}")
+                node = node.literal.setdefault(segment, _Node())
+                continue
+            name = names[0]
+            if name in params or name == "rest":
+                raise ConfigError(f"{where}.path", f"capture {{{name}}} is used twice or reserved")
+            prefix, _, suffix = PARAM.sub("\0", segment).partition("\0")
+            params[name] = (index, len(prefix), len(suffix))
+            if prefix or suffix:
+                node = node.patterns.setdefault((prefix, suffix), _Node())
+            else:
+                node.capture = node.capture or _Node()
+                node = node.capture
+        leaf = _Leaf(
+            interface_parts=self._template(rule.interface, params, rest_index, where),
+            params=params,
+            rest_index=rest_index,
+            methods=self._methods(rule.methods, where),
+            app_source=None,
+            app_key=None,
+        )
+        if rule.app_id is not None:
+            source, dot, key = rule.app_id.partition(".")
+            if source not in APP_SOURCES or not dot or not key:
+                message = "expected body.<key>, path.<capture>, query.<name> or header.<Name>"
+                raise ConfigError(f"{where}.app_id", f"{message}, got {rule.app_id!r}")
+            if source == "path" and key not in params:
+                raise ConfigError(f"{where}.app_id", f"the path has no {{{key}}} capture")
+            if source == "header" and not HTTP_TOKEN.fullmatch(key):
+                raise ConfigError(f"{where}.app_id", f"not a header name: {key!r}")
+            leaf.app_source, leaf.app_key = source, key.lower() if source == "header" else key
+        (node.rest if rest_index is not None else node.leaves).append(leaf)
+        category = rule.interface.partition(".")[0]
+        if rule.interface not in self.catalogue[category]:
+            self.catalogue[category].append(rule.interface)
+
+    @staticmethod
+    def _template(template: str, params: dict, rest_index: int | None, where: str) -> tuple:
+        category, dot, name = template.partition(".")
+        if category not in CATEGORIES or not dot or not name:
+            known = ", ".join(CATEGORIES)
+            raise ConfigError(f"{where}.interface", f"expected <category>.<name> with category in {known}")
+        parts: list[str | tuple[str]] = [category + "."]
+        for i, piece in enumerate(PARAM.split(name)):
+            if i % 2:
+                if piece not in params and not (piece == "rest" and rest_index is not None):
+                    raise ConfigError(f"{where}.interface", f"{{{piece}}} is not captured by the path")
+                parts.append((piece,))
+            elif piece:
+                if not NAME_PART.fullmatch(piece):
+                    raise ConfigError(f"{where}.interface", "a name is letters, digits, _ and {captures}")
+                parts.append(piece)
+        return tuple(parts)
+
+    @staticmethod
+    def _methods(methods: tuple[str, ...] | None, where: str) -> frozenset[str] | None:
+        if methods is None:
+            return None
+        for i, method in enumerate(methods):
+            if not HTTP_TOKEN.fullmatch(method):
+                raise ConfigError(f"{where}.methods[{i}]", f"not an HTTP method: {method!r}")
+        return frozenset(m.upper() for m in methods)
+
+    def match(self, method: str, path: str) -> RouteMatch | None:
+        key = (method, path)
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        segments = split_path(path)
+        result = None if segments is None else self._resolve(method, segments)
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[key] = result
+        return result
+
+    def _resolve(self, method: str, segments: list[str]) -> RouteMatch | None:
+        leaf = _walk(self._root, segments, 0, method)
+        if leaf is None:
+            return None
+        values: dict[str, str] = {}
+        for name, (index, prefix, suffix) in leaf.params.items():
+            segment = segments[index]
+            values[name] = segment[prefix : len(segment) - suffix]
+        if leaf.rest_index is not None:
+            values["rest"] = "_".join(segments[leaf.rest_index :])
+        interface = "".join(p if isinstance(p, str) else values[p[0]] for p in leaf.interface_parts)
+        app_id = values[leaf.app_key] if leaf.app_source == "path" else None
+        return RouteMatch(interface, leaf.app_source, leaf.app_key, app_id)
+
+
+def _allows(leaf: _Leaf, method: str) -> bool:
+    return leaf.methods is None or method in leaf.methods
+
+
+def _walk(node: _Node, segments: list[str], i: int, method: str) -> _Leaf | None:
+    if i == len(segments):
+        for leaf in node.leaves:
+            if _allows(leaf, method):
+                return leaf
+        return None
+    segment = segments[i]
+    child = node.literal.get(segment)
+    if child is not None:
+        found = _walk(child, segments, i + 1, method)
+        if found is not None:
+            return found
+    for (prefix, suffix), child in node.patterns.items():
+        if len(segment) > len(prefix) + len(suffix) and segment.startswith(prefix) and segment.endswith(suffix):
+            found = _walk(child, segments, i + 1, method)
+            if found is not None:
+                return found
+    if node.capture is not None:
+        found = _walk(node.capture, segments, i + 1, method)
+        if found is not None:
+            return found
+    for leaf in node.rest:
+        if _allows(leaf, method):
+            return leaf
+    return None
+
+
+def compile_routes(routes: Routes) -> RouteTable:
+    """User rules first (they win over an identical preset path), then the preset."""
+    table = RouteTable(routes.rules)
+    for rule in preset_rules(routes.preset):
+        table._add(rule, "routes.preset")
+    return table

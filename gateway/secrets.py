@@ -1,0 +1,70 @@
+"""Key generation, the lookup digest, and encryption of secrets at rest.
+
+The database holds only an HMAC-SHA256 digest (to find a key by its value) and an AES-GCM
+ciphertext (to reveal it). Both are keyed by the deployment's secret key, so a copied
+database file alone reveals nothing. Losing the secret key invalidates every API key.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets as _random
+import string
+import time
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+ALPHABET = string.ascii_letters + string.digits
+SECRET_LENGTH = 32
+ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+
+
+def generate_secret() -> str:
+    """A new API key value: 32 characters from [A-Za-z0-9], about 190 bits."""
+    return "".join(_random.choice(ALPHABET) for _ in range(SECRET_LENGTH))
+
+
+def generate_token() -> str:
+    return _random.token_urlsafe(32)
+
+
+def generate_id() -> str:
+    """`k_` + 26 base32 characters: 48 bits of milliseconds then 80 random bits.
+
+    Ids sort by creation time, which gives cursor paging a stable, unique order.
+    """
+    value = (int(time.time() * 1000) << 80) | _random.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(ID_ALPHABET[value & 31])
+        value >>= 5
+    return "k_" + "".join(reversed(chars))
+
+
+def is_id(text: str) -> bool:
+    return len(text) == 28 and text.startswith("k_") and all(c in ID_ALPHABET for c in text[2:])
+
+
+class SecretBox:
+    """Derives a digest key and an encryption key from one master secret."""
+
+    def __init__(self, master: str) -> None:
+        raw = master.encode()
+        self._digest_key = hmac.new(raw, b"gateway lookup digest v1", hashlib.sha256).digest()
+        self._aead = AESGCM(hmac.new(raw, b"gateway encryption v1", hashlib.sha256).digest())
+
+    def digest(self, secret: str | bytes) -> str:
+        data = secret.encode() if isinstance(secret, str) else secret
+        return hmac.new(self._digest_key, data, hashlib.sha256).hexdigest()
+
+    def encrypt(self, secret: str, key_id: str) -> str:
+        nonce = os.urandom(12)
+        sealed = self._aead.encrypt(nonce, secret.encode(), key_id.encode())
+        return base64.b64encode(nonce + sealed).decode()
+
+    def decrypt(self, sealed: str, key_id: str) -> str:
+        raw = base64.b64decode(sealed)
+        return self._aead.decrypt(raw[:12], raw[12:], key_id.encode()).decode()

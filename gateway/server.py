@@ -1,0 +1,161 @@
+"""One gateway process: open the store, load the keyring, serve the admin and proxy ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import secrets
+from gateway.admin import build_admin_app
+from gateway.config import Config
+from gateway.keyring import Keyring, Usage
+from gateway.keys import KeyService
+from gateway.model import iso_time
+from gateway.routes import RouteTable, compile_routes
+from gateway.store import Store, open_store
+
+log = logging.getLogger("gateway")
+USAGE_FLUSH_SECONDS = 5.0
+CHANGE_POLL_SECONDS = 0.25
+
+
+class StartupError(Exception):
+    """The gateway cannot start; str() is the one line an operator sees."""
+
+
+def read_or_create(path: Path, what: str) -> tuple[str, bool]:
+    """Read a generated secret file, or create it 0600. Returns (value, created)."""
+    if path.is_file():
+        value = path.read_text().strip()
+        if value:
+            return value, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.generate_token()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    log.info("generated %s in %s", what, path)
+    return value, True
+
+
+def admin_token(config: Config) -> tuple[str, Path | None]:
+    if config.admin.token:
+        return config.admin.token, None
+    path = config.data_dir / "admin.token"
+    token, created = read_or_create(path, "admin token")
+    if created:
+        print(f"admin token written to {path} (mode 0600); keep it safe", flush=True)
+    return token, path
+
+
+def secret_key(config: Config) -> str:
+    if config.secret_key:
+        if len(config.secret_key) < 16:
+            raise StartupError("secret_key: GATEWAY_SECRET_KEY must be at least 16 characters")
+        return config.secret_key
+    path = config.data_dir / "secret.key"
+    value, created = read_or_create(path, "secret key")
+    if created:
+        print(f"secret key written to {path} (mode 0600); back it up: losing it invalidates every key", flush=True)
+    return value
+
+
+class Gateway:
+    """Owns the store, keyring and servers of one process."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.routes: RouteTable = compile_routes(config.routes)
+        self.store: Store = open_store(config.database)
+        self.box = secrets.SecretBox(secret_key(config))
+        self.keyring = Keyring(self.box.digest)
+        self.usage = Usage()
+        self.service = KeyService(self.store, self.keyring, self.box, config.limits, self.usage)
+        self.token, self.token_path = admin_token(config)
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.admin_port = config.admin.port
+
+    async def start(self) -> None:
+        await self.store.open()
+        if not await self.store.check_secret(self.box.digest(b"gateway secret fingerprint")):
+            raise StartupError(
+                "secret key: it does not match the one this database was created with; "
+                "set GATEWAY_SECRET_KEY to the original"
+            )
+        await self.service.reload()
+        app = build_admin_app(self.service, self.routes, self.token, self.config.admin.max_body)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
+        await site.start()
+        server = site._server
+        if server is not None and server.sockets:  # port 0: report the real one
+            self.admin_port = server.sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.create_task(self._flush_usage_forever()))
+        self._tasks.append(asyncio.create_task(self._watch_changes()))
+        log.info(
+            "admin API on http://%s:%d (%d keys loaded)", self.config.admin.host, self.admin_port, len(self.keyring)
+        )
+
+    async def flush_usage(self) -> None:
+        batch = self.usage.take()
+        if not batch:
+            return
+        try:
+            await self.store.record_usage({k: (iso_time(at), n) for k, (at, n) in batch.items()})
+        except Exception:
+            self.usage.restore(batch)
+            log.warning("could not record key usage; will retry", exc_info=True)
+
+    async def _flush_usage_forever(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_SECONDS)
+            await self.flush_usage()
+
+    async def _watch_changes(self) -> None:
+        """Reload the keyring when another process commits to the store."""
+        marker = await self.store.change_marker()
+        while True:
+            await asyncio.sleep(CHANGE_POLL_SECONDS)
+            try:
+                current = await self.store.change_marker()
+                if current != marker:
+                    marker = current
+                    await self.service.reload()
+            except Exception:
+                log.warning("could not check the store for changes", exc_info=True)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.flush_usage()
+        await self.store.close()
+
+
+async def serve(config: Config) -> None:
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+    except BaseException:
+        await gateway.stop()
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    token_hint = f"token in {gateway.token_path}" if gateway.token_path else "token from config/environment"
+    print(f"gateway ready: admin http://{config.admin.host}:{gateway.admin_port} ({token_hint})", flush=True)
+    await stop.wait()
+    await gateway.stop()

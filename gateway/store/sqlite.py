@@ -1,0 +1,214 @@
+"""The embedded store: one SQLite file in WAL mode, synchronous=FULL.
+
+Every write runs in `BEGIN IMMEDIATE`, so the per-account limit holds across processes, and
+is committed before the caller answers, so an acknowledged write survives a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from gateway.model import Key
+from gateway.store import KeyLimitReached
+
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            name TEXT NOT NULL,
+            digest TEXT NOT NULL UNIQUE,
+            sealed TEXT NOT NULL,
+            key_masked TEXT NOT NULL,
+            enabled INTEGER NOT NULL,
+            apps TEXT,
+            interfaces TEXT,
+            ip_whitelist TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            last_used_at TEXT,
+            request_count INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX keys_by_account ON keys (account, id)",
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+}
+COLUMNS = (
+    "id, account, name, digest, key_masked, enabled, apps, interfaces, ip_whitelist,"
+    " created_at, updated_at, last_used_at, request_count"
+)
+JSON_FIELDS = ("apps", "interfaces", "ip_whitelist")
+
+
+def _encode(field: str, value: Any) -> Any:
+    if field in JSON_FIELDS:
+        return None if value is None else json.dumps(list(value))
+    if field == "enabled":
+        return int(value)
+    return value
+
+
+def _row_to_key(row: Any) -> Key:
+    apps, interfaces, whitelist = row[6], row[7], row[8]
+    return Key(
+        id=row[0],
+        account=row[1],
+        name=row[2],
+        digest=row[3],
+        key_masked=row[4],
+        enabled=bool(row[5]),
+        apps=None if apps is None else tuple(json.loads(apps)),
+        interfaces=None if interfaces is None else tuple(json.loads(interfaces)),
+        ip_whitelist=tuple(json.loads(whitelist)),
+        created_at=row[9],
+        updated_at=row[10],
+        last_used_at=row[11],
+        request_count=row[12],
+    )
+
+
+class SQLiteStore:
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        assert self._db is not None, "store is not open"
+        return self._db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self.db.execute("PRAGMA busy_timeout = 10000")
+        await self.db.execute("PRAGMA journal_mode = WAL")
+        await self.db.execute("PRAGMA synchronous = FULL")
+        await self._migrate()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One immediate (write-locked) transaction, committed before the caller answers."""
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def _migrate(self) -> None:
+        async with self._transaction() as db:
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            rows = await db.execute_fetchall("SELECT version FROM schema_version")
+            current = rows[0][0] if rows else 0
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(f"database schema v{current} is newer than this gateway (v{SCHEMA_VERSION})")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    await db.execute(statement)
+            await db.execute("DELETE FROM schema_version")
+            await db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def _write(self, statements: list[tuple[str, tuple]]) -> list[int]:
+        """Run statements in one transaction; return each one's rowcount."""
+        async with self._transaction() as db:
+            return [(await db.execute(sql, params)).rowcount for sql, params in statements]
+
+    async def check_secret(self, fingerprint: str) -> bool:
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall("SELECT value FROM meta WHERE name = 'secret'")
+            if not rows:
+                await db.execute("INSERT INTO meta VALUES ('secret', ?)", (fingerprint,))
+        return not rows or rows[0][0] == fingerprint
+
+    async def create_key(self, key: Key, sealed: str, limit: int) -> None:
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall("SELECT count(*) FROM keys WHERE account = ?", (key.account,))
+            if rows[0][0] >= limit:
+                raise KeyLimitReached(key.account)
+            await db.execute(
+                "INSERT INTO keys (id, account, name, digest, sealed, key_masked, enabled, apps,"
+                " interfaces, ip_whitelist, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    key.id,
+                    key.account,
+                    key.name,
+                    key.digest,
+                    sealed,
+                    key.key_masked,
+                    int(key.enabled),
+                    _encode("apps", key.apps),
+                    _encode("interfaces", key.interfaces),
+                    _encode("ip_whitelist", key.ip_whitelist),
+                    key.created_at,
+                    key.updated_at,
+                ),
+            )
+
+    async def get_key(self, key_id: str) -> Key | None:
+        rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys WHERE id = ?", (key_id,))
+        return _row_to_key(rows[0]) if rows else None
+
+    async def get_sealed(self, key_id: str) -> str | None:
+        rows = await self.db.execute_fetchall("SELECT sealed FROM keys WHERE id = ?", (key_id,))
+        return rows[0][0] if rows else None
+
+    async def list_keys(self, account: str | None, after: str | None, limit: int) -> list[Key]:
+        where, params = ["id > ?"], [after or ""]
+        if account is not None:
+            where.append("account = ?")
+            params.append(account)
+        sql = f"SELECT {COLUMNS} FROM keys WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        rows = await self.db.execute_fetchall(sql, (*params, limit))
+        return [_row_to_key(row) for row in rows]
+
+    async def count_keys(self) -> dict[str, int]:
+        rows = await self.db.execute_fetchall("SELECT account, count(*) FROM keys GROUP BY account")
+        return {account: count for account, count in rows}
+
+    async def update_key(self, key_id: str, changes: dict[str, Any], updated_at: str) -> Key | None:
+        fields = {name: _encode(name, value) for name, value in changes.items()}
+        fields["updated_at"] = updated_at
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        (count,) = await self._write([(f"UPDATE keys SET {assignments} WHERE id = ?", (*fields.values(), key_id))])
+        return await self.get_key(key_id) if count else None
+
+    async def delete_key(self, key_id: str) -> bool:
+        (count,) = await self._write([("DELETE FROM keys WHERE id = ?", (key_id,))])
+        return count > 0
+
+    async def all_keys(self) -> list[Key]:
+        rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys")
+        return [_row_to_key(row) for row in rows]
+
+    async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None:
+        if not usage:
+            return
+        statements = [
+            (
+                "UPDATE keys SET request_count = request_count + ?,"
+                " last_used_at = max(coalesce(last_used_at, ''), ?) WHERE id = ?",
+                (count, last_used, key_id),
+            )
+            for key_id, (last_used, count) in usage.items()
+        ]
+        await self._write(statements)
+
+    async def change_marker(self) -> int:
+        rows = await self.db.execute_fetchall("PRAGMA data_version")
+        return int(rows[0][0])

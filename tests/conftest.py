@@ -1,0 +1,173 @@
+"""Shared fixtures: a real gateway on real ports with a real SQLite file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.config import Config, parse_config
+from gateway.server import Gateway
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Config:
+    raw: dict[str, Any] = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "admin": {"host": "127.0.0.1", "port": 0, "token": "admin-token-for-tests"},
+        "database": f"sqlite:///{tmp_path}/gateway.db",
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    return parse_config(raw, {"GATEWAY_SECRET_KEY": SECRET})
+
+
+class Admin:
+    """A client of the admin API of a running gateway."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, token: str) -> None:
+        self.session = session
+        self.url = url
+        self.token = token
+
+    async def call(self, method: str, path: str, body: Any = None, token: str | None = None, raw: bytes | None = None):
+        headers = {"Authorization": f"Bearer {self.token if token is None else token}"}
+        kwargs: dict[str, Any] = {"headers": headers}
+        if raw is not None:
+            kwargs["data"] = raw
+        elif body is not None:
+            kwargs["json"] = body
+        async with self.session.request(method, self.url + path, **kwargs) as response:
+            text = await response.text()
+            data = None
+            if text:
+                try:
+                    data = await response.json(content_type=None)
+                except ValueError:
+                    data = text
+            return response.status, data
+
+    async def create(self, **fields: Any) -> dict[str, Any]:
+        status, body = await self.call("POST", "/api/v1/keys", fields)
+        assert status == 201, body
+        return body
+
+
+@dataclasses.dataclass
+class Running:
+    gateway: Gateway
+    admin: Admin
+    config: Config
+
+
+@pytest.fixture
+async def start_gateway(tmp_path: Path) -> AsyncIterator[Any]:
+    """Start in-process gateways on free ports; all are stopped at the end of the test."""
+    started: list[Gateway] = []
+    session = aiohttp.ClientSession()
+
+    async def start(config: Config | None = None, **overrides: Any) -> Running:
+        config = config or make_config(tmp_path, **overrides)
+        gateway = Gateway(config)
+        await gateway.start()
+        started.append(gateway)
+        url = f"http://127.0.0.1:{gateway.admin_port}"
+        return Running(gateway, Admin(session, url, gateway.token), config)
+
+    yield start
+    for gateway in started:
+        await gateway.stop()
+    await session.close()
+
+
+@pytest.fixture
+async def gw(start_gateway: Any) -> Running:
+    return await start_gateway()
+
+
+@pytest.fixture
+async def admin(gw: Running) -> Admin:
+    return gw.admin
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@dataclasses.dataclass
+class Process:
+    process: subprocess.Popen
+    admin_url: str
+    proxy_url: str
+    token: str
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Any]:
+    """Run `python -m gateway serve` as a real process in tmp_path."""
+    processes: list[subprocess.Popen] = []
+
+    def run(config_text: str = "", env: dict[str, str] | None = None, workers: int = 1) -> Process:
+        admin_port, proxy_port = free_port(), free_port()
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"listen: {{host: 127.0.0.1, port: {proxy_port}}}\n"
+            f"admin: {{host: 127.0.0.1, port: {admin_port}}}\n"
+            f"database: sqlite:///{tmp_path}/data/gateway.db\n"
+            f"workers: {workers}\n" + config_text
+        )
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        full_env.update(env or {})
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            cwd=tmp_path,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        processes.append(process)
+        wait_for_port(admin_port)
+        token_file = tmp_path / "data" / "admin.token"
+        token = full_env.get("GATEWAY_ADMIN_TOKEN") or token_file.read_text().strip()
+        return Process(process, f"http://127.0.0.1:{admin_port}", f"http://127.0.0.1:{proxy_port}", token)
+
+    yield run
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if process.stdout:
+            process.stdout.close()
