@@ -80,6 +80,7 @@ class Limits:
     max_header_bytes: int = 65536
     max_headers: int = 100
     idle_timeout: float = 75.0
+    header_timeout: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ def _validate(config: Config) -> None:
         _check_positive(getattr(config.upstream, name), f"upstream.{name}")
     _check_positive(config.shutdown_timeout, "shutdown_timeout")
     _check_positive(config.limits.idle_timeout, "limits.idle_timeout")
+    _check_positive(config.limits.header_timeout, "limits.header_timeout")
     db = config.database
     if db.startswith("sqlite:///"):
         if len(db) == len("sqlite:///"):

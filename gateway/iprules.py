@@ -113,3 +113,40 @@ class Whitelist:
             if ip & mask in values:
                 return True
         return False
+
+
+class TrustedProxies:
+    """The CIDRs whose X-Forwarded-For is believed (IPv4 and IPv6)."""
+
+    def __init__(self, cidrs: tuple[str, ...] | list[str]) -> None:
+        self._networks = tuple(ipaddress.ip_network(c.strip(), strict=True) for c in cidrs)
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def trusts(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self._networks)
+
+    def client(self, peer: str, forwarded_for: str) -> str:
+        """Walk X-Forwarded-For right to left from a trusted peer.
+
+        The first untrusted hop is the client; if every hop is trusted, the leftmost; a
+        malformed entry ends the walk and the last address believed is the client.
+        """
+        believed = peer
+        for hop in reversed(forwarded_for.split(",")):
+            hop = hop.strip()
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return believed
+            believed = hop
+            if not self.trusts(hop):
+                return hop
+        return believed

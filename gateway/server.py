@@ -17,6 +17,7 @@ from gateway.config import Config
 from gateway.keyring import Keyring, Usage
 from gateway.keys import KeyService
 from gateway.model import iso_time
+from gateway.proxy import ProxyServer
 from gateway.routes import RouteTable, compile_routes
 from gateway.store import Store, open_store
 
@@ -81,6 +82,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self.admin_port = config.admin.port
+        self.proxy = ProxyServer(config, self.keyring, self.routes, self.usage)
 
     async def start(self) -> None:
         await self.store.open()
@@ -98,10 +100,17 @@ class Gateway:
         server = site._server
         if server is not None and server.sockets:  # port 0: report the real one
             self.admin_port = server.sockets[0].getsockname()[1]
+        await self.proxy.start()
         self._tasks.append(asyncio.create_task(self._flush_usage_forever()))
         self._tasks.append(asyncio.create_task(self._watch_changes()))
         log.info(
-            "admin API on http://%s:%d (%d keys loaded)", self.config.admin.host, self.admin_port, len(self.keyring)
+            "proxy on %s:%d -> %s; admin API on http://%s:%d (%d keys loaded)",
+            self.config.listen.host,
+            self.proxy.port,
+            self.config.upstream.url,
+            self.config.admin.host,
+            self.admin_port,
+            len(self.keyring),
         )
 
     async def flush_usage(self) -> None:
@@ -132,7 +141,9 @@ class Gateway:
             except Exception:
                 log.warning("could not check the store for changes", exc_info=True)
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting, let in-flight requests finish for up to `grace` seconds, flush usage."""
+        await self.proxy.stop(grace)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -156,6 +167,11 @@ async def serve(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     token_hint = f"token in {gateway.token_path}" if gateway.token_path else "token from config/environment"
-    print(f"gateway ready: admin http://{config.admin.host}:{gateway.admin_port} ({token_hint})", flush=True)
+    print(
+        f"gateway ready: proxy on port {gateway.proxy.port}, admin http://{config.admin.host}:{gateway.admin_port}"
+        f" ({token_hint})",
+        flush=True,
+    )
     await stop.wait()
-    await gateway.stop()
+    log.info("shutting down: finishing in-flight requests (up to %.0f s)", config.shutdown_timeout)
+    await gateway.stop(config.shutdown_timeout)

@@ -171,3 +171,84 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
         process.wait()
         if process.stdout:
             process.stdout.close()
+
+
+@dataclasses.dataclass
+class Upstream:
+    url: str
+    port: int
+    recorder: Any
+    runner: Any
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    from aiohttp import web
+
+    from tests.upstream import build_upstream
+
+    app, recorder = build_upstream()
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield Upstream(f"http://127.0.0.1:{port}", port, recorder, runner)
+    await runner.cleanup()
+
+
+@dataclasses.dataclass
+class Proxy:
+    """A running gateway in front of the test upstream, with helpers to call it."""
+
+    running: Running
+    upstream: Upstream
+    url: str
+    port: int
+
+    @property
+    def admin(self) -> Admin:
+        return self.running.admin
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        key: str | None = None,
+        source: str = "127.0.0.1",
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, dict[str, str], bytes]:
+        connector = aiohttp.TCPConnector(local_addr=(source, 0), force_close=True)
+        all_headers = dict(headers or {})
+        if key is not None:
+            all_headers["Authorization"] = f"Bearer {key}"
+        async with (
+            aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
+            session.request(method, self.url + path, headers=all_headers, **kwargs) as response,
+        ):
+            body = await response.read()
+            return response.status, dict(response.headers), body
+
+    async def json(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        status, _, body = await self.request(method, path, **kwargs)
+        import json
+
+        return status, json.loads(body) if body else None
+
+
+@pytest.fixture
+async def start_proxy(start_gateway: Any, upstream: Upstream) -> Any:
+    async def start(**overrides: Any) -> Proxy:
+        overrides.setdefault("upstream", {})
+        overrides["upstream"] = {"url": upstream.url, **overrides["upstream"]}
+        running = await start_gateway(**overrides)
+        port = running.gateway.proxy.port
+        return Proxy(running, upstream, f"http://127.0.0.1:{port}", port)
+
+    return start
+
+
+@pytest.fixture
+async def proxy(start_proxy: Any) -> Proxy:
+    return await start_proxy()

@@ -1,0 +1,819 @@
+"""The data path: one protocol object per client connection, one `Exchange` per request.
+
+Requests on a connection are answered strictly in order; a pipelined request waits in a
+queue (and reading pauses) until the one before it is answered. Bodies stream both ways:
+when one side's write buffer is full, reading from the other side pauses. Every decision
+is made from memory (keyring, route table); the only await is opening a new upstream
+connection when the pool has no idle one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from urllib.parse import parse_qs
+
+import httptools
+
+from gateway import authorize as decide
+from gateway.authorize import KeySnapshot
+from gateway.config import Config
+from gateway.iprules import TrustedProxies, client_ip
+from gateway.keyring import Keyring, Usage
+from gateway.responses import (
+    BAD_REQUEST,
+    CONTINUE,
+    HEADERS_TOO_LARGE,
+    REQUEST_TIMEOUT,
+    UPGRADE_NOT_SUPPORTED,
+    deny_response,
+    status_line,
+)
+from gateway.routes import RouteMatch, RouteTable
+from gateway.upstream import UpstreamConnection, UpstreamPool
+
+log = logging.getLogger("gateway.proxy")
+
+# Reasons to stop reading from a client; reading resumes when none is left.
+PIPELINE, UPSTREAM_FULL, BUFFER_FULL = 1, 2, 4
+HIGH_WATER = 256 * 1024
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+# Request headers the gateway sets itself (framing, forwarding, identity).
+REQUEST_DROP = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+}
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class ProtocolError(Exception):
+    """The request breaks HTTP framing rules; answer with `deny` and close."""
+
+    def __init__(self, deny: decide.Deny) -> None:
+        self.deny = deny
+
+
+class ProxyServer:
+    """Shared state of the data path in one process."""
+
+    def __init__(self, config: Config, keyring: Keyring, routes: RouteTable, usage: Usage) -> None:
+        self.config = config
+        self.keyring = keyring
+        self.routes = routes
+        self.usage = usage
+        self.pool = UpstreamPool(config.upstream)
+        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.auth_header = config.auth.header.lower().encode()
+        self.auth_scheme = config.auth.scheme.lower().encode()
+        self.strip_auth = config.auth.strip
+        self.plugin_header = config.plugins.header.lower().encode()
+        self.unknown_allowed = config.routes.unknown == "allow"
+        self.max_inspect = config.routes.max_body_inspect
+        self.limits = config.limits
+        self.scheme = b"https" if config.listen.tls else b"http"
+        self.preserve_host = config.upstream.preserve_host
+        self.connections: set[ClientConnection] = set()
+        self.now = 0.0
+        self._server: asyncio.base_events.Server | None = None
+        self._ticker: asyncio.Task | None = None
+        self.port = config.listen.port
+
+    async def start(self, sock: object | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.now = loop.time()
+        ssl_context = None
+        if self.config.listen.tls is not None:
+            import ssl
+
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(self.config.listen.tls.cert, self.config.listen.tls.key)
+        if sock is not None:
+            self._server = await loop.create_server(lambda: ClientConnection(self), sock=sock, ssl=ssl_context)
+        else:
+            self._server = await loop.create_server(
+                lambda: ClientConnection(self),
+                self.config.listen.host,
+                self.config.listen.port,
+                backlog=self.config.listen.backlog,
+                ssl=ssl_context,
+            )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        """Coarse clock and timeouts: one sweep over the connections every 250 ms."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self.now = loop.time()
+            for conn in list(self.connections):
+                conn.check_timeouts(self.now)
+            await asyncio.sleep(0.25)
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def stop(self, timeout: float = 0.0) -> None:
+        """Stop accepting, let in-flight exchanges finish (up to `timeout`), then close."""
+        self.stop_accepting()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(c.current is not None for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        self.pool.close()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parses requests, queues pipelined ones, writes answers in order."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.peer_ip: int | None = None
+        self.peer_trusted = False
+        self.current: Exchange | None = None  # the exchange being answered
+        self.parsing: Exchange | None = None  # the exchange whose request is being read
+        self.queue: deque[Exchange] = deque()
+        self.paused = 0
+        self.closing = False
+        self.last_seen = server.now
+        # per-request parse state
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.in_head = False
+        self.head_started = 0.0
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        self.peer_ip = client_ip(self.peer)
+        self.peer_trusted = bool(self.server.trusted) and self.server.trusted.trusts(self.peer)
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = self.server.now
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.refuse(UPGRADE_NOT_SUPPORTED)
+            return
+        except httptools.HttpParserError as err:
+            cause = err.__context__
+            self.refuse(cause.deny if isinstance(cause, ProtocolError) else BAD_REQUEST)
+            return
+        if self.in_head:
+            self.head_bytes += len(data)
+            if self.head_bytes > self.server.limits.max_header_bytes:
+                self.refuse(HEADERS_TOO_LARGE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        for exchange in (self.current, *self.queue):
+            if exchange is not None:
+                exchange.on_client_lost()
+        self.current = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        exchange = self.current
+        if exchange is not None:
+            exchange.pause_upstream()
+
+    def resume_writing(self) -> None:
+        exchange = self.current
+        if exchange is not None:
+            exchange.resume_upstream()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        self.in_head = True
+        self.head_started = self.server.now
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > self.server.limits.max_header_bytes:
+            raise ProtocolError(HEADERS_TOO_LARGE)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.head_bytes += len(name) + len(value) + 4
+        limits = self.server.limits
+        if len(self.headers) > limits.max_headers or self.head_bytes > limits.max_header_bytes:
+            raise ProtocolError(HEADERS_TOO_LARGE)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        exchange = Exchange(self, parser.get_method(), self.url, self.headers, parser.should_keep_alive())
+        if parser.should_upgrade() or exchange.upgrade:
+            raise ProtocolError(UPGRADE_NOT_SUPPORTED)
+        exchange.check_framing(parser.get_http_version())
+        self.parsing = exchange
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:
+            self.queue.append(exchange)
+            self.pause_reading(PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.parsing
+        if exchange is not None:
+            exchange.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        exchange = self.parsing
+        self.parsing = None
+        if exchange is not None:
+            exchange.on_request_complete()
+
+    # control
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def pause_reading(self, reason: int) -> None:
+        if not self.paused and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading(self, reason: int) -> None:
+        if not self.paused & reason:
+            return
+        self.paused &= ~reason
+        if not self.paused and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def refuse(self, deny: decide.Deny) -> None:
+        """A protocol-level refusal: answer (if no answer is in progress) and close."""
+        if self.closing:
+            return
+        if self.current is None or not self.current.response_started:
+            self.write(deny_response(deny, True, self.server.config.auth.scheme))
+        self.close()
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        for exchange in (self.current, *self.queue):
+            if exchange is not None:
+                exchange.on_client_lost()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def finished(self, exchange: Exchange) -> None:
+        """`exchange` has been answered in full: close, or start the next request."""
+        if exchange is not self.current:
+            return
+        self.current = None
+        if not exchange.keep_alive or not exchange.request_complete:
+            self.close()
+            return
+        if self.queue:
+            self.current = self.queue.popleft()
+            if not self.queue:
+                self.resume_reading(PIPELINE)
+            self.current.start()
+        else:
+            self.resume_reading(PIPELINE)
+            self.last_seen = self.server.now
+
+    def check_timeouts(self, now: float) -> None:
+        limits = self.server.limits
+        if self.in_head:
+            if now - self.head_started > limits.header_timeout:
+                self.refuse(REQUEST_TIMEOUT)
+            return
+        exchange = self.current
+        if exchange is None:
+            if now - self.last_seen > limits.idle_timeout:
+                self.close()
+            return
+        if exchange.upstream is not None and exchange.request_complete and not exchange.response_complete:
+            if now - exchange.upstream_seen > self.server.pool.read_timeout:
+                exchange.on_upstream_timeout()
+        elif not exchange.request_complete and not self.paused and now - self.last_seen > limits.idle_timeout:
+            self.refuse(REQUEST_TIMEOUT)
+
+
+class Exchange:
+    """One request and its answer: authorize, forward, stream the response back."""
+
+    __slots__ = (
+        "app_body",
+        "body",
+        "body_size",
+        "chunked_in",
+        "chunked_out",
+        "close_delimited",
+        "conn",
+        "connecting",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "keep_alive",
+        "key",
+        "method",
+        "no_response_body",
+        "replay",
+        "request_complete",
+        "response_bytes",
+        "response_complete",
+        "response_started",
+        "state",
+        "upgrade",
+        "upstream",
+        "upstream_keep_alive",
+        "upstream_paused",
+        "upstream_seen",
+        "url",
+        "version",
+    )
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.version = b"1.1"
+        self.chunked_in = False
+        self.content_length: int | None = None
+        self.expect_continue = False
+        self.upgrade = False
+        self.state = "waiting"  # waiting | inspecting | connecting | forwarding | answered
+        self.key: KeySnapshot | None = None
+        self.app_body: RouteMatch | None = None
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.request_complete = False
+        self.upstream: UpstreamConnection | None = None
+        self.connecting: asyncio.Task | None = None
+        self.replay = False
+        self.response_started = False
+        self.response_complete = False
+        self.response_bytes = False
+        self.chunked_out = False
+        self.close_delimited = False
+        self.no_response_body = False
+        self.upstream_keep_alive = False
+        self.upstream_paused = False
+        self.upstream_seen = conn.server.now
+        for name, value in headers:
+            if len(name) == 7 and name.lower() == b"upgrade":
+                self.upgrade = True
+
+    # request side
+    def check_framing(self, version: str) -> None:
+        """Refuse ambiguous framing: both CL and TE, differing CLs, any TE but `chunked`."""
+        self.version = version.encode()
+        lengths: set[bytes] = set()
+        codings = []
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                lengths.add(value.strip())
+            elif lower == b"transfer-encoding":
+                codings.append(value.strip().lower())
+            elif lower == b"expect":
+                if value.strip().lower() != b"100-continue":
+                    raise ProtocolError(BAD_REQUEST)
+                self.expect_continue = version == "1.1"
+        if codings:
+            if lengths or codings != [b"chunked"] or version != "1.1":
+                raise ProtocolError(BAD_REQUEST)
+            self.chunked_in = True
+        elif lengths:
+            if len(lengths) > 1:
+                raise ProtocolError(BAD_REQUEST)
+            (text,) = lengths
+            if not text.isdigit():
+                raise ProtocolError(BAD_REQUEST)
+            self.content_length = int(text)
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked_in or bool(self.content_length)
+
+    def start(self) -> None:
+        """This exchange is now the one being answered: decide."""
+        conn = self.conn
+        server = conn.server
+        presented, key_sent, plugin, forwarded_for = self._scan_headers(server)
+        key = server.keyring.lookup(presented) if presented else None
+        self.key = key
+        method = self.method.decode("latin-1")
+        path = self.url.partition(b"?")[0].decode("latin-1")
+        route = server.routes.match(method, path)
+        app_id = None
+        if key is not None and key.apps is not None and route is not None:
+            source = route.app_source
+            if source == "path":
+                app_id = route.app_id
+            elif source == "query" or source == "header":
+                app_id = self._app_id_from(route)
+        ip = conn.peer_ip
+        if conn.peer_trusted and forwarded_for is not None:
+            ip = client_ip(server.trusted.client(conn.peer, forwarded_for))
+        decision = decide.authorize(key, key_sent, ip, plugin, route, app_id, server.unknown_allowed)
+        if isinstance(decision, decide.Deny):
+            self.answer(decision)
+        elif decision is decide.NEED_BODY:
+            if self.content_length is not None and self.content_length > server.max_inspect:
+                self.answer(decide.BODY_TOO_LARGE)
+                return
+            self.app_body = route
+            self.state = "inspecting"
+            if self.expect_continue and not self.request_complete:
+                conn.write(CONTINUE)
+            if self.request_complete:
+                self.inspect_body()
+        else:
+            self.forward()
+
+    def _scan_headers(self, server: ProxyServer) -> tuple[bytes, bool, bool, str | None]:
+        presented = b""
+        key_sent = False
+        plugin = False
+        forwarded: list[bytes] = []
+        auth_header = server.auth_header
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == auth_header and not key_sent:
+                key_sent = True
+                presented = self._key_from(value.strip(), server.auth_scheme)
+                if not presented:
+                    key_sent = bool(value.strip())
+            elif lower == server.plugin_header and value.strip():
+                plugin = True
+            elif lower == b"x-forwarded-for":
+                forwarded.append(value)
+        forwarded_for = b",".join(forwarded).decode("latin-1") if forwarded else None
+        return presented, key_sent, plugin, forwarded_for
+
+    @staticmethod
+    def _key_from(value: bytes, scheme: bytes) -> bytes:
+        if not scheme:
+            return value
+        given, _, rest = value.partition(b" ")
+        if given.lower() != scheme:
+            return b""
+        return rest.strip()
+
+    def _app_id_from(self, route: RouteMatch) -> str | None:
+        if route.app_source == "query":
+            query = self.url.partition(b"?")[2].decode("latin-1")
+            values = parse_qs(query).get(route.app_key or "")
+            return values[0] if values else None
+        wanted = (route.app_key or "").encode()
+        for name, value in self.headers:
+            if name.lower() == wanted:
+                return value.strip().decode("latin-1")
+        return None
+
+    def on_request_body(self, chunk: bytes) -> None:
+        state = self.state
+        if state == "forwarding":
+            self.upstream.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_in else chunk)  # type: ignore[union-attr]
+            return
+        if state == "answered":
+            return
+        self.body.append(chunk)
+        self.body_size += len(chunk)
+        if state == "inspecting":
+            if self.body_size > self.conn.server.max_inspect:
+                self.answer(decide.BODY_TOO_LARGE)
+        elif self.body_size > HIGH_WATER:
+            self.conn.pause_reading(BUFFER_FULL)
+
+    def on_request_complete(self) -> None:
+        self.request_complete = True
+        state = self.state
+        if state == "inspecting":
+            self.inspect_body()
+        elif state == "forwarding":
+            if self.chunked_in:
+                self.upstream.write(LAST_CHUNK)  # type: ignore[union-attr]
+            self.upstream_seen = self.conn.server.now
+        elif state == "answered" and self.response_complete:
+            self.conn.finished(self)
+
+    def inspect_body(self) -> None:
+        route = self.app_body
+        assert route is not None and self.key is not None
+        app_id = None
+        try:
+            document = json.loads(b"".join(self.body))
+        except (ValueError, UnicodeDecodeError):
+            document = None
+        if isinstance(document, dict):
+            value = document.get(route.app_key)
+            if isinstance(value, str):
+                app_id = value
+        decision = decide.authorize_app(self.key, app_id)
+        if isinstance(decision, decide.Deny):
+            self.answer(decision)
+        else:
+            self.replay = True  # the whole body is in hand: safe to resend on a stale connection
+            self.forward()
+
+    def forward(self) -> None:
+        conn = self.conn
+        server = conn.server
+        server.usage.touch(self.key.id)  # type: ignore[union-attr]
+        if self.expect_continue and not self.request_complete and self.state != "inspecting":
+            conn.write(CONTINUE)
+        if not self.has_body:
+            self.replay = True
+        upstream = server.pool.take_idle()
+        if upstream is not None:
+            self.attach(upstream)
+        else:
+            self.state = "connecting"
+            self.connecting = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            upstream = await self.conn.server.pool.connect()
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            self.connecting = None
+            self.answer(decide.UPSTREAM_TIMEOUT)
+            return
+        except OSError as err:
+            self.connecting = None
+            log.warning("upstream unavailable: %s", err.strerror or err)
+            self.answer(decide.UPSTREAM_UNAVAILABLE)
+            return
+        self.connecting = None
+        if self.state != "connecting":  # the client went away meanwhile
+            self.conn.server.pool.release(upstream)
+            return
+        upstream.reused = False
+        self.attach(upstream)
+
+    def attach(self, upstream: UpstreamConnection) -> None:
+        self.upstream = upstream
+        upstream.exchange = self
+        self.state = "forwarding"
+        self.upstream_seen = self.conn.server.now
+        parts = [self.request_head()]
+        if self.body:
+            if self.chunked_in:
+                parts.extend(b"%x\r\n%b\r\n" % (len(c), c) for c in self.body)
+            else:
+                parts.extend(self.body)
+            if not self.replay:
+                self.body = []
+        if self.request_complete and self.chunked_in:
+            parts.append(LAST_CHUNK)
+        upstream.write(b"".join(parts))
+        self.conn.resume_reading(BUFFER_FULL)
+
+    def request_head(self) -> bytes:
+        conn = self.conn
+        server = conn.server
+        key = self.key
+        assert key is not None
+        drop_connection_tokens: set[bytes] = set()
+        client_host = b""
+        forwarded_for = b""
+        forwarded_proto = b""
+        forwarded_host = b""
+        for name, value in self.headers:
+            lower = name.lower()
+            if lower == b"connection":
+                drop_connection_tokens.update(t.strip().lower() for t in value.split(b","))
+            elif lower == b"host":
+                client_host = value
+            elif conn.peer_trusted:
+                if lower == b"x-forwarded-for":
+                    forwarded_for = forwarded_for + b", " + value if forwarded_for else value
+                elif lower == b"x-forwarded-proto":
+                    forwarded_proto = value
+                elif lower == b"x-forwarded-host":
+                    forwarded_host = value
+        peer = conn.peer.encode()
+        lines = [
+            b"%s %s HTTP/1.1\r\n" % (self.method, self.url),
+            b"Host: %s\r\n" % (client_host if server.preserve_host and client_host else server.pool.host_header),
+        ]
+        append = lines.append
+        auth_header = server.auth_header if server.strip_auth else None
+        for name, value in self.headers:
+            lower = name.lower()
+            if (
+                lower in REQUEST_DROP
+                or lower == auth_header
+                or lower.startswith(b"x-gateway-")
+                or lower in drop_connection_tokens
+            ):
+                continue
+            append(b"%s: %s\r\n" % (name, value))
+        append(b"X-Forwarded-For: %s\r\n" % (forwarded_for + b", " + peer if forwarded_for else peer))
+        append(b"X-Forwarded-Proto: %s\r\n" % (forwarded_proto or server.scheme))
+        if forwarded_host or client_host:
+            append(b"X-Forwarded-Host: %s\r\n" % (forwarded_host or client_host))
+        append(key.identity_headers)
+        if self.chunked_in:
+            append(b"Transfer-Encoding: chunked\r\n")
+        elif self.content_length is not None:
+            append(b"Content-Length: %d\r\n" % self.content_length)
+        append(b"\r\n")
+        return b"".join(lines)
+
+    # response side
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], upstream_keep_alive: bool
+    ) -> None:
+        self.response_started = True
+        self.upstream_keep_alive = upstream_keep_alive
+        length: bytes | None = None
+        upstream_chunked = False
+        drop_tokens: set[bytes] = set()
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = value.strip()
+            elif lower == b"transfer-encoding":
+                upstream_chunked = True
+            elif lower == b"connection":
+                drop_tokens.update(t.strip().lower() for t in value.split(b","))
+        self.no_response_body = self.method == b"HEAD" or status in (204, 304)
+        lines = [status_line(status, reason)]
+        append = lines.append
+        for name, value in headers:
+            lower = name.lower()
+            if lower in RESPONSE_DROP or lower in drop_tokens:
+                continue
+            append(b"%s: %s\r\n" % (name, value))
+        if self.no_response_body:
+            if length is not None and status != 204:
+                append(b"Content-Length: %s\r\n" % length)
+        elif length is not None and not upstream_chunked:
+            append(b"Content-Length: %s\r\n" % length)
+        else:
+            self.close_delimited = not upstream_chunked
+            if self.version == b"1.1":
+                self.chunked_out = True
+                append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False
+        if not self.keep_alive or not self.request_complete:
+            self.keep_alive = False
+            append(b"Connection: close\r\n")
+        elif self.version == b"1.0":
+            append(b"Connection: keep-alive\r\n")
+        append(b"\r\n")
+        self.conn.write(b"".join(lines))
+        if self.method == b"HEAD":
+            self.upstream_keep_alive = False  # the parser would wait for a body that never comes
+            self.on_response_complete()
+
+    def on_response_body(self, chunk: bytes) -> None:
+        if self.response_complete:
+            return
+        if self.chunked_out:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            self.conn.write(chunk)
+
+    def on_response_complete(self) -> None:
+        if self.response_complete:
+            return
+        self.response_complete = True
+        if self.chunked_out:
+            self.conn.write(LAST_CHUNK)
+        upstream = self.upstream
+        self.upstream = None
+        self.state = "answered"
+        if upstream is not None:
+            upstream.exchange = None
+            if self.upstream_paused and upstream.transport is not None:
+                self.upstream_paused = False
+                upstream.transport.resume_reading()
+            if self.upstream_keep_alive and self.request_complete and not upstream.closed:
+                self.conn.server.pool.release(upstream)
+            else:
+                upstream.abort()
+        self.conn.finished(self)
+
+    def on_upstream_lost(self) -> None:
+        upstream = self.upstream
+        if upstream is None or self.response_complete:
+            return
+        upstream.exchange = None
+        self.upstream = None
+        if not self.response_started:
+            if upstream.reused and not self.response_bytes and self.replay:
+                self.state = "connecting"  # a stale keep-alive connection: try once on a new one
+                self.connecting = asyncio.ensure_future(self._connect())
+                return
+            self.answer(decide.UPSTREAM_UNAVAILABLE)
+        elif self.close_delimited:
+            self.on_response_complete()
+        else:
+            self.conn.abort()  # truncated: the client must see a broken response, not a short one
+
+    def on_upstream_timeout(self) -> None:
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None:
+            upstream.abort()
+        if self.response_started:
+            self.conn.abort()
+        else:
+            self.answer(decide.UPSTREAM_TIMEOUT)
+
+    def answer(self, deny: decide.Deny) -> None:
+        """Answer with a refusal; close the connection if the request was not read in full."""
+        if self.response_started:
+            self.conn.abort()
+            return
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        self.state = "answered"
+        self.response_started = True
+        self.response_complete = True
+        self.body = []
+        close = not self.keep_alive or not self.request_complete
+        self.keep_alive = not close
+        conn = self.conn
+        conn.write(deny_response(deny, close, conn.server.config.auth.scheme))
+        if close:
+            conn.close()
+        else:
+            conn.finished(self)
+
+    def pause_upstream(self) -> None:
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None and not self.upstream_paused:
+            self.upstream_paused = True
+            upstream.transport.pause_reading()
+
+    def resume_upstream(self) -> None:
+        upstream = self.upstream
+        if upstream is not None and upstream.transport is not None and self.upstream_paused:
+            self.upstream_paused = False
+            upstream.transport.resume_reading()
+
+    def on_client_lost(self) -> None:
+        """The client is gone: never reuse an upstream connection mid-exchange."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        self.state = "answered"
+        upstream = self.upstream
+        self.upstream = None
+        if upstream is not None and not self.response_complete:
+            upstream.abort()

@@ -1,0 +1,173 @@
+"""Keep-alive connections to the upstream, parsed with httptools.
+
+One `UpstreamConnection` carries one exchange at a time; the pool hands out idle ones
+newest first (they are the least likely to have been closed by the upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import httptools
+
+from gateway.config import Upstream
+
+if TYPE_CHECKING:
+    from gateway.proxy import Exchange
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("closed", "exchange", "headers", "interim", "parser", "pool", "reason", "reused", "transport")
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.interim = False
+        self.reused = False
+        self.closed = False
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:  # nothing was asked: an upstream talking out of turn
+            self.abort()
+            return
+        exchange.upstream_seen = exchange.conn.server.now
+        exchange.response_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.closed = True
+            if exchange.upstream is self:
+                exchange.on_upstream_lost()
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_upstream_lost()
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.conn.pause_reading(2)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.conn.resume_reading(2)
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.interim = True  # 1xx: not forwarded; the final answer follows
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_response_head(status, self.reason, self.headers, self.parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.on_response_complete()
+
+    # control
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def abort(self) -> None:
+        self.closed = True
+        self.exchange = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class UpstreamPool:
+    def __init__(self, config: Upstream) -> None:
+        url = urlsplit(config.url)
+        self.tls = url.scheme == "https"
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or (443 if self.tls else 80)
+        default_port = self.port == (443 if self.tls else 80)
+        host_text = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = (host_text if default_port else f"{host_text}:{self.port}").encode()
+        self.connect_timeout = config.connect_timeout
+        self.read_timeout = config.read_timeout
+        self.max_idle = config.max_idle_connections
+        self.ssl: ssl.SSLContext | None = None
+        if self.tls:
+            self.ssl = ssl.create_default_context()
+            if not config.verify_tls:
+                self.ssl.check_hostname = False
+                self.ssl.verify_mode = ssl.CERT_NONE
+        self.idle: list[UpstreamConnection] = []
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: UpstreamConnection(self),
+                self.host,
+                self.port,
+                ssl=self.ssl,
+                server_hostname=self.host if self.ssl else None,
+            ),
+            self.connect_timeout,
+        )
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.exchange = None
+        if conn.closed or len(self.idle) >= self.max_idle:
+            conn.abort()
+            return
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()
