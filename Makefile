@@ -15,17 +15,17 @@ run: $(BIN)/gateway
 	$(BIN)/gateway serve --config $(CONFIG)
 
 test: $(BIN)/gateway
-	$(BIN)/ruff check gateway tests
-	$(BIN)/ruff format --check gateway tests
+	$(BIN)/ruff check gateway tests examples
+	$(BIN)/ruff format --check gateway tests examples
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/gateway
-	$(BIN)/ruff check gateway tests
-	$(BIN)/ruff format --check gateway tests
+	$(BIN)/ruff check gateway tests examples
+	$(BIN)/ruff format --check gateway tests examples
 
 format: $(BIN)/gateway
-	$(BIN)/ruff check --fix gateway tests
-	$(BIN)/ruff format gateway tests
+	$(BIN)/ruff check --fix gateway tests examples
+	$(BIN)/ruff format gateway tests examples
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

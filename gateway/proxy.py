@@ -240,9 +240,9 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         parser = self.parser
         exchange = Exchange(self, parser.get_method(), self.url, self.headers, parser.should_keep_alive())
-        if parser.should_upgrade() or exchange.upgrade:
-            raise ProtocolError(UPGRADE_NOT_SUPPORTED)
         exchange.check_framing(parser.get_http_version())
+        if exchange.upgrade:
+            raise ProtocolError(UPGRADE_NOT_SUPPORTED)
         self.parsing = exchange
         if self.current is None:
             self.current = exchange
@@ -407,9 +407,6 @@ class Exchange:
         self.upstream_keep_alive = False
         self.upstream_paused = False
         self.upstream_seen = conn.server.now
-        for name, value in headers:
-            if len(name) == 7 and name.lower() == b"upgrade":
-                self.upgrade = True
 
     # request side
     def check_framing(self, version: str) -> None:
@@ -423,6 +420,8 @@ class Exchange:
                 lengths.add(value.strip())
             elif lower == b"transfer-encoding":
                 codings.append(value.strip().lower())
+            elif lower == b"upgrade":
+                self.upgrade = True
             elif lower == b"expect":
                 if value.strip().lower() != b"100-continue":
                     raise ProtocolError(BAD_REQUEST)

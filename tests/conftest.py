@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from gateway.config import Config, parse_config
 from gateway.server import Gateway
@@ -225,7 +226,7 @@ class Proxy:
             all_headers["Authorization"] = f"Bearer {key}"
         async with (
             aiohttp.ClientSession(connector=connector, auto_decompress=False) as session,
-            session.request(method, self.url + path, headers=all_headers, **kwargs) as response,
+            session.request(method, URL(self.url + path, encoded=True), headers=all_headers, **kwargs) as response,
         ):
             body = await response.read()
             return response.status, dict(response.headers), body
