@@ -22,17 +22,46 @@ class KeySnapshot:
     identity_headers: bytes  # X-Gateway-Key-Id / X-Gateway-Account lines for the upstream
 
     @classmethod
-    def of(cls, key: Key) -> KeySnapshot:
+    def of(cls, key: Key, shared: Interner | None = None) -> KeySnapshot:
+        shared = shared or Interner()
         headers = f"X-Gateway-Key-Id: {key.id}\r\nX-Gateway-Account: ".encode() + key.account.encode() + b"\r\n"
         return cls(
             id=key.id,
-            account=key.account,
+            account=shared.text(key.account),
             enabled=key.enabled,
-            apps=None if key.apps is None else frozenset(key.apps),
-            interfaces=None if key.interfaces is None else frozenset(key.interfaces),
-            whitelist=Whitelist.compile(key.ip_whitelist) if key.ip_whitelist else None,
+            apps=shared.scope(key.apps),
+            interfaces=shared.scope(key.interfaces),
+            whitelist=shared.whitelist(key.ip_whitelist),
             identity_headers=headers,
         )
+
+
+class Interner:
+    """Shares equal scopes and whitelists between snapshots: keys often repeat them."""
+
+    def __init__(self) -> None:
+        self._scopes: dict[tuple[str, ...], frozenset[str]] = {}
+        self._whitelists: dict[tuple[str, ...], Whitelist] = {}
+        self._texts: dict[str, str] = {}
+
+    def text(self, value: str) -> str:
+        return self._texts.setdefault(value, value)
+
+    def scope(self, items: tuple[str, ...] | None) -> frozenset[str] | None:
+        if items is None:
+            return None
+        found = self._scopes.get(items)
+        if found is None:
+            found = self._scopes[items] = frozenset(items)
+        return found
+
+    def whitelist(self, entries: tuple[str, ...]) -> Whitelist | None:
+        if not entries:
+            return None
+        found = self._whitelists.get(entries)
+        if found is None:
+            found = self._whitelists[entries] = Whitelist.compile(entries)
+        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import StartupError, serve
 
     try:
+        if config.worker_count > 1:
+            from gateway.workers import supervise
+
+            return supervise(config)
         import uvloop
 
         uvloop.run(serve(config))

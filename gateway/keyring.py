@@ -10,28 +10,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from gateway.authorize import KeySnapshot
+from gateway.authorize import Interner, KeySnapshot
 from gateway.model import Key
 
 DIGEST_CACHE_SIZE = 65536
 
 
 class Keyring:
-    def __init__(self, digest: Callable[[bytes], str]) -> None:
+    def __init__(self, digest: Callable[[bytes], bytes]) -> None:
         self._digest = digest
-        self._by_digest: dict[str, KeySnapshot] = {}
-        self._digest_of_id: dict[str, str] = {}
-        self._digest_cache: dict[bytes, str] = {}
+        self._by_digest: dict[bytes, KeySnapshot] = {}
+        self._digest_of_id: dict[str, bytes] = {}
+        self._digest_cache: dict[bytes, bytes] = {}
+        self._shared = Interner()
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
     def put(self, key: Key) -> None:
+        digest = bytes.fromhex(key.digest)
         old = self._digest_of_id.get(key.id)
-        if old is not None and old != key.digest:
+        if old is not None and old != digest:
             self._by_digest.pop(old, None)
-        self._by_digest[key.digest] = KeySnapshot.of(key)
-        self._digest_of_id[key.id] = key.digest
+        self._by_digest[digest] = KeySnapshot.of(key, self._shared)
+        self._digest_of_id[key.id] = digest
 
     def remove(self, key_id: str) -> None:
         digest = self._digest_of_id.pop(key_id, None)
@@ -39,9 +41,11 @@ class Keyring:
             self._by_digest.pop(digest, None)
 
     def replace_all(self, keys: Iterable[Key]) -> None:
-        by_digest = {key.digest: KeySnapshot.of(key) for key in keys}
+        shared = Interner()
+        by_digest = {bytes.fromhex(key.digest): KeySnapshot.of(key, shared) for key in keys}
         self._digest_of_id = {snap.id: digest for digest, snap in by_digest.items()}
         self._by_digest = by_digest
+        self._shared = shared
 
     def lookup(self, presented: bytes) -> KeySnapshot | None:
         """The snapshot for a presented key value (bounded memo of value -> digest)."""

@@ -161,7 +161,26 @@ class KeyService:
         audit_log.info("reveal key=%s", key_id)
         return self.box.decrypt(sealed, key_id)
 
-    async def reload(self) -> None:
-        """Rebuild the keyring from the store (start-up, and after another process wrote)."""
+    async def reload(self) -> int:
+        """Rebuild the keyring from the store; returns the change-log position it reflects."""
         async with self._lock:
+            seq = await self.store.latest_change()
             self.keyring.replace_all(await self.store.all_keys())
+            return seq
+
+    async def apply_changes(self, seq: int) -> int:
+        """Apply other processes' writes logged after `seq`, key by key; returns the new position."""
+        async with self._lock:
+            latest, ids = await self.store.changes_since(seq)
+            if ids is None:  # the log was pruned past our position: start over
+                self.keyring.replace_all(await self.store.all_keys())
+                return latest
+            if ids:
+                found = {key.id: key for key in await self.store.get_keys(ids)}
+                for key_id in ids:
+                    key = found.get(key_id)
+                    if key is None:
+                        self.keyring.remove(key_id)
+                    else:
+                        self.keyring.put(key)
+            return latest

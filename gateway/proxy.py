@@ -97,7 +97,7 @@ class ProxyServer:
         self._ticker: asyncio.Task | None = None
         self.port = config.listen.port
 
-    async def start(self, sock: object | None = None) -> None:
+    async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self.now = loop.time()
         ssl_context = None
@@ -106,16 +106,14 @@ class ProxyServer:
 
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(self.config.listen.tls.cert, self.config.listen.tls.key)
-        if sock is not None:
-            self._server = await loop.create_server(lambda: ClientConnection(self), sock=sock, ssl=ssl_context)
-        else:
-            self._server = await loop.create_server(
-                lambda: ClientConnection(self),
-                self.config.listen.host,
-                self.config.listen.port,
-                backlog=self.config.listen.backlog,
-                ssl=ssl_context,
-            )
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self),
+            self.config.listen.host,
+            self.config.listen.port,
+            backlog=self.config.listen.backlog,
+            ssl=ssl_context,
+            reuse_port=reuse_port or None,
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ticker = asyncio.create_task(self._tick())
 

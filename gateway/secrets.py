@@ -57,8 +57,11 @@ class SecretBox:
         self._aead = AESGCM(hmac.new(raw, b"gateway encryption v1", hashlib.sha256).digest())
 
     def digest(self, secret: str | bytes) -> str:
-        data = secret.encode() if isinstance(secret, str) else secret
-        return hmac.new(self._digest_key, data, hashlib.sha256).hexdigest()
+        """The lookup digest as stored: hex of HMAC-SHA256."""
+        return self.raw_digest(secret.encode() if isinstance(secret, str) else secret).hex()
+
+    def raw_digest(self, secret: bytes) -> bytes:
+        return hmac.digest(self._digest_key, secret, "sha256")
 
     def encrypt(self, secret: str, key_id: str) -> str:
         nonce = os.urandom(12)

@@ -70,12 +70,14 @@ def secret_key(config: Config) -> str:
 class Gateway:
     """Owns the store, keyring and servers of one process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, admin: bool = True, reuse_port: bool = False) -> None:
         self.config = config
+        self.serve_admin = admin
+        self.reuse_port = reuse_port
         self.routes: RouteTable = compile_routes(config.routes)
         self.store: Store = open_store(config.database)
         self.box = secrets.SecretBox(secret_key(config))
-        self.keyring = Keyring(self.box.digest)
+        self.keyring = Keyring(self.box.raw_digest)
         self.usage = Usage()
         self.service = KeyService(self.store, self.keyring, self.box, config.limits, self.usage)
         self.token, self.token_path = admin_token(config)
@@ -91,16 +93,10 @@ class Gateway:
                 "secret key: it does not match the one this database was created with; "
                 "set GATEWAY_SECRET_KEY to the original"
             )
-        await self.service.reload()
-        app = build_admin_app(self.service, self.routes, self.token, self.config.admin.max_body)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
-        await site.start()
-        server = site._server
-        if server is not None and server.sockets:  # port 0: report the real one
-            self.admin_port = server.sockets[0].getsockname()[1]
-        await self.proxy.start()
+        self.change_seq = await self.service.reload()
+        if self.serve_admin:
+            await self._start_admin()
+        await self.proxy.start(reuse_port=self.reuse_port)
         self._tasks.append(asyncio.create_task(self._flush_usage_forever()))
         self._tasks.append(asyncio.create_task(self._watch_changes()))
         log.info(
@@ -112,6 +108,16 @@ class Gateway:
             self.admin_port,
             len(self.keyring),
         )
+
+    async def _start_admin(self) -> None:
+        app = build_admin_app(self.service, self.routes, self.token, self.config.admin.max_body)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
+        await site.start()
+        server = site._server
+        if server is not None and server.sockets:  # port 0: report the real one
+            self.admin_port = server.sockets[0].getsockname()[1]
 
     async def flush_usage(self) -> None:
         batch = self.usage.take()
@@ -129,7 +135,7 @@ class Gateway:
             await self.flush_usage()
 
     async def _watch_changes(self) -> None:
-        """Reload the keyring when another process commits to the store."""
+        """Apply other processes' admin writes: a cheap marker check, then the change log."""
         marker = await self.store.change_marker()
         while True:
             await asyncio.sleep(CHANGE_POLL_SECONDS)
@@ -137,7 +143,7 @@ class Gateway:
                 current = await self.store.change_marker()
                 if current != marker:
                     marker = current
-                    await self.service.reload()
+                    self.change_seq = await self.service.apply_changes(self.change_seq)
             except Exception:
                 log.warning("could not check the store for changes", exc_info=True)
 
@@ -155,8 +161,10 @@ class Gateway:
         await self.store.close()
 
 
-async def serve(config: Config) -> None:
-    gateway = Gateway(config)
+async def serve(config: Config, worker: int = 0) -> None:
+    """Run one process until SIGTERM/SIGINT. With several workers, worker 0 also serves admin."""
+    several = config.worker_count > 1
+    gateway = Gateway(config, admin=worker == 0, reuse_port=several)
     try:
         await gateway.start()
     except BaseException:
@@ -166,12 +174,14 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    token_hint = f"token in {gateway.token_path}" if gateway.token_path else "token from config/environment"
-    print(
-        f"gateway ready: proxy on port {gateway.proxy.port}, admin http://{config.admin.host}:{gateway.admin_port}"
-        f" ({token_hint})",
-        flush=True,
-    )
+    if worker == 0:
+        token_hint = f"token in {gateway.token_path}" if gateway.token_path else "token from config/environment"
+        workers = f", {config.worker_count} workers" if several else ""
+        print(
+            f"gateway ready: proxy on port {gateway.proxy.port}{workers},"
+            f" admin http://{config.admin.host}:{gateway.admin_port} ({token_hint})",
+            flush=True,
+        )
     await stop.wait()
     log.info("shutting down: finishing in-flight requests (up to %.0f s)", config.shutdown_timeout)
     await gateway.stop(config.shutdown_timeout)

@@ -253,3 +253,20 @@ async def start_proxy(start_gateway: Any, upstream: Upstream) -> Any:
 @pytest.fixture
 async def proxy(start_proxy: Any) -> Proxy:
     return await start_proxy()
+
+
+@pytest.fixture
+def upstream_process(tmp_path: Path) -> Iterator[str]:
+    """The test upstream in its own process, for gateways that run as processes."""
+    port = free_port()
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from aiohttp import web\n"
+        "from tests.upstream import build_upstream\n"
+        "web.run_app(build_upstream()[0], host='127.0.0.1', port=%d, print=None)\n" % (str(ROOT), port)
+    )
+    process = subprocess.Popen([sys.executable, "-c", code])
+    wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
+    process.kill()
+    process.wait()

@@ -18,7 +18,8 @@ import aiosqlite
 from gateway.model import Key
 from gateway.store import KeyLimitReached
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+CHANGES_KEPT = 100_000
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE keys (
@@ -40,7 +41,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX keys_by_account ON keys (account, id)",
         "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ),
+    # v2: a change log, so other processes apply admin writes key by key instead of reloading
+    2: ("CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, key_id TEXT NOT NULL)",),
 }
+
 COLUMNS = (
     "id, account, name, digest, key_masked, enabled, apps, interfaces, ip_whitelist,"
     " created_at, updated_at, last_used_at, request_count"
@@ -137,28 +141,44 @@ class SQLiteStore:
         return not rows or rows[0][0] == fingerprint
 
     async def create_key(self, key: Key, sealed: str, limit: int) -> None:
+        await self.create_keys([(key, sealed)], limit)
+
+    async def create_keys(self, items: list[tuple[Key, str]], limit: int) -> None:
+        """Insert keys in one transaction; all or none, the per-account limit checked for each."""
         async with self._transaction() as db:
-            rows = await db.execute_fetchall("SELECT count(*) FROM keys WHERE account = ?", (key.account,))
-            if rows[0][0] >= limit:
-                raise KeyLimitReached(key.account)
-            await db.execute(
-                "INSERT INTO keys (id, account, name, digest, sealed, key_masked, enabled, apps,"
-                " interfaces, ip_whitelist, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    key.id,
-                    key.account,
-                    key.name,
-                    key.digest,
-                    sealed,
-                    key.key_masked,
-                    int(key.enabled),
-                    _encode("apps", key.apps),
-                    _encode("interfaces", key.interfaces),
-                    _encode("ip_whitelist", key.ip_whitelist),
-                    key.created_at,
-                    key.updated_at,
-                ),
-            )
+            for key, sealed in items:
+                await self._insert(db, key, sealed, limit)
+
+    async def _insert(self, db: aiosqlite.Connection, key: Key, sealed: str, limit: int) -> None:
+        rows = await db.execute_fetchall("SELECT count(*) FROM keys WHERE account = ?", (key.account,))
+        if rows[0][0] >= limit:
+            raise KeyLimitReached(key.account)
+        await db.execute(
+            "INSERT INTO keys (id, account, name, digest, sealed, key_masked, enabled, apps,"
+            " interfaces, ip_whitelist, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                key.id,
+                key.account,
+                key.name,
+                key.digest,
+                sealed,
+                key.key_masked,
+                int(key.enabled),
+                _encode("apps", key.apps),
+                _encode("interfaces", key.interfaces),
+                _encode("ip_whitelist", key.ip_whitelist),
+                key.created_at,
+                key.updated_at,
+            ),
+        )
+        await self._log_change(db, key.id)
+
+    @staticmethod
+    async def _log_change(db: aiosqlite.Connection, key_id: str) -> None:
+        cursor = await db.execute("INSERT INTO changes (key_id) VALUES (?)", (key_id,))
+        seq = cursor.lastrowid or 0
+        if seq % 1000 == 0:
+            await db.execute("DELETE FROM changes WHERE seq <= ?", (seq - CHANGES_KEPT,))
 
     async def get_key(self, key_id: str) -> Key | None:
         rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys WHERE id = ?", (key_id,))
@@ -185,12 +205,35 @@ class SQLiteStore:
         fields = {name: _encode(name, value) for name, value in changes.items()}
         fields["updated_at"] = updated_at
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        (count,) = await self._write([(f"UPDATE keys SET {assignments} WHERE id = ?", (*fields.values(), key_id))])
-        return await self.get_key(key_id) if count else None
+        async with self._transaction() as db:
+            cursor = await db.execute(f"UPDATE keys SET {assignments} WHERE id = ?", (*fields.values(), key_id))
+            if cursor.rowcount:
+                await self._log_change(db, key_id)
+        return await self.get_key(key_id) if cursor.rowcount else None
 
     async def delete_key(self, key_id: str) -> bool:
-        (count,) = await self._write([("DELETE FROM keys WHERE id = ?", (key_id,))])
-        return count > 0
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
+            if cursor.rowcount:
+                await self._log_change(db, key_id)
+        return cursor.rowcount > 0
+
+    async def get_keys(self, key_ids: list[str]) -> list[Key]:
+        marks = ",".join("?" * len(key_ids))
+        rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys WHERE id IN ({marks})", key_ids)
+        return [_row_to_key(row) for row in rows]
+
+    async def changes_since(self, seq: int) -> tuple[int, list[str] | None]:
+        """(latest seq, ids changed after `seq`), or None for the ids when the log was pruned past it."""
+        rows = await self.db.execute_fetchall("SELECT seq, key_id FROM changes WHERE seq > ? ORDER BY seq", (seq,))
+        if not rows:
+            latest = await self.db.execute_fetchall("SELECT coalesce(max(seq), 0) FROM changes")
+            return max(seq, latest[0][0]), []
+        if rows[0][0] != seq + 1 and seq > 0:
+            oldest = await self.db.execute_fetchall("SELECT min(seq) FROM changes")
+            if oldest[0][0] > seq + 1:
+                return rows[-1][0], None
+        return rows[-1][0], list(dict.fromkeys(key_id for _, key_id in rows))
 
     async def all_keys(self) -> list[Key]:
         rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys")
@@ -208,6 +251,10 @@ class SQLiteStore:
             for key_id, (last_used, count) in usage.items()
         ]
         await self._write(statements)
+
+    async def latest_change(self) -> int:
+        rows = await self.db.execute_fetchall("SELECT coalesce(max(seq), 0) FROM changes")
+        return int(rows[0][0])
 
     async def change_marker(self) -> int:
         rows = await self.db.execute_fetchall("PRAGMA data_version")

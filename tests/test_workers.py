@@ -1,0 +1,53 @@
+"""`workers: 2`: two processes share the proxy port; admin writes reach both within 1 s."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+from tests.conftest import Process, wait_for_port
+
+
+def admin(proc: Process, method: str, path: str, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(proc.admin_url + path, data=data, method=method)
+    request.add_header("Authorization", f"Bearer {proc.token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        raw = response.read()
+        return json.loads(raw) if raw else None
+
+
+def call(proc: Process, key: str) -> int:
+    """One request on a new connection; the kernel spreads new connections over the workers."""
+    request = urllib.request.Request(proc.proxy_url + "/api/v5/workflow/task/approve", method="POST", data=b"")
+    request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_two_workers_share_the_port_and_see_changes(spawn, upstream_process) -> None:
+    proc = spawn(f"upstream: {{url: '{upstream_process}'}}\n", workers=2)
+    wait_for_port(int(proc.proxy_url.rsplit(":", 1)[1]))
+    time.sleep(1.0)  # both workers up
+    key = admin(proc, "POST", "/api/v1/keys", {})
+    deadline = time.monotonic() + 1.5
+    statuses: list[int] = []
+    while time.monotonic() < deadline:  # every new connection may land on either worker
+        statuses.append(call(proc, key["key"]))
+    assert statuses[-20:] == [200] * 20, statuses
+    admin(proc, "PATCH", f"/api/v1/keys/{key['id']}", {"enabled": False})
+    time.sleep(1.0)
+    assert {call(proc, key["key"]) for _ in range(40)} == {403}
+    admin(proc, "PATCH", f"/api/v1/keys/{key['id']}", {"enabled": True})
+    time.sleep(1.0)
+    assert {call(proc, key["key"]) for _ in range(40)} == {200}
+    admin(proc, "DELETE", f"/api/v1/keys/{key['id']}")
+    time.sleep(1.0)
+    assert {call(proc, key["key"]) for _ in range(40)} == {401}
+    # 40 new connections all landing on one of two workers is a 1-in-2^39 event: both saw each change
+    children = open(f"/proc/{proc.process.pid}/task/{proc.process.pid}/children").read().split()
+    assert len(children) == 2
