@@ -260,10 +260,10 @@ def upstream_process(tmp_path: Path) -> Iterator[str]:
     """The test upstream in its own process, for gateways that run as processes."""
     port = free_port()
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
+        f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
         "from aiohttp import web\n"
         "from tests.upstream import build_upstream\n"
-        "web.run_app(build_upstream()[0], host='127.0.0.1', port=%d, print=None)\n" % (str(ROOT), port)
+        f"web.run_app(build_upstream()[0], host='127.0.0.1', port={port}, print=None)\n"
     )
     process = subprocess.Popen([sys.executable, "-c", code])
     wait_for_port(port)
