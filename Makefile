@@ -15,17 +15,21 @@ run: $(BIN)/gateway
 	$(BIN)/gateway serve --config $(CONFIG)
 
 test: $(BIN)/gateway
-	$(BIN)/ruff check gateway tests examples
-	$(BIN)/ruff format --check gateway tests examples
+	$(BIN)/ruff check gateway tests examples bench
+	$(BIN)/ruff format --check gateway tests examples bench
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/gateway
-	$(BIN)/ruff check gateway tests examples
-	$(BIN)/ruff format --check gateway tests examples
+	$(BIN)/ruff check gateway tests examples bench
+	$(BIN)/ruff format --check gateway tests examples bench
 
 format: $(BIN)/gateway
-	$(BIN)/ruff check --fix gateway tests examples
-	$(BIN)/ruff format gateway tests examples
+	$(BIN)/ruff check --fix gateway tests examples bench
+	$(BIN)/ruff format gateway tests examples bench
+
+bench: $(BIN)/gateway
+	$(BIN)/python bench/decision.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,111 @@
+"""The decision itself (route match + key lookup + authorize), and keyring memory per key.
+
+    .venv/bin/python bench/decision.py
+
+Prints ns per decision at 10, 10,000 and 100,000 keys (the same 1,000 active clients each
+time, the same scopes as bench/run.py), the ratio to the 10-key run, and the resident memory
+the keyring adds per key. Times are medians of several passes.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gateway import authorize as decide
+from gateway.config import Routes
+from gateway.iprules import client_ip
+from gateway.keyring import Keyring
+from gateway.model import Key
+from gateway.routes import compile_routes
+from gateway.secrets import SecretBox, generate_id, generate_secret
+
+APPS = tuple(f"app{i}" for i in range(50))
+PATH = "/api/v1/app/app7/entry/e1/data_create"
+ACTIVE = 1000
+PASSES = 7
+
+
+def rss_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def build(box: SecretBox, count: int) -> tuple[Keyring, list[bytes]]:
+    keyring = Keyring(box.raw_digest)
+    secrets = []
+    keys = []
+    for i in range(count):
+        secret = generate_secret()
+        secrets.append(secret.encode())
+        keys.append(
+            Key(
+                id=generate_id(),
+                name=f"bench {i}",
+                account=f"acct{i // 500}",
+                key_masked="x",
+                digest=box.digest(secret),
+                enabled=True,
+                apps=APPS,
+                interfaces=("data",),
+                ip_whitelist=("127.0.0.1", "10.0.0.*"),
+                created_at="t",
+                updated_at="t",
+            )
+        )
+    keyring.replace_all(keys)
+    return keyring, secrets
+
+
+def measure(keyring: Keyring, presented: list[bytes], iterations: int) -> float:
+    routes = compile_routes(Routes())
+    ip = client_ip("127.0.0.1")
+    authorize = decide.authorize
+    match = routes.match
+    lookup = keyring.lookup
+    samples = []
+    for _ in range(PASSES):
+        start = time.perf_counter_ns()
+        for i in range(iterations):
+            key = lookup(presented[i % len(presented)])
+            route = match("POST", PATH)
+            result = authorize(key, True, ip, False, route, route.app_id if route else None)
+            if result is not decide.ALLOW:
+                raise SystemExit(f"unexpected decision {result}")
+        samples.append((time.perf_counter_ns() - start) / iterations)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    box = SecretBox("bench-secret-key-0123456789abcdef")
+    rng = random.Random(7)
+    results = {}
+    for count in (10, 10_000, 100_000):
+        gc.collect()
+        keyring, secrets = build(box, count)
+        active = [rng.choice(secrets) for _ in range(ACTIVE)]
+        results[count] = measure(keyring, active, 200_000)
+        del keyring, secrets
+    base = results[10]
+    print("keys      ns/decision  x 10 keys")
+    for count, ns in results.items():
+        print(f"{count:>7,}  {ns:>11.0f}  {ns / base:>9.2f}")
+
+    gc.collect()
+    before = rss_bytes()
+    keyring, secrets = build(box, 100_000)
+    del secrets
+    gc.collect()
+    after = rss_bytes()
+    print(f"keyring memory at 100,000 keys: {(after - before) / 100_000:.0f} bytes per key ({len(keyring):,} keys)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""Side-by-side throughput: nginx (plain proxy), HAProxy (key map), and the gateway.
+
+    make bench            # or: .venv/bin/python bench/run.py [--rounds 3] [--seconds 5]
+
+All targets sit in front of the same tiny nginx upstream answering a small JSON body. wrk
+drives each in turn, rounds interleaved, 32 connections; the table shows medians and each
+target's ratio to nginx. The machine is shared and noisy: read the ratios, not the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PATH = "/api/v5/app/entry/data/list"
+BODY = '{"app_id":"app7","entry_id":"e1"}'
+SECRET = "bench-secret-key-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"bench: port {port} did not open")
+
+
+def ensure_tools() -> None:
+    missing = [
+        tool
+        for tool in ("nginx", "haproxy", "wrk")
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists()
+    ]
+    if missing:
+        print(f"installing {', '.join(missing)} from Debian's packages ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light", "haproxy", "wrk"], check=True, env=env)
+
+
+def tool(name: str) -> str:
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+class Bench:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.processes: list[subprocess.Popen] = []
+
+    def spawn(self, args: list[str], **kwargs) -> subprocess.Popen:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+        self.processes.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def nginx(self, name: str, server_block: str) -> None:
+        conf = self.work / f"{name}.conf"
+        conf.write_text(
+            f"worker_processes 1;\ndaemon off;\npid {self.work}/{name}.pid;\nerror_log {self.work}/{name}.err;\n"
+            "events { worker_connections 4096; }\n"
+            f"http {{\naccess_log off;\nclient_body_temp_path {self.work}/{name}-body;\n"
+            f"proxy_temp_path {self.work}/{name}-proxy;\n{server_block}\n}}\n"
+        )
+        self.spawn([tool("nginx"), "-c", str(conf), "-p", str(self.work)])
+
+    def haproxy(self, port: int, upstream: int, keys: list[str]) -> None:
+        key_map = self.work / "keys.map"
+        key_map.write_text("".join(f"{key} 1\n" for key in keys))
+        conf = self.work / "haproxy.cfg"
+        conf.write_text(
+            "global\n  nbthread 1\n  maxconn 4096\n"
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
+            "  http-reuse always\n"
+            f"frontend fe\n  bind 127.0.0.1:{port}\n"
+            "  http-request set-var(txn.key) req.hdr(authorization),field(2,' ')\n"
+            f"  http-request deny deny_status 401 unless {{ var(txn.key),map_str({key_map}) -m found }}\n"
+            "  default_backend be\n"
+            f"backend be\n  server s1 127.0.0.1:{upstream}\n"
+        )
+        self.spawn([tool("haproxy"), "-f", str(conf)])
+
+    def gateway(self, port: int, admin: int, upstream: int, workers: int, db: str, extra: str = "") -> None:
+        conf = self.work / f"gateway-{port}.yaml"
+        conf.write_text(
+            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
+            f"admin: {{host: 127.0.0.1, port: {admin}, token: bench-token}}\n"
+            f"upstream: {{url: 'http://127.0.0.1:{upstream}'}}\ndatabase: '{db}'\nworkers: {workers}\n{extra}"
+        )
+        env = {**os.environ, "GATEWAY_SECRET_KEY": SECRET}
+        self.spawn([sys.executable, "-m", "gateway", "serve", "--config", str(conf)], env=env, cwd=self.work)
+
+
+def wrk(port: int, seconds: float, script: Path, connections: int) -> dict[str, float]:
+    result = subprocess.run(
+        [
+            tool("wrk"),
+            "-t2",
+            f"-c{connections}",
+            f"-d{int(seconds)}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{PATH}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = result.stdout
+
+    def latency(pct: str) -> float:
+        match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not match:
+            return float("nan")
+        value, unit = float(match.group(1)), match.group(2)
+        return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {
+        "rps": rps,
+        "p50": latency("50"),
+        "p99": latency("99"),
+        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "errors": 1.0 if errors else 0.0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--only", default="", help="comma-separated target names")
+    args = parser.parse_args()
+    ensure_tools()
+    work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    bench = Bench(work)
+    ports = {
+        name: free_port() for name in ("upstream", "nginx", "haproxy", "gateway", "gateway-2w", "admin1", "admin2")
+    }
+    try:
+        bench.nginx(
+            "upstream",
+            f"server {{ listen 127.0.0.1:{ports['upstream']}; keepalive_requests 1000000;\n"
+            "  location / { default_type application/json;\n"
+            '    return 200 \'{"code":0,"msg":"ok","data":{"id":"abc"}}\'; } }',
+        )
+        bench.nginx(
+            "proxy",
+            f"upstream backend {{ server 127.0.0.1:{ports['upstream']}; keepalive 64; }}\n"
+            f"server {{ listen 127.0.0.1:{ports['nginx']}; keepalive_requests 1000000;\n"
+            '  location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }',
+        )
+        db1, db2 = f"sqlite:///{work}/g1.db", f"sqlite:///{work}/g2.db"
+        key_file = work / "keys.txt"
+        setup = [sys.executable, str(ROOT / "bench" / "setup_keys.py"), db1, SECRET, str(args.keys), str(key_file)]
+        subprocess.run(setup, check=True)
+        for suffix in ("", "-wal", "-shm"):  # the same keys for both gateways
+            if (work / f"g1.db{suffix}").exists():
+                shutil.copy(work / f"g1.db{suffix}", work / f"g2.db{suffix}")
+        keys = key_file.read_text().split()
+        bench.haproxy(ports["haproxy"], ports["upstream"], keys)
+        bench.gateway(ports["gateway"], ports["admin1"], ports["upstream"], 1, db1)
+        bench.gateway(ports["gateway-2w"], ports["admin2"], ports["upstream"], 2, db2)
+        script = work / "request.lua"
+        script.write_text(
+            f'local keys = {{}}\nfor line in io.lines("{key_file}") do keys[#keys + 1] = line end\n'
+            "local i = math.random(#keys)\n"
+            "request = function()\n  i = i % #keys + 1\n"
+            f'  return wrk.format("POST", "{PATH}", {{["Authorization"] = "Bearer " .. keys[i],'
+            f' ["Content-Type"] = "application/json"}}, \'{BODY}\')\nend\n'
+        )
+        targets = ["nginx", "haproxy", "gateway", "gateway-2w"]
+        if args.only:
+            targets = [t for t in targets if t in args.only.split(",") or t == "nginx"]
+        for name in ("upstream", *targets):
+            wait_for_port(ports[name])
+        time.sleep(2.0)
+        for name in targets:  # warm-up: connections, caches
+            wrk(ports[name], 1, script, args.connections)
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for round_number in range(args.rounds):
+            for name in targets:
+                results[name].append(wrk(ports[name], args.seconds, script, args.connections))
+            line = "  ".join(f"{n} {results[n][-1]['rps']:,.0f}" for n in targets)
+            print(f"round {round_number + 1}/{args.rounds}: {line}", flush=True)
+        print_table(results, args)
+    finally:
+        bench.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_table(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
+    def median(name: str, field: str) -> float:
+        return statistics.median(r[field] for r in results[name])
+
+    base = median("nginx", "rps")
+    base_p99 = median("nginx", "p99")
+    print(f"\n{args.rounds} rounds x {args.seconds:g}s, wrk -t2 -c{args.connections}, {args.keys:,} keys; medians")
+    print(f"{'target':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x nginx':>9}{'p99 x':>8}{'non-2xx':>9}")
+    for name in results:
+        rps = median(name, "rps")
+        p99 = median(name, "p99")
+        non2xx = int(sum(r["non2xx"] for r in results[name]))
+        print(
+            f"{name:<12}{rps:>10,.0f}{median(name, 'p50'):>9.2f}{p99:>9.2f}{rps / base:>9.2f}"
+            f"{p99 / base_p99:>8.2f}{non2xx:>9}"
+        )
+    if "gateway" in results and "gateway-2w" in results:
+        print(f"gateway workers 2 / workers 1: {median('gateway-2w', 'rps') / median('gateway', 'rps'):.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
