@@ -159,6 +159,8 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()
         self.paused = 0
         self.closing = False
+        self.corked = False
+        self.out: list[bytes] = []
         self.last_seen = server.now
         # per-request parse state
         self.url = b""
@@ -180,6 +182,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_seen = self.server.now
         if self.closing:
             return
+        self.corked = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -189,6 +192,8 @@ class ClientConnection(asyncio.Protocol):
             cause = err.__context__
             self.refuse(cause.deny if isinstance(cause, ProtocolError) else BAD_REQUEST)
             return
+        finally:
+            self.uncork()
         if self.in_head:
             self.head_bytes += len(data)
             if self.head_bytes > self.server.limits.max_header_bytes:
@@ -262,8 +267,20 @@ class ClientConnection(asyncio.Protocol):
 
     # control
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closing:
+        """Write now, or collect while corked: one send per burst of callbacks, not one per piece."""
+        if self.corked:
+            self.out.append(data)
+        elif self.transport is not None and not self.closing:
             self.transport.write(data)
+
+    def uncork(self) -> None:
+        self.corked = False
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
 
     def pause_reading(self, reason: int) -> None:
         if not self.paused and self.transport is not None and not self.closing:
@@ -283,11 +300,13 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.current is None or not self.current.response_started:
             self.write(deny_response(deny, True, self.server.config.auth.scheme))
+        self.uncork()
         self.close()
 
     def close(self) -> None:
         if self.closing:
             return
+        self.uncork()
         self.closing = True
         for exchange in (self.current, *self.queue):
             if exchange is not None:

@@ -42,8 +42,10 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:  # nothing was asked: an upstream talking out of turn
             self.abort()
             return
-        exchange.upstream_seen = exchange.conn.server.now
+        client = exchange.conn
+        exchange.upstream_seen = client.server.now
         exchange.response_bytes = True
+        client.corked = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -51,6 +53,8 @@ class UpstreamConnection(asyncio.Protocol):
             if exchange.upstream is self:
                 exchange.on_upstream_lost()
             self.abort()
+        finally:
+            client.uncork()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
