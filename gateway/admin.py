@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.keys import KeyService
 from gateway.model import CATEGORIES, ApiError
+from gateway.openapi import document
 from gateway.routes import RouteTable
 from gateway.store import StoreUnavailable
 
@@ -23,8 +24,9 @@ STATUS_OF = {
     "body_too_large": 413,
     "store_unavailable": 503,
 }
-OPEN_PATHS = ("/healthz",)
+OPEN_PATHS = frozenset({"/healthz"})
 SERVICE = web.AppKey("service", KeyService)
+METRICS = web.AppKey("metrics", Callable[[], Awaitable[bytes]])
 ROUTES = web.AppKey("routes", RouteTable)
 TOKEN = web.AppKey("token", bytes)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,7 +47,7 @@ def _authorized(request: web.Request) -> bool:
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Token check first, then every failure becomes the contract's JSON error."""
-    if request.path.startswith("/api/") and not _authorized(request):
+    if request.path not in OPEN_PATHS and not request.path.startswith("/console") and not _authorized(request):
         return error_response("unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
     try:
         return await handler(request)
@@ -117,15 +119,37 @@ async def delete_key(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def audit(request: web.Request) -> web.Response:
+    query = request.query
+    entries, cursor = await request.app[SERVICE].audit(query.get("key_id"), query.get("cursor"), query.get("limit"))
+    return web.json_response({"items": [entry.to_json() for entry in entries], "next_cursor": cursor})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await request.app[METRICS]()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
 async def interfaces(request: web.Request) -> web.Response:
     catalogue = request.app[ROUTES].catalogue
     categories = [{"id": c, "interfaces": list(catalogue.get(c, []))} for c in CATEGORIES]
     return web.json_response({"categories": categories})
 
 
-def build_admin_app(service: KeyService, routes: RouteTable, token: str, max_body: int) -> web.Application:
+def build_admin_app(
+    service: KeyService,
+    routes: RouteTable,
+    token: str,
+    max_body: int,
+    render_metrics: Callable[[], Awaitable[bytes]],
+) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=max_body)
     app[SERVICE] = service
+    app[METRICS] = render_metrics
     app[ROUTES] = routes
     app[TOKEN] = token.encode()
     app.router.add_get("/healthz", healthz)
@@ -137,4 +161,7 @@ def build_admin_app(service: KeyService, routes: RouteTable, token: str, max_bod
     app.router.add_get("/api/v1/keys/{id}/secret", reveal_key)
     app.router.add_post("/api/v1/keys/{id}/copy", copy_key)
     app.router.add_get("/api/v1/interfaces", interfaces)
+    app.router.add_get("/api/v1/audit", audit)
+    app.router.add_get("/api/v1/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
     return app

@@ -100,6 +100,11 @@ class Routes:
 
 
 @dataclass(frozen=True)
+class Log:
+    access: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     listen: Listen = field(default_factory=Listen)
     admin: Admin = field(default_factory=Admin)
@@ -111,6 +116,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     routes: Routes = field(default_factory=Routes)
     workers: str = "1"
+    log: Log = field(default_factory=Log)
     shutdown_timeout: float = 30.0
     secret_key: str = ""
 

@@ -26,11 +26,17 @@ from gateway.model import (
     parse_changes,
     utc_now,
 )
-from gateway.store import KeyLimitReached, Store
+from gateway.store import Audit, Changes, KeyLimitReached, Store
 
 audit_log = logging.getLogger("gateway.audit")
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
+
+
+def _visible(key: Key) -> dict[str, Any]:
+    """The editable fields as the API shows them: what the audit trail records."""
+    shown = key.to_json()
+    return {name: shown[name] for name in ("name", "account", "apps", "interfaces", "ip_whitelist", "enabled")}
 
 
 def encode_cursor(key_id: str) -> str:
@@ -77,7 +83,9 @@ class KeyService:
             last = key.last_used_at
         return dataclasses.replace(key, last_used_at=last, request_count=key.request_count + count)
 
-    async def _insert(self, fields: dict[str, Any]) -> tuple[Key, str]:
+    async def _insert(
+        self, fields: dict[str, Any], action: str = "create", origin: str | None = None
+    ) -> tuple[Key, str]:
         secret = secrets.generate_secret()
         now = utc_now()
         key = Key(
@@ -93,8 +101,12 @@ class KeyService:
             created_at=now,
             updated_at=now,
         )
+        changes = {name: {"before": None, "after": value} for name, value in _visible(key).items()}
+        if origin is not None:
+            changes["copied_from"] = {"before": None, "after": origin}
+        audit = Audit(now, action, key.id, changes)
         try:
-            await self.store.create_key(key, self.box.encrypt(secret, key.id), self.limits.keys_per_account)
+            await self.store.create_key(key, self.box.encrypt(secret, key.id), self.limits.keys_per_account, audit)
         except KeyLimitReached:
             limit = self.limits.keys_per_account
             message = f"account {key.account!r} already has {limit} keys, the most allowed"
@@ -126,8 +138,12 @@ class KeyService:
         changes = parse_changes(body, self.limits.ips_per_key, creating=False)
         async with self._lock:
             key = await self.get(key_id)
-            if changes:
-                key = await self.store.update_key(key_id, changes, utc_now())
+            before = _visible(key)
+            after = _visible(dataclasses.replace(key, **changes))
+            diff = {f: {"before": before[f], "after": after[f]} for f in after if before[f] != after[f]}
+            if diff:
+                now = utc_now()
+                key = await self.store.update_key(key_id, changes, now, Audit(now, "update", key_id, diff))
                 if key is None:
                     raise ApiError("not_found", f"no key {key_id}")
                 self.keyring.put(key)
@@ -144,13 +160,13 @@ class KeyService:
                 "ip_whitelist": source.ip_whitelist,
                 "enabled": source.enabled,
             }
-            key, secret = await self._insert(fields)
-        audit_log.info("copy key=%s from=%s", key.id, source.id)
-        return key, secret
+            return await self._insert(fields, "copy", source.id)
 
     async def delete(self, key_id: str) -> None:
         async with self._lock:
-            if not secrets.is_id(key_id) or not await self.store.delete_key(key_id):
+            key = await self.get(key_id)
+            changes = {name: {"before": value, "after": None} for name, value in _visible(key).items()}
+            if not await self.store.delete_key(key_id, Audit(utc_now(), "delete", key_id, changes)):
                 raise ApiError("not_found", f"no key {key_id}")
             self.keyring.remove(key_id)
 
@@ -158,8 +174,21 @@ class KeyService:
         sealed = await self.store.get_sealed(key_id) if secrets.is_id(key_id) else None
         if sealed is None:
             raise ApiError("not_found", f"no key {key_id}")
+        await self.store.add_audit(Audit(utc_now(), "reveal", key_id, {}))
         audit_log.info("reveal key=%s", key_id)
         return self.box.decrypt(sealed, key_id)
+
+    async def audit(self, key_id: str | None, cursor: str | None, limit: str | None) -> tuple[list[Audit], str | None]:
+        page = parse_limit(limit)
+        after = None
+        if cursor:
+            if not cursor.isdigit():
+                raise ApiError("invalid_field", "cursor is not one this API returned", "cursor")
+            after = int(cursor)
+        entries = await self.store.list_audit(key_id, after, page + 1)
+        more = len(entries) > page
+        entries = entries[:page]
+        return entries, str(entries[-1].seq) if more else None
 
     async def reload(self) -> int:
         """Rebuild the keyring from the store; returns the change-log position it reflects."""
@@ -168,14 +197,14 @@ class KeyService:
             self.keyring.replace_all(await self.store.all_keys())
             return seq
 
-    async def apply_changes(self, seq: int) -> int:
-        """Apply other processes' writes logged after `seq`, key by key; returns the new position."""
+    async def apply_changes(self, seq: int) -> Changes:
+        """Apply other processes' writes logged after `seq`, key by key."""
         async with self._lock:
-            latest, ids = await self.store.changes_since(seq)
+            changes = await self.store.changes_since(seq)
+            ids = changes.key_ids
             if ids is None:  # the log was pruned past our position: start over
                 self.keyring.replace_all(await self.store.all_keys())
-                return latest
-            if ids:
+            elif ids:
                 found = {key.id: key for key in await self.store.get_keys(ids)}
                 for key_id in ids:
                     key = found.get(key_id)
@@ -183,4 +212,4 @@ class KeyService:
                         self.keyring.remove(key_id)
                     else:
                         self.keyring.put(key)
-            return latest
+            return changes

@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from urllib.parse import parse_qs
 
 import httptools
 
 from gateway import authorize as decide
+from gateway.accesslog import AccessLog
 from gateway.authorize import KeySnapshot
 from gateway.config import Config
 from gateway.iprules import TrustedProxies, client_ip
 from gateway.keyring import Keyring, Usage
+from gateway.metrics import Metrics
 from gateway.responses import (
     BAD_REQUEST,
     CONTINUE,
@@ -75,8 +78,21 @@ class ProtocolError(Exception):
 class ProxyServer:
     """Shared state of the data path in one process."""
 
-    def __init__(self, config: Config, keyring: Keyring, routes: RouteTable, usage: Usage) -> None:
+    def __init__(
+        self,
+        config: Config,
+        keyring: Keyring,
+        routes: RouteTable,
+        usage: Usage,
+        metrics: Metrics | None = None,
+        access: AccessLog | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
+        self.access = access or AccessLog(False)
+        self.draining = False
+        self._upstream_logged = -1e9
+        self._upstream_failures = 0
         self.keyring = keyring
         self.routes = routes
         self.usage = usage
@@ -126,13 +142,34 @@ class ProxyServer:
                 conn.check_timeouts(self.now)
             await asyncio.sleep(0.25)
 
+    def upstream_failed(self, err: OSError) -> None:
+        """Log an upstream outage once per 10 s, with how many connects failed meanwhile."""
+        self._upstream_failures += 1
+        now = time.monotonic()
+        if now - self._upstream_logged >= 10.0:
+            log.warning(
+                "upstream %s unavailable: %s (%d failed connects)",
+                self.config.upstream.url,
+                err.strerror or err,
+                self._upstream_failures,
+            )
+            self._upstream_logged = now
+            self._upstream_failures = 0
+
     def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
 
     async def stop(self, timeout: float = 0.0) -> None:
-        """Stop accepting, let in-flight exchanges finish (up to `timeout`), then close."""
+        """Stop accepting, let in-flight exchanges finish (up to `timeout`), then close.
+
+        Idle keep-alive connections close at once; busy ones close after their answer.
+        """
         self.stop_accepting()
+        self.draining = True
+        for conn in list(self.connections):
+            if conn.current is None and not conn.in_head:
+                conn.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while any(c.current is not None for c in self.connections) and loop.time() < deadline:
@@ -298,8 +335,17 @@ class ClientConnection(asyncio.Protocol):
         """A protocol-level refusal: answer (if no answer is in progress) and close."""
         if self.closing:
             return
-        if self.current is None or not self.current.response_started:
+        exchange = self.current
+        if exchange is None or not exchange.response_started:
             self.write(deny_response(deny, True, self.server.config.auth.scheme))
+            if exchange is not None:
+                exchange.log(deny.status, deny.reason)
+            else:
+                self.server.metrics.count(deny.reason, deny.status)
+                if self.server.access.enabled:
+                    self.server.access.record(
+                        (time.time(), self.peer, None, None, None, None, deny.reason, deny.status, 0.0, 0)
+                    )
         self.uncork()
         self.close()
 
@@ -324,7 +370,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not self.current:
             return
         self.current = None
-        if not exchange.keep_alive or not exchange.request_complete:
+        if not exchange.keep_alive or not exchange.request_complete or self.server.draining:
             self.close()
             return
         if self.queue:
@@ -359,10 +405,13 @@ class Exchange:
 
     __slots__ = (
         "app_body",
+        "app_id",
         "body",
         "body_size",
+        "bytes_out",
         "chunked_in",
         "chunked_out",
+        "client",
         "close_delimited",
         "conn",
         "connecting",
@@ -371,6 +420,7 @@ class Exchange:
         "headers",
         "keep_alive",
         "key",
+        "logged",
         "method",
         "no_response_body",
         "replay",
@@ -378,7 +428,11 @@ class Exchange:
         "response_bytes",
         "response_complete",
         "response_started",
+        "route",
+        "sent_at",
+        "started",
         "state",
+        "status",
         "upgrade",
         "upstream",
         "upstream_keep_alive",
@@ -424,6 +478,14 @@ class Exchange:
         self.upstream_keep_alive = False
         self.upstream_paused = False
         self.upstream_seen = conn.server.now
+        self.started = time.monotonic()
+        self.sent_at = 0.0
+        self.route: RouteMatch | None = None
+        self.app_id: str | None = None
+        self.client = conn.peer
+        self.bytes_out = 0
+        self.status = 0
+        self.logged = False
 
     # request side
     def check_framing(self, version: str) -> None:
@@ -469,6 +531,7 @@ class Exchange:
         method = self.method.decode("latin-1")
         path = self.url.partition(b"?")[0].decode("latin-1")
         route = server.routes.match(method, path)
+        self.route = route
         app_id = None
         if key is not None and key.apps is not None and route is not None:
             source = route.app_source
@@ -476,9 +539,11 @@ class Exchange:
                 app_id = route.app_id
             elif source == "query" or source == "header":
                 app_id = self._app_id_from(route)
+        self.app_id = app_id
         ip = conn.peer_ip
         if conn.peer_trusted and forwarded_for is not None:
-            ip = client_ip(server.trusted.client(conn.peer, forwarded_for))
+            self.client = server.trusted.client(conn.peer, forwarded_for)
+            ip = client_ip(self.client)
         decision = decide.authorize(key, key_sent, ip, plugin, route, app_id, server.unknown_allowed)
         if isinstance(decision, decide.Deny):
             self.answer(decision)
@@ -574,6 +639,7 @@ class Exchange:
             value = document.get(route.app_key)
             if isinstance(value, str):
                 app_id = value
+        self.app_id = app_id
         decision = decide.authorize_app(self.key, app_id)
         if isinstance(decision, decide.Deny):
             self.answer(decision)
@@ -607,7 +673,7 @@ class Exchange:
             return
         except OSError as err:
             self.connecting = None
-            log.warning("upstream unavailable: %s", err.strerror or err)
+            self.conn.server.upstream_failed(err)
             self.answer(decide.UPSTREAM_UNAVAILABLE)
             return
         self.connecting = None
@@ -622,6 +688,7 @@ class Exchange:
         upstream.exchange = self
         self.state = "forwarding"
         self.upstream_seen = self.conn.server.now
+        self.sent_at = time.monotonic()
         parts = [self.request_head()]
         if self.body:
             if self.chunked_in:
@@ -692,7 +759,9 @@ class Exchange:
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], upstream_keep_alive: bool
     ) -> None:
         self.response_started = True
+        self.status = status
         self.upstream_keep_alive = upstream_keep_alive
+        self.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
         length: bytes | None = None
         upstream_chunked = False
         drop_tokens: set[bytes] = set()
@@ -738,6 +807,7 @@ class Exchange:
     def on_response_body(self, chunk: bytes) -> None:
         if self.response_complete:
             return
+        self.bytes_out += len(chunk)
         if self.chunked_out:
             self.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         else:
@@ -752,6 +822,7 @@ class Exchange:
         upstream = self.upstream
         self.upstream = None
         self.state = "answered"
+        self.log(self.status, "allowed")
         if upstream is not None:
             upstream.exchange = None
             if self.upstream_paused and upstream.transport is not None:
@@ -778,6 +849,7 @@ class Exchange:
         elif self.close_delimited:
             self.on_response_complete()
         else:
+            self.log(self.status, "upstream_aborted")
             self.conn.abort()  # truncated: the client must see a broken response, not a short one
 
     def on_upstream_timeout(self) -> None:
@@ -786,6 +858,7 @@ class Exchange:
         if upstream is not None:
             upstream.abort()
         if self.response_started:
+            self.log(self.status, "upstream_timeout")
             self.conn.abort()
         else:
             self.answer(decide.UPSTREAM_TIMEOUT)
@@ -793,12 +866,14 @@ class Exchange:
     def answer(self, deny: decide.Deny) -> None:
         """Answer with a refusal; close the connection if the request was not read in full."""
         if self.response_started:
+            self.log(self.status, deny.reason)
             self.conn.abort()
             return
         if self.upstream is not None:
             self.upstream.abort()
             self.upstream = None
         self.state = "answered"
+        self.log(deny.status, deny.reason)
         self.response_started = True
         self.response_complete = True
         self.body = []
@@ -823,8 +898,36 @@ class Exchange:
             self.upstream_paused = False
             upstream.transport.resume_reading()
 
+    def log(self, status: int, reason: str) -> None:
+        """Count the outcome once, and queue its access-log line."""
+        if self.logged:
+            return
+        self.logged = True
+        server = self.conn.server
+        server.metrics.count(reason, status)
+        access = server.access
+        if access.enabled:
+            key = self.key
+            route = self.route
+            access.record(
+                (
+                    time.time(),
+                    self.client,
+                    key.id if key is not None else None,
+                    key.account if key is not None else None,
+                    route.interface if route is not None else None,
+                    self.app_id,
+                    reason,
+                    status,
+                    time.monotonic() - self.started,
+                    self.bytes_out,
+                )
+            )
+
     def on_client_lost(self) -> None:
         """The client is gone: never reuse an upstream connection mid-exchange."""
+        if not self.response_complete:
+            self.log(499, "client_closed")
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None

@@ -7,15 +7,18 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from aiohttp import web
 
 from gateway import secrets
+from gateway.accesslog import AccessLog
 from gateway.admin import build_admin_app
 from gateway.config import Config
 from gateway.keyring import Keyring, Usage
 from gateway.keys import KeyService
+from gateway.metrics import Metrics, read_snapshots, render
 from gateway.model import iso_time
 from gateway.proxy import ProxyServer
 from gateway.routes import RouteTable, compile_routes
@@ -70,8 +73,11 @@ def secret_key(config: Config) -> str:
 class Gateway:
     """Owns the store, keyring and servers of one process."""
 
-    def __init__(self, config: Config, *, admin: bool = True, reuse_port: bool = False) -> None:
+    def __init__(self, config: Config, *, admin: bool = True, reuse_port: bool = False, worker: int = 0) -> None:
         self.config = config
+        self.worker = worker
+        self.metrics = Metrics(worker)
+        self.access = AccessLog(config.log.access)
         self.serve_admin = admin
         self.reuse_port = reuse_port
         self.routes: RouteTable = compile_routes(config.routes)
@@ -84,7 +90,8 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self.admin_port = config.admin.port
-        self.proxy = ProxyServer(config, self.keyring, self.routes, self.usage)
+        self.proxy = ProxyServer(config, self.keyring, self.routes, self.usage, self.metrics, self.access)
+        self.metrics_dir = config.data_dir / "metrics"
 
     async def start(self) -> None:
         await self.store.open()
@@ -97,7 +104,10 @@ class Gateway:
         if self.serve_admin:
             await self._start_admin()
         await self.proxy.start(reuse_port=self.reuse_port)
+        self.access.start()
         self._tasks.append(asyncio.create_task(self._flush_usage_forever()))
+        if self.reuse_port:
+            self._tasks.append(asyncio.create_task(self._share_metrics()))
         self._tasks.append(asyncio.create_task(self._watch_changes()))
         log.info(
             "proxy on %s:%d -> %s; admin API on http://%s:%d (%d keys loaded)",
@@ -110,7 +120,7 @@ class Gateway:
         )
 
     async def _start_admin(self) -> None:
-        app = build_admin_app(self.service, self.routes, self.token, self.config.admin.max_body)
+        app = build_admin_app(self.service, self.routes, self.token, self.config.admin.max_body, self.render_metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
@@ -118,6 +128,27 @@ class Gateway:
         server = site._server
         if server is not None and server.sockets:  # port 0: report the real one
             self.admin_port = server.sockets[0].getsockname()[1]
+
+    async def render_metrics(self) -> bytes:
+        self.metrics.keyring_size = len(self.keyring)
+        try:
+            per_account = await self.store.count_keys()
+        except Exception:
+            self.metrics.store_errors += 1
+            per_account = {}
+        snapshots = read_snapshots(self.metrics_dir, self.metrics) if self.reuse_port else [self.metrics.snapshot()]
+        return render(snapshots, per_account)
+
+    async def _share_metrics(self) -> None:
+        """With several workers: publish this worker's numbers for worker 0's /metrics."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.metrics.keyring_size = len(self.keyring)
+            if self.worker != 0:
+                try:
+                    self.metrics.write_snapshot(self.metrics_dir)
+                except OSError:
+                    log.warning("could not write the metrics snapshot", exc_info=True)
 
     async def flush_usage(self) -> None:
         batch = self.usage.take()
@@ -127,6 +158,7 @@ class Gateway:
             await self.store.record_usage({k: (iso_time(at), n) for k, (at, n) in batch.items()})
         except Exception:
             self.usage.restore(batch)
+            self.metrics.store_errors += 1
             log.warning("could not record key usage; will retry", exc_info=True)
 
     async def _flush_usage_forever(self) -> None:
@@ -143,8 +175,12 @@ class Gateway:
                 current = await self.store.change_marker()
                 if current != marker:
                     marker = current
-                    self.change_seq = await self.service.apply_changes(self.change_seq)
+                    changes = await self.service.apply_changes(self.change_seq)
+                    self.change_seq = changes.latest
+                    if changes.newest_at:
+                        self.metrics.propagation_lag = max(0.0, time.time() - changes.newest_at)
             except Exception:
+                self.metrics.store_errors += 1
                 log.warning("could not check the store for changes", exc_info=True)
 
     async def stop(self, grace: float = 0.0) -> None:
@@ -157,6 +193,7 @@ class Gateway:
                 await task
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.access.stop()
         await self.flush_usage()
         await self.store.close()
 
@@ -164,7 +201,7 @@ class Gateway:
 async def serve(config: Config, worker: int = 0) -> None:
     """Run one process until SIGTERM/SIGINT. With several workers, worker 0 also serves admin."""
     several = config.worker_count > 1
-    gateway = Gateway(config, admin=worker == 0, reuse_port=several)
+    gateway = Gateway(config, admin=worker == 0, reuse_port=several, worker=worker)
     try:
         await gateway.start()
     except BaseException:

@@ -151,14 +151,15 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
         )
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         full_env.update(env or {})
+        output = open(tmp_path / "gateway.out", "ab")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
             cwd=tmp_path,
             env=full_env,
-            stdout=subprocess.PIPE,
+            stdout=output,
             stderr=subprocess.STDOUT,
-            text=True,
         )
+        output.close()
         processes.append(process)
         wait_for_port(admin_port)
         token_file = tmp_path / "data" / "admin.token"
@@ -170,8 +171,6 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
         if process.poll() is None:
             process.kill()
         process.wait()
-        if process.stdout:
-            process.stdout.close()
 
 
 @dataclasses.dataclass

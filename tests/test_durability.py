@@ -34,7 +34,8 @@ def test_generated_token_and_secret_files(spawn, tmp_path: Path) -> None:
     status, _ = call(proc, "GET", "/api/v1/keys")
     assert status == 200
     proc.process.terminate()
-    output = proc.process.communicate(timeout=20)[0]
+    proc.process.wait(timeout=20)
+    output = (tmp_path / "gateway.out").read_text()
     assert proc.token not in output  # the token's path is printed, never the token
     assert "admin.token" in output
 

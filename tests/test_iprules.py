@@ -100,3 +100,86 @@ def test_many_entries_agree_with_ipaddress() -> None:
                 )
                 expected = star or any(ip in n for n in networks)
                 assert whitelist.allows(int(ip)) is expected, ip_text
+
+
+# Property tests: the parser and matcher agree with the standard ipaddress module.
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+octets = st.integers(0, 255)
+addresses = st.tuples(octets, octets, octets, octets)
+
+
+def dotted(parts: tuple[int, ...]) -> str:
+    return ".".join(map(str, parts))
+
+
+@given(addresses, addresses)
+def test_single_address_matches_only_itself(entry: tuple[int, ...], client: tuple[int, ...]) -> None:
+    whitelist = Whitelist.compile([dotted(entry)])
+    assert whitelist.allows(int(ipaddress.IPv4Address(dotted(client)))) is (entry == client)
+    assert whitelist.allows(int(ipaddress.IPv4Address(dotted(entry))))
+
+
+@given(addresses, st.integers(0, 32), addresses)
+def test_cidr_agrees_with_ipaddress(base: tuple[int, ...], prefix: int, client: tuple[int, ...]) -> None:
+    network = ipaddress.IPv4Network(f"{dotted(base)}/{prefix}", strict=False)
+    whitelist = Whitelist.compile([str(network)])
+    ip = ipaddress.IPv4Address(dotted(client))
+    assert whitelist.allows(int(ip)) is (ip in network)
+
+
+@given(addresses, st.integers(0, 3), addresses)
+def test_star_matches_any_octet_in_its_place(base: tuple[int, ...], star: int, client: tuple[int, ...]) -> None:
+    parts = [str(p) for p in base]
+    parts[star] = "*"
+    whitelist = Whitelist.compile([".".join(parts)])
+    expected = all(i == star or base[i] == client[i] for i in range(4))
+    assert whitelist.allows(int(ipaddress.IPv4Address(dotted(client)))) is expected
+
+
+@given(addresses, st.integers(0, 32))
+def test_host_bits_set_is_rejected_exactly_when_ipaddress_says_so(base: tuple[int, ...], prefix: int) -> None:
+    entry = f"{dotted(base)}/{prefix}"
+    try:
+        ipaddress.IPv4Network(entry, strict=True)
+        strict_ok = True
+    except ValueError:
+        strict_ok = False
+    try:
+        parse_entry(entry)
+        ours_ok = True
+    except EntryError:
+        ours_ok = False
+    assert ours_ok is strict_ok
+
+
+@given(st.text(max_size=24))
+def test_arbitrary_text_is_accepted_only_if_it_is_a_valid_form(text: str) -> None:
+    try:
+        mask, value = parse_entry(text)
+    except EntryError as err:
+        assert err.code in ("invalid_field", "ipv6_not_supported")
+        return
+    if "*" in text:
+        assert text.count("*") == 1 and ":" not in text
+        replaced = text.replace("*", "0")
+        assert ipaddress.IPv4Address(replaced)  # the rest is a valid address
+    elif "/" in text:
+        assert ipaddress.IPv4Network(text, strict=True)
+    else:
+        assert int(ipaddress.IPv4Address(text)) == value and mask == 0xFFFFFFFF
+
+
+@given(st.lists(st.text(alphabet="0123456789.*/:", max_size=18), max_size=8), addresses)
+def test_whitelist_allows_iff_some_entry_allows(entries: list[str], client: tuple[int, ...]) -> None:
+    valid = []
+    for entry in entries:
+        try:
+            parse_entry(entry)
+            valid.append(entry)
+        except EntryError:
+            pass
+    ip = int(ipaddress.IPv4Address(dotted(client)))
+    combined = Whitelist.compile(valid).allows(ip)
+    assert combined is any(Whitelist.compile([e]).allows(ip) for e in valid)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ from typing import Any
 import aiosqlite
 
 from gateway.model import Key
-from gateway.store import KeyLimitReached
+from gateway.store import Audit, Changes, KeyLimitReached
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHANGES_KEPT = 100_000
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -43,6 +44,18 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # v2: a change log, so other processes apply admin writes key by key instead of reloading
     2: ("CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, key_id TEXT NOT NULL)",),
+    # v3: when each change was committed (propagation lag), and the audit trail
+    3: (
+        "ALTER TABLE changes ADD COLUMN at REAL NOT NULL DEFAULT 0",
+        """CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            action TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            changes TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_by_key ON audit (key_id, seq)",
+    ),
 }
 
 COLUMNS = (
@@ -140,14 +153,16 @@ class SQLiteStore:
                 await db.execute("INSERT INTO meta VALUES ('secret', ?)", (fingerprint,))
         return not rows or rows[0][0] == fingerprint
 
-    async def create_key(self, key: Key, sealed: str, limit: int) -> None:
-        await self.create_keys([(key, sealed)], limit)
+    async def create_key(self, key: Key, sealed: str, limit: int, audit: Audit | None = None) -> None:
+        await self.create_keys([(key, sealed)], limit, [audit] if audit else [])
 
-    async def create_keys(self, items: list[tuple[Key, str]], limit: int) -> None:
+    async def create_keys(self, items: list[tuple[Key, str]], limit: int, audit: Sequence[Audit] = ()) -> None:
         """Insert keys in one transaction; all or none, the per-account limit checked for each."""
         async with self._transaction() as db:
             for key, sealed in items:
                 await self._insert(db, key, sealed, limit)
+            for entry in audit:
+                await self._audit(db, entry)
 
     async def _insert(self, db: aiosqlite.Connection, key: Key, sealed: str, limit: int) -> None:
         rows = await db.execute_fetchall("SELECT count(*) FROM keys WHERE account = ?", (key.account,))
@@ -175,7 +190,7 @@ class SQLiteStore:
 
     @staticmethod
     async def _log_change(db: aiosqlite.Connection, key_id: str) -> None:
-        cursor = await db.execute("INSERT INTO changes (key_id) VALUES (?)", (key_id,))
+        cursor = await db.execute("INSERT INTO changes (key_id, at) VALUES (?, ?)", (key_id, time.time()))
         seq = cursor.lastrowid or 0
         if seq % 1000 == 0:
             await db.execute("DELETE FROM changes WHERE seq <= ?", (seq - CHANGES_KEPT,))
@@ -201,7 +216,9 @@ class SQLiteStore:
         rows = await self.db.execute_fetchall("SELECT account, count(*) FROM keys GROUP BY account")
         return {account: count for account, count in rows}
 
-    async def update_key(self, key_id: str, changes: dict[str, Any], updated_at: str) -> Key | None:
+    async def update_key(
+        self, key_id: str, changes: dict[str, Any], updated_at: str, audit: Audit | None = None
+    ) -> Key | None:
         fields = {name: _encode(name, value) for name, value in changes.items()}
         fields["updated_at"] = updated_at
         assignments = ", ".join(f"{name} = ?" for name in fields)
@@ -209,31 +226,54 @@ class SQLiteStore:
             cursor = await db.execute(f"UPDATE keys SET {assignments} WHERE id = ?", (*fields.values(), key_id))
             if cursor.rowcount:
                 await self._log_change(db, key_id)
+                if audit:
+                    await self._audit(db, audit)
         return await self.get_key(key_id) if cursor.rowcount else None
 
-    async def delete_key(self, key_id: str) -> bool:
+    async def delete_key(self, key_id: str, audit: Audit | None = None) -> bool:
         async with self._transaction() as db:
             cursor = await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
             if cursor.rowcount:
                 await self._log_change(db, key_id)
+                if audit:
+                    await self._audit(db, audit)
         return cursor.rowcount > 0
+
+    @staticmethod
+    async def _audit(db: aiosqlite.Connection, entry: Audit) -> None:
+        await db.execute(
+            "INSERT INTO audit (at, action, key_id, changes) VALUES (?, ?, ?, ?)",
+            (entry.at, entry.action, entry.key_id, json.dumps(entry.changes)),
+        )
+
+    async def add_audit(self, entry: Audit) -> None:
+        async with self._transaction() as db:
+            await self._audit(db, entry)
+
+    async def list_audit(self, key_id: str | None, after: int | None, limit: int) -> list[Audit]:
+        where, params = ["seq > ?"], [after or 0]
+        if key_id is not None:
+            where.append("key_id = ?")
+            params.append(key_id)
+        rows = await self.db.execute_fetchall(
+            f"SELECT seq, at, action, key_id, changes FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            (*params, limit),
+        )
+        return [Audit(row[1], row[2], row[3], json.loads(row[4]), row[0]) for row in rows]
 
     async def get_keys(self, key_ids: list[str]) -> list[Key]:
         marks = ",".join("?" * len(key_ids))
         rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys WHERE id IN ({marks})", key_ids)
         return [_row_to_key(row) for row in rows]
 
-    async def changes_since(self, seq: int) -> tuple[int, list[str] | None]:
-        """(latest seq, ids changed after `seq`), or None for the ids when the log was pruned past it."""
-        rows = await self.db.execute_fetchall("SELECT seq, key_id FROM changes WHERE seq > ? ORDER BY seq", (seq,))
+    async def changes_since(self, seq: int) -> Changes:
+        rows = await self.db.execute_fetchall("SELECT seq, key_id, at FROM changes WHERE seq > ? ORDER BY seq", (seq,))
         if not rows:
             latest = await self.db.execute_fetchall("SELECT coalesce(max(seq), 0) FROM changes")
-            return max(seq, latest[0][0]), []
-        if rows[0][0] != seq + 1 and seq > 0:
-            oldest = await self.db.execute_fetchall("SELECT min(seq) FROM changes")
-            if oldest[0][0] > seq + 1:
-                return rows[-1][0], None
-        return rows[-1][0], list(dict.fromkeys(key_id for _, key_id in rows))
+            return Changes(max(seq, latest[0][0]), [], 0.0)
+        if rows[0][0] > seq + 1 and seq > 0:  # the log was pruned past our position
+            return Changes(rows[-1][0], None, rows[-1][2])
+        return Changes(rows[-1][0], list(dict.fromkeys(row[1] for row in rows)), rows[-1][2])
 
     async def all_keys(self) -> list[Key]:
         rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys")

@@ -1,0 +1,243 @@
+"""The OpenAPI 3 description of the admin API, served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway import __version__
+from gateway.model import CATEGORIES
+
+SCOPE = {"oneOf": [{"type": "string", "enum": ["all"]}, {"type": "array", "items": {"type": "string"}}]}
+TIME = {"type": "string", "format": "date-time"}
+KEY_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string", "pattern": "^k_[0-9a-z]{26}$"},
+    "name": {"type": "string"},
+    "account": {"type": "string"},
+    "key_masked": {"type": "string"},
+    "enabled": {"type": "boolean"},
+    "apps": SCOPE,
+    "interfaces": SCOPE,
+    "ip_whitelist": {"type": "array", "items": {"type": "string"}},
+    "created_at": TIME,
+    "updated_at": TIME,
+    "last_used_at": {"oneOf": [TIME, {"type": "null"}]},
+    "request_count": {"type": "integer", "minimum": 0},
+}
+KEY = {"type": "object", "required": list(KEY_PROPERTIES), "properties": KEY_PROPERTIES}
+KEY_WITH_SECRET = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Key"},
+        {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}},
+    ]
+}
+EDITABLE = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 100},
+    "apps": SCOPE,
+    "interfaces": SCOPE,
+    "ip_whitelist": {"type": "array", "items": {"type": "string"}, "maxItems": 50},
+    "enabled": {"type": "boolean"},
+}
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
+        }
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    names = {
+        400: "invalid JSON",
+        401: "missing or wrong admin token",
+        404: "no such key",
+        409: "key limit reached",
+        413: "body too large",
+        422: "a field breaks a rule",
+        503: "store unavailable",
+    }
+    return {str(s): _json(_ref("Error"), names[s]) for s in statuses}
+
+
+ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+PAGING = [
+    {"name": "limit", "in": "query", "schema": {"type": "string"}},
+    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+]
+
+
+def document() -> dict[str, Any]:
+    common = (401, 503)
+    body = {"required": False, "content": {"application/json": {"schema": _ref("KeyFields")}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "API-key gateway admin API", "version": __version__},
+        "components": {
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Key": KEY,
+                "KeyWithSecret": KEY_WITH_SECRET,
+                "KeyFields": {
+                    "type": "object",
+                    "properties": {**EDITABLE, "account": {"type": "string"}},
+                    "additionalProperties": False,
+                },
+                "Error": ERROR,
+            },
+        },
+        "security": [{"admin": []}],
+        "paths": {
+            "/api/v1/keys": {
+                "post": {
+                    "summary": "Create a key",
+                    "requestBody": body,
+                    "responses": {
+                        "201": _json(_ref("KeyWithSecret"), "created"),
+                        **_errors(400, 409, 413, 422, *common),
+                    },
+                },
+                "get": {
+                    "summary": "List keys",
+                    "parameters": [{"name": "account", "in": "query", "schema": {"type": "string"}}, *PAGING],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["items", "next_cursor"],
+                                "properties": {
+                                    "items": {"type": "array", "items": _ref("Key")},
+                                    "next_cursor": {"type": "string", "nullable": True},
+                                },
+                            },
+                            "a page of keys",
+                        ),
+                        **_errors(422, *common),
+                    },
+                },
+            },
+            "/api/v1/keys/{id}": {
+                "parameters": [ID_PARAM],
+                "get": {
+                    "summary": "Show a key",
+                    "responses": {"200": _json(_ref("Key"), "the key"), **_errors(404, *common)},
+                },
+                "patch": {
+                    "summary": "Change a key",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "object", "properties": EDITABLE, "additionalProperties": False}
+                            }
+                        },
+                    },
+                    "responses": {"200": _json(_ref("Key"), "the changed key"), **_errors(400, 404, 413, 422, *common)},
+                },
+                "delete": {
+                    "summary": "Delete a key",
+                    "responses": {"204": {"description": "deleted"}, **_errors(404, *common)},
+                },
+            },
+            "/api/v1/keys/{id}/secret": {
+                "parameters": [ID_PARAM],
+                "get": {
+                    "summary": "Reveal a key's secret (audited)",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["id", "key"],
+                                "properties": {"id": {"type": "string"}, "key": {"type": "string"}},
+                            },
+                            "the secret",
+                        ),
+                        **_errors(404, *common),
+                    },
+                },
+            },
+            "/api/v1/keys/{id}/copy": {
+                "parameters": [ID_PARAM],
+                "post": {
+                    "summary": "Copy a key: same scopes, a new secret",
+                    "responses": {"201": _json(_ref("KeyWithSecret"), "the copy"), **_errors(404, 409, *common)},
+                },
+            },
+            "/api/v1/interfaces": {
+                "get": {
+                    "summary": "The interface catalogue",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["categories"],
+                                "properties": {
+                                    "categories": {
+                                        "type": "array",
+                                        "minItems": len(CATEGORIES),
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["id", "interfaces"],
+                                            "properties": {
+                                                "id": {"type": "string", "enum": list(CATEGORIES)},
+                                                "interfaces": {"type": "array", "items": {"type": "string"}},
+                                            },
+                                        },
+                                    }
+                                },
+                            },
+                            "categories and their interfaces",
+                        ),
+                        **_errors(*common),
+                    },
+                }
+            },
+            "/api/v1/audit": {
+                "get": {
+                    "summary": "The audit trail of admin writes and reveals",
+                    "parameters": [{"name": "key_id", "in": "query", "schema": {"type": "string"}}, *PAGING],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["items", "next_cursor"],
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["id", "at", "action", "key_id", "changes"],
+                                            "properties": {
+                                                "id": {"type": "integer"},
+                                                "at": TIME,
+                                                "action": {
+                                                    "type": "string",
+                                                    "enum": ["create", "update", "copy", "delete", "reveal"],
+                                                },
+                                                "key_id": {"type": "string"},
+                                                "changes": {"type": "object"},
+                                            },
+                                        },
+                                    },
+                                    "next_cursor": {"type": "string", "nullable": True},
+                                },
+                            },
+                            "a page of audit entries, oldest first",
+                        ),
+                        **_errors(422, *common),
+                    },
+                }
+            },
+        },
+    }
