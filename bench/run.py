@@ -1,5 +1,8 @@
 """Side-by-side throughput: nginx (plain proxy), HAProxy (key map), and the gateway.
 
+Gateway targets: `gateway` (1 worker, access log on: the default), `gateway-nolog` (access log
+off) and `gateway-2w` (2 workers).
+
     make bench            # or: .venv/bin/python bench/run.py [--rounds 3] [--seconds 5]
 
 All targets sit in front of the same tiny nginx upstream answering a small JSON body. wrk
@@ -167,9 +170,8 @@ def main() -> int:
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     bench = Bench(work)
-    ports = {
-        name: free_port() for name in ("upstream", "nginx", "haproxy", "gateway", "gateway-2w", "admin1", "admin2")
-    }
+    names = ("upstream", "nginx", "haproxy", "gateway", "gateway-nolog", "gateway-2w", "admin1", "admin2", "admin3")
+    ports = {name: free_port() for name in names}
     try:
         bench.nginx(
             "upstream",
@@ -187,13 +189,16 @@ def main() -> int:
         key_file = work / "keys.txt"
         setup = [sys.executable, str(ROOT / "bench" / "setup_keys.py"), db1, SECRET, str(args.keys), str(key_file)]
         subprocess.run(setup, check=True)
-        for suffix in ("", "-wal", "-shm"):  # the same keys for both gateways
+        db3 = f"sqlite:///{work}/g3.db"
+        for suffix in ("", "-wal", "-shm"):  # the same keys for every gateway
             if (work / f"g1.db{suffix}").exists():
                 shutil.copy(work / f"g1.db{suffix}", work / f"g2.db{suffix}")
+                shutil.copy(work / f"g1.db{suffix}", work / f"g3.db{suffix}")
         keys = key_file.read_text().split()
         bench.haproxy(ports["haproxy"], ports["upstream"], keys)
         bench.gateway(ports["gateway"], ports["admin1"], ports["upstream"], 1, db1)
         bench.gateway(ports["gateway-2w"], ports["admin2"], ports["upstream"], 2, db2)
+        bench.gateway(ports["gateway-nolog"], ports["admin3"], ports["upstream"], 1, db3, "log: {access: false}\n")
         script = work / "request.lua"
         script.write_text(
             f'local keys = {{}}\nfor line in io.lines("{key_file}") do keys[#keys + 1] = line end\n'
@@ -202,7 +207,7 @@ def main() -> int:
             f'  return wrk.format("POST", "{PATH}", {{["Authorization"] = "Bearer " .. keys[i],'
             f' ["Content-Type"] = "application/json"}}, \'{BODY}\')\nend\n'
         )
-        targets = ["nginx", "haproxy", "gateway", "gateway-2w"]
+        targets = ["nginx", "haproxy", "gateway", "gateway-nolog", "gateway-2w"]
         if args.only:
             targets = [t for t in targets if t in args.only.split(",") or t == "nginx"]
         for name in ("upstream", *targets):
@@ -239,6 +244,9 @@ def print_table(results: dict[str, list[dict[str, float]]], args: argparse.Names
             f"{name:<12}{rps:>10,.0f}{median(name, 'p50'):>9.2f}{p99:>9.2f}{rps / base:>9.2f}"
             f"{p99 / base_p99:>8.2f}{non2xx:>9}"
         )
+    if "gateway" in results and "gateway-nolog" in results:
+        ratio = median("gateway", "rps") / median("gateway-nolog", "rps")
+        print(f"gateway access log on / off: {ratio:.2f}x")
     if "gateway" in results and "gateway-2w" in results:
         print(f"gateway workers 2 / workers 1: {median('gateway-2w', 'rps') / median('gateway', 'rps'):.2f}x")
 
