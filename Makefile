@@ -8,7 +8,7 @@ CONFIG ?= config.example.yaml
 $(BIN)/gateway: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,postgres]'
 	touch $(BIN)/gateway
 
 run: $(BIN)/gateway

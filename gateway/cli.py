@@ -45,6 +45,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the database schema, then exit (serve does this too, at start)."""
+    import asyncio
+
+    from gateway.store import StoreUnavailable, open_store
+
+    config = _load(args.config)
+
+    async def migrate() -> None:
+        store = open_store(config.database)
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(migrate())
+    except StoreUnavailable as err:
+        print(f"gateway: database: {err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        print(f"gateway: database: {err}", file=sys.stderr)
+        return 1
+    print("database schema is up to date")
+    return 0
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         load_config(args.config)
@@ -213,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="YAML config (default: $GATEWAY_CONFIG or ./config.yaml)")
     serve.set_defaults(func=cmd_serve)
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.add_argument("--config", help="YAML config (default: $GATEWAY_CONFIG or ./config.yaml)")
+    migrate.set_defaults(func=cmd_migrate)
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("--config", help="YAML config to check")
     check.set_defaults(func=cmd_check_config)

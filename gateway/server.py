@@ -22,11 +22,10 @@ from gateway.metrics import Metrics, read_snapshots, render
 from gateway.model import iso_time
 from gateway.proxy import ProxyServer
 from gateway.routes import RouteTable, compile_routes
-from gateway.store import Store, open_store
+from gateway.store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger("gateway")
 USAGE_FLUSH_SECONDS = 5.0
-CHANGE_POLL_SECONDS = 0.25
 
 
 class StartupError(Exception):
@@ -88,13 +87,17 @@ class Gateway:
         self.service = KeyService(self.store, self.keyring, self.box, config.limits, self.usage)
         self.token, self.token_path = admin_token(config)
         self._runner: web.AppRunner | None = None
+        self._usage_failing = False
         self._tasks: list[asyncio.Task] = []
         self.admin_port = config.admin.port
         self.proxy = ProxyServer(config, self.keyring, self.routes, self.usage, self.metrics, self.access)
         self.metrics_dir = config.data_dir / "metrics"
 
     async def start(self) -> None:
-        await self.store.open()
+        try:
+            await self.store.open()
+        except StoreUnavailable as err:
+            raise StartupError(f"database: {err}") from None
         if not await self.store.check_secret(self.box.digest(b"gateway secret fingerprint")):
             raise StartupError(
                 "secret key: it does not match the one this database was created with; "
@@ -156,10 +159,13 @@ class Gateway:
             return
         try:
             await self.store.record_usage({k: (iso_time(at), n) for k, (at, n) in batch.items()})
-        except Exception:
+            self._usage_failing = False
+        except Exception as err:
             self.usage.restore(batch)
             self.metrics.store_errors += 1
-            log.warning("could not record key usage; will retry", exc_info=True)
+            if not self._usage_failing:  # once per outage
+                log.warning("could not record key usage (%s); keeping it in memory and retrying", err)
+            self._usage_failing = True
 
     async def _flush_usage_forever(self) -> None:
         while True:
@@ -167,21 +173,26 @@ class Gateway:
             await self.flush_usage()
 
     async def _watch_changes(self) -> None:
-        """Apply other processes' admin writes: a cheap marker check, then the change log."""
-        marker = await self.store.change_marker()
+        """Apply other processes' admin writes as the store reports them."""
+        failing = False
         while True:
-            await asyncio.sleep(CHANGE_POLL_SECONDS)
             try:
-                current = await self.store.change_marker()
-                if current != marker:
-                    marker = current
+                what = await self.store.wait_for_change()
+                if what == "resync":
+                    self.change_seq = await self.service.reload()
+                    log.info("keyring reloaded from the store (%d keys)", len(self.keyring))
+                elif what == "changed":
                     changes = await self.service.apply_changes(self.change_seq)
                     self.change_seq = changes.latest
                     if changes.newest_at:
                         self.metrics.propagation_lag = max(0.0, time.time() - changes.newest_at)
-            except Exception:
+                failing = False
+            except Exception as err:
                 self.metrics.store_errors += 1
-                log.warning("could not check the store for changes", exc_info=True)
+                if not failing:  # say it once per outage, not every poll
+                    log.warning("cannot read changes from the store: %s; serving from memory", err)
+                failing = True
+                await asyncio.sleep(1.0)
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds, flush usage."""

@@ -147,16 +147,14 @@ class UpstreamPool:
 
     async def connect(self) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(
+        async with asyncio.timeout(self.connect_timeout):  # not wait_for: it can swallow a cancel
+            _, conn = await loop.create_connection(
                 lambda: UpstreamConnection(self),
                 self.host,
                 self.port,
                 ssl=self.ssl,
                 server_hostname=self.host if self.ssl else None,
-            ),
-            self.connect_timeout,
-        )
+            )
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:

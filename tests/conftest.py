@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from yarl import URL
 
@@ -29,11 +32,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def make_config(tmp_path: Path, **overrides: Any) -> Config:
+POSTGRES = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def drop_schema(schema: str) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(POSTGRES)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test runs on both backends; on PostgreSQL in a schema of its own, dropped after.
+
+    A plain (not async) fixture, so pytest tears it down strictly after the gateways using it.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/gateway.db"
+        return
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    yield f"{POSTGRES}?schema={schema}"
+    drop_schema(schema)
+
+
+def make_config(tmp_path: Path, database: str | None = None, **overrides: Any) -> Config:
     raw: dict[str, Any] = {
         "listen": {"host": "127.0.0.1", "port": 0},
         "admin": {"host": "127.0.0.1", "port": 0, "token": "admin-token-for-tests"},
-        "database": f"sqlite:///{tmp_path}/gateway.db",
+        "database": database or f"sqlite:///{tmp_path}/gateway.db",
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
@@ -82,13 +113,13 @@ class Running:
 
 
 @pytest.fixture
-async def start_gateway(tmp_path: Path) -> AsyncIterator[Any]:
+async def start_gateway(tmp_path: Path, database_url: str) -> AsyncIterator[Any]:
     """Start in-process gateways on free ports; all are stopped at the end of the test."""
     started: list[Gateway] = []
     session = aiohttp.ClientSession()
 
     async def start(config: Config | None = None, **overrides: Any) -> Running:
-        config = config or make_config(tmp_path, **overrides)
+        config = config or make_config(tmp_path, database_url, **overrides)
         gateway = Gateway(config)
         await gateway.start()
         started.append(gateway)

@@ -64,8 +64,9 @@ class Store(Protocol):
     async def delete_key(self, key_id: str, audit: Audit | None = None) -> bool: ...
     async def all_keys(self) -> list[Key]: ...
     async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None: ...
-    async def change_marker(self) -> int:
-        """A number that changes whenever another process commits (cheap to poll)."""
+    async def wait_for_change(self) -> str:
+        """Wait a little for other processes' writes: "none", "changed" (read the change log),
+        or "resync" (the connection to the store was lost and is back: reload everything)."""
         ...
 
 
@@ -74,4 +75,8 @@ def open_store(url: str) -> Store:
         from gateway.store.sqlite import SQLiteStore
 
         return SQLiteStore(url[len("sqlite:///") :])
+    if url.startswith(("postgresql://", "postgres://")):
+        from gateway.store.postgres import PostgresStore
+
+        return PostgresStore(url)
     raise ValueError(f"unsupported database URL {url!r}")

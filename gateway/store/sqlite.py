@@ -18,9 +18,10 @@ import aiosqlite
 
 from gateway.model import Key
 from gateway.store import Audit, Changes, KeyLimitReached
+from gateway.store.rows import CHANGES_KEPT, COLUMNS, INSERT_COLUMNS, encode, insert_values, row_to_key
 
 SCHEMA_VERSION = 3
-CHANGES_KEPT = 100_000
+POLL_SECONDS = 0.25
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE keys (
@@ -58,45 +59,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 
-COLUMNS = (
-    "id, account, name, digest, key_masked, enabled, apps, interfaces, ip_whitelist,"
-    " created_at, updated_at, last_used_at, request_count"
-)
-JSON_FIELDS = ("apps", "interfaces", "ip_whitelist")
-
-
-def _encode(field: str, value: Any) -> Any:
-    if field in JSON_FIELDS:
-        return None if value is None else json.dumps(list(value))
-    if field == "enabled":
-        return int(value)
-    return value
-
-
-def _row_to_key(row: Any) -> Key:
-    apps, interfaces, whitelist = row[6], row[7], row[8]
-    return Key(
-        id=row[0],
-        account=row[1],
-        name=row[2],
-        digest=row[3],
-        key_masked=row[4],
-        enabled=bool(row[5]),
-        apps=None if apps is None else tuple(json.loads(apps)),
-        interfaces=None if interfaces is None else tuple(json.loads(interfaces)),
-        ip_whitelist=tuple(json.loads(whitelist)),
-        created_at=row[9],
-        updated_at=row[10],
-        last_used_at=row[11],
-        request_count=row[12],
-    )
-
 
 class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._marker: int | None = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -169,22 +138,8 @@ class SQLiteStore:
         if rows[0][0] >= limit:
             raise KeyLimitReached(key.account)
         await db.execute(
-            "INSERT INTO keys (id, account, name, digest, sealed, key_masked, enabled, apps,"
-            " interfaces, ip_whitelist, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                key.id,
-                key.account,
-                key.name,
-                key.digest,
-                sealed,
-                key.key_masked,
-                int(key.enabled),
-                _encode("apps", key.apps),
-                _encode("interfaces", key.interfaces),
-                _encode("ip_whitelist", key.ip_whitelist),
-                key.created_at,
-                key.updated_at,
-            ),
+            f"INSERT INTO keys ({INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            insert_values(key, sealed),
         )
         await self._log_change(db, key.id)
 
@@ -197,7 +152,7 @@ class SQLiteStore:
 
     async def get_key(self, key_id: str) -> Key | None:
         rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys WHERE id = ?", (key_id,))
-        return _row_to_key(rows[0]) if rows else None
+        return row_to_key(rows[0]) if rows else None
 
     async def get_sealed(self, key_id: str) -> str | None:
         rows = await self.db.execute_fetchall("SELECT sealed FROM keys WHERE id = ?", (key_id,))
@@ -210,7 +165,7 @@ class SQLiteStore:
             params.append(account)
         sql = f"SELECT {COLUMNS} FROM keys WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
         rows = await self.db.execute_fetchall(sql, (*params, limit))
-        return [_row_to_key(row) for row in rows]
+        return [row_to_key(row) for row in rows]
 
     async def count_keys(self) -> dict[str, int]:
         rows = await self.db.execute_fetchall("SELECT account, count(*) FROM keys GROUP BY account")
@@ -219,7 +174,7 @@ class SQLiteStore:
     async def update_key(
         self, key_id: str, changes: dict[str, Any], updated_at: str, audit: Audit | None = None
     ) -> Key | None:
-        fields = {name: _encode(name, value) for name, value in changes.items()}
+        fields = {name: encode(name, value) for name, value in changes.items()}
         fields["updated_at"] = updated_at
         assignments = ", ".join(f"{name} = ?" for name in fields)
         async with self._transaction() as db:
@@ -264,7 +219,7 @@ class SQLiteStore:
     async def get_keys(self, key_ids: list[str]) -> list[Key]:
         marks = ",".join("?" * len(key_ids))
         rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys WHERE id IN ({marks})", key_ids)
-        return [_row_to_key(row) for row in rows]
+        return [row_to_key(row) for row in rows]
 
     async def changes_since(self, seq: int) -> Changes:
         rows = await self.db.execute_fetchall("SELECT seq, key_id, at FROM changes WHERE seq > ? ORDER BY seq", (seq,))
@@ -277,7 +232,7 @@ class SQLiteStore:
 
     async def all_keys(self) -> list[Key]:
         rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys")
-        return [_row_to_key(row) for row in rows]
+        return [row_to_key(row) for row in rows]
 
     async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None:
         if not usage:
@@ -296,6 +251,11 @@ class SQLiteStore:
         rows = await self.db.execute_fetchall("SELECT coalesce(max(seq), 0) FROM changes")
         return int(rows[0][0])
 
-    async def change_marker(self) -> int:
+    async def wait_for_change(self) -> str:
+        """Every 250 ms: "changed" if another process committed (PRAGMA data_version moved)."""
+        await asyncio.sleep(POLL_SECONDS)
         rows = await self.db.execute_fetchall("PRAGMA data_version")
-        return int(rows[0][0])
+        marker = int(rows[0][0])
+        changed = self._marker is not None and marker != self._marker
+        self._marker = marker
+        return "changed" if changed else "none"

@@ -1,0 +1,369 @@
+"""The shared store for many replicas: PostgreSQL through asyncpg.
+
+Every write takes one transaction-scoped advisory lock, so writes are serialized across
+replicas: the per-account limit holds, and change-log sequence numbers commit in order.
+Each write logs the key id and NOTIFYs `gateway_changes`; every replica LISTENs on a
+connection of its own and applies the change within milliseconds. If that connection is
+lost, the replica keeps serving from memory, says so once, reconnects, and reloads fully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from gateway.model import Key
+from gateway.store import Audit, Changes, KeyLimitReached, StoreUnavailable
+from gateway.store.rows import CHANGES_KEPT, COLUMNS, INSERT_COLUMNS, encode, insert_values, row_to_key
+
+log = logging.getLogger("gateway.store")
+SCHEMA_VERSION = 1
+CHANNEL = "gateway_changes"
+WRITE_LOCK = 7_412_001  # advisory lock ids: any constant unlikely to clash with the application's
+MIGRATION_LOCK = 7_412_002
+POLL_SECONDS = 1.0  # a safety net: notifications normally arrive first
+CONNECT_TIMEOUT = 3.0
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            account TEXT NOT NULL,
+            name TEXT NOT NULL,
+            digest TEXT NOT NULL UNIQUE,
+            sealed TEXT NOT NULL,
+            key_masked TEXT NOT NULL,
+            enabled BOOLEAN NOT NULL,
+            apps TEXT,
+            interfaces TEXT,
+            ip_whitelist TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            last_used_at TEXT,
+            request_count BIGINT NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX keys_by_account ON keys (account, id)",
+        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE changes (seq BIGSERIAL PRIMARY KEY, key_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)",
+        """CREATE TABLE audit (
+            seq BIGSERIAL PRIMARY KEY,
+            at TEXT NOT NULL,
+            action TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            changes TEXT NOT NULL
+        )""",
+        "CREATE INDEX audit_by_key ON audit (key_id, seq)",
+    ),
+}
+UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+def _placeholders(count: int, start: int = 1) -> str:
+    return ",".join(f"${i}" for i in range(start, start + count))
+
+
+def split_url(url: str) -> tuple[str, str | None]:
+    """The DSN for asyncpg, and the `schema` query parameter (our extension) if any."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class PostgresStore:
+    def __init__(self, url: str) -> None:
+        self.dsn, self.schema = split_url(url)
+        self.settings = {"search_path": self.schema} if self.schema else {}
+        self._pool: asyncpg.Pool | None = None
+        self._changed = asyncio.Event()
+        self._resync = False
+        self._listener: asyncio.Task | None = None
+        self._closing = False
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "store is not open"
+        return self._pool
+
+    async def _connect(self) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self.dsn, timeout=CONNECT_TIMEOUT, server_settings={**self.settings, "application_name": "gateway"}
+        )
+
+    async def open(self) -> None:
+        try:
+            if self.schema:
+                conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                finally:
+                    await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=8,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=10,
+                server_settings={**self.settings, "application_name": "gateway"},
+            )
+        except UNAVAILABLE as err:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {err}") from None
+        await self._migrate()
+        self._listener = asyncio.create_task(self._listen_forever())
+
+    async def _migrate(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+            if current > SCHEMA_VERSION:
+                raise RuntimeError(f"database schema v{current} is newer than this gateway (v{SCHEMA_VERSION})")
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    await conn.execute(statement)
+            await conn.execute("DELETE FROM schema_version")
+            await conn.execute("INSERT INTO schema_version VALUES ($1)", SCHEMA_VERSION)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    # the change feed
+    async def _listen_forever(self) -> None:
+        outage_since: float | None = None
+        delay = 0.1
+        while not self._closing:
+            try:
+                conn = await self._connect()
+            except UNAVAILABLE as err:
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning("lost PostgreSQL (%s); serving keys from memory, reconnecting", err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+            try:
+                await conn.add_listener(CHANNEL, self._notified)
+                if outage_since is not None:
+                    log.info("PostgreSQL is back after %.1f s; reloading keys", time.monotonic() - outage_since)
+                    outage_since = None
+                    self._resync = True
+                    self._changed.set()
+                delay = 0.1
+                while not lost.is_set():  # a dead peer is noticed by a periodic round trip
+                    try:
+                        async with asyncio.timeout(2.0):
+                            await lost.wait()
+                    except TimeoutError:
+                        await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
+            except UNAVAILABLE:
+                pass
+            finally:
+                conn.terminate()
+            if not self._closing and outage_since is None:
+                outage_since = time.monotonic()
+                log.warning("lost PostgreSQL; serving keys from memory, reconnecting")
+
+    def _notified(self, *args: Any) -> None:
+        self._changed.set()
+
+    async def wait_for_change(self) -> str:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the event fires, and the watcher would never stop
+        try:
+            async with asyncio.timeout(POLL_SECONDS):
+                await self._changed.wait()
+        except TimeoutError:
+            pass
+        self._changed.clear()
+        if self._resync:
+            self._resync = False
+            return "resync"
+        return "changed"
+
+    # plumbing
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[asyncpg.Connection]:
+        """One write transaction, serialized across replicas by an advisory lock."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                yield conn
+        except UNAVAILABLE as err:
+            raise StoreUnavailable(str(err)) from None
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            return await self.pool.fetch(sql, *args)
+        except UNAVAILABLE as err:
+            raise StoreUnavailable(str(err)) from None
+
+    @staticmethod
+    async def _log_change(conn: asyncpg.Connection, key_id: str) -> None:
+        seq = await conn.fetchval("INSERT INTO changes (key_id, at) VALUES ($1, $2) RETURNING seq", key_id, time.time())
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
+        if seq % 1000 == 0:
+            await conn.execute("DELETE FROM changes WHERE seq <= $1", seq - CHANGES_KEPT)
+
+    @staticmethod
+    async def _audit(conn: asyncpg.Connection, entry: Audit) -> None:
+        await conn.execute(
+            "INSERT INTO audit (at, action, key_id, changes) VALUES ($1, $2, $3, $4)",
+            entry.at,
+            entry.action,
+            entry.key_id,
+            json.dumps(entry.changes),
+        )
+
+    # the interface
+    async def check_secret(self, fingerprint: str) -> bool:
+        async with self._writing() as conn:
+            stored = await conn.fetchval("SELECT value FROM meta WHERE name = 'secret'")
+            if stored is None:
+                await conn.execute("INSERT INTO meta VALUES ('secret', $1)", fingerprint)
+        return stored is None or stored == fingerprint
+
+    async def create_key(self, key: Key, sealed: str, limit: int, audit: Audit | None = None) -> None:
+        await self.create_keys([(key, sealed)], limit, [audit] if audit else [])
+
+    async def create_keys(self, items: list[tuple[Key, str]], limit: int, audit: Sequence[Audit] = ()) -> None:
+        async with self._writing() as conn:
+            for key, sealed in items:
+                count = await conn.fetchval("SELECT count(*) FROM keys WHERE account = $1", key.account)
+                if count >= limit:
+                    raise KeyLimitReached(key.account)
+                await conn.execute(
+                    f"INSERT INTO keys ({INSERT_COLUMNS}) VALUES ({_placeholders(12)})",
+                    *insert_values(key, sealed, bool),
+                )
+                await self._log_change(conn, key.id)
+            for entry in audit:
+                await self._audit(conn, entry)
+
+    async def get_key(self, key_id: str) -> Key | None:
+        rows = await self._fetch(f"SELECT {COLUMNS} FROM keys WHERE id = $1", key_id)
+        return row_to_key(rows[0]) if rows else None
+
+    async def get_keys(self, key_ids: list[str]) -> list[Key]:
+        rows = await self._fetch(f"SELECT {COLUMNS} FROM keys WHERE id = ANY($1::text[])", key_ids)
+        return [row_to_key(row) for row in rows]
+
+    async def get_sealed(self, key_id: str) -> str | None:
+        rows = await self._fetch("SELECT sealed FROM keys WHERE id = $1", key_id)
+        return rows[0][0] if rows else None
+
+    async def list_keys(self, account: str | None, after: str | None, limit: int) -> list[Key]:
+        if account is None:
+            rows = await self._fetch(
+                f"SELECT {COLUMNS} FROM keys WHERE id > $1 ORDER BY id LIMIT $2", after or "", limit
+            )
+        else:
+            rows = await self._fetch(
+                f"SELECT {COLUMNS} FROM keys WHERE id > $1 AND account = $2 ORDER BY id LIMIT $3",
+                after or "",
+                account,
+                limit,
+            )
+        return [row_to_key(row) for row in rows]
+
+    async def count_keys(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT account, count(*) FROM keys GROUP BY account")
+        return {row[0]: row[1] for row in rows}
+
+    async def update_key(
+        self, key_id: str, changes: dict[str, Any], updated_at: str, audit: Audit | None = None
+    ) -> Key | None:
+        fields = {name: encode(name, value, bool) for name, value in changes.items()}
+        fields["updated_at"] = updated_at
+        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=1))
+        async with self._writing() as conn:
+            status = await conn.execute(
+                f"UPDATE keys SET {assignments} WHERE id = ${len(fields) + 1}", *fields.values(), key_id
+            )
+            updated = status.endswith(" 1")
+            if updated:
+                await self._log_change(conn, key_id)
+                if audit:
+                    await self._audit(conn, audit)
+        return await self.get_key(key_id) if updated else None
+
+    async def delete_key(self, key_id: str, audit: Audit | None = None) -> bool:
+        async with self._writing() as conn:
+            status = await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
+            deleted = status.endswith(" 1")
+            if deleted:
+                await self._log_change(conn, key_id)
+                if audit:
+                    await self._audit(conn, audit)
+        return deleted
+
+    async def all_keys(self) -> list[Key]:
+        return [row_to_key(row) for row in await self._fetch(f"SELECT {COLUMNS} FROM keys")]
+
+    async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None:
+        if not usage:
+            return
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.executemany(
+                    "UPDATE keys SET request_count = request_count + $1,"
+                    " last_used_at = greatest(coalesce(last_used_at, ''), $2) WHERE id = $3",
+                    [(count, last_used, key_id) for key_id, (last_used, count) in usage.items()],
+                )
+        except UNAVAILABLE as err:
+            raise StoreUnavailable(str(err)) from None
+
+    async def latest_change(self) -> int:
+        rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM changes")
+        return int(rows[0][0])
+
+    async def changes_since(self, seq: int) -> Changes:
+        rows = await self._fetch("SELECT seq, key_id, at FROM changes WHERE seq > $1 ORDER BY seq", seq)
+        if not rows:
+            return Changes(max(seq, await self.latest_change()), [], 0.0)
+        if rows[0][0] > seq + 1 and seq > 0:
+            oldest = await self._fetch("SELECT min(seq) FROM changes")
+            if oldest[0][0] > seq + 1:  # pruned past our position
+                return Changes(rows[-1][0], None, rows[-1][2])
+        return Changes(rows[-1][0], list(dict.fromkeys(row[1] for row in rows)), rows[-1][2])
+
+    async def add_audit(self, entry: Audit) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await self._audit(conn, entry)
+        except UNAVAILABLE as err:
+            raise StoreUnavailable(str(err)) from None
+
+    async def list_audit(self, key_id: str | None, after: int | None, limit: int) -> list[Audit]:
+        if key_id is None:
+            rows = await self._fetch(
+                "SELECT seq, at, action, key_id, changes FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                after or 0,
+                limit,
+            )
+        else:
+            rows = await self._fetch(
+                "SELECT seq, at, action, key_id, changes FROM audit"
+                " WHERE seq > $1 AND key_id = $2 ORDER BY seq LIMIT $3",
+                after or 0,
+                key_id,
+                limit,
+            )
+        return [Audit(row[1], row[2], row[3], json.loads(row[4]), row[0]) for row in rows]

@@ -1,0 +1,63 @@
+"""How a key is laid out in a table row; shared by every backend."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.model import Key
+
+COLUMNS = (
+    "id, account, name, digest, key_masked, enabled, apps, interfaces, ip_whitelist,"
+    " created_at, updated_at, last_used_at, request_count"
+)
+INSERT_COLUMNS = (
+    "id, account, name, digest, sealed, key_masked, enabled, apps, interfaces, ip_whitelist, created_at, updated_at"
+)
+JSON_FIELDS = ("apps", "interfaces", "ip_whitelist")
+CHANGES_KEPT = 100_000  # change-log rows kept; a process further behind reloads everything
+
+
+def encode(field: str, value: Any, bool_type: type = int) -> Any:
+    if field in JSON_FIELDS:
+        return None if value is None else json.dumps(list(value))
+    if field == "enabled":
+        return bool_type(value)
+    return value
+
+
+def insert_values(key: Key, sealed: str, bool_type: type = int) -> tuple[Any, ...]:
+    """The values for INSERT_COLUMNS."""
+    return (
+        key.id,
+        key.account,
+        key.name,
+        key.digest,
+        sealed,
+        key.key_masked,
+        bool_type(key.enabled),
+        encode("apps", key.apps),
+        encode("interfaces", key.interfaces),
+        encode("ip_whitelist", key.ip_whitelist),
+        key.created_at,
+        key.updated_at,
+    )
+
+
+def row_to_key(row: Any) -> Key:
+    apps, interfaces, whitelist = row[6], row[7], row[8]
+    return Key(
+        id=row[0],
+        account=row[1],
+        name=row[2],
+        digest=row[3],
+        key_masked=row[4],
+        enabled=bool(row[5]),
+        apps=None if apps is None else tuple(json.loads(apps)),
+        interfaces=None if interfaces is None else tuple(json.loads(interfaces)),
+        ip_whitelist=tuple(json.loads(whitelist)),
+        created_at=row[9],
+        updated_at=row[10],
+        last_used_at=row[11],
+        request_count=row[12],
+    )
