@@ -92,9 +92,8 @@ def until(port: int, key: str, wanted: int, agree: int) -> float:
 def report(name: str, samples: list[float]) -> None:
     ordered = sorted(samples)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    print(
-        f"{name:<10} n={len(samples):<4} p50 {statistics.median(samples):7.1f} ms  p99 {p99:7.1f} ms  max {max(samples):7.1f} ms"
-    )
+    p50 = statistics.median(samples)
+    print(f"{name:<10} n={len(samples):<4} p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  max {max(samples):7.1f} ms")
 
 
 def main() -> None:
