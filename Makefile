@@ -30,6 +30,8 @@ format: $(BIN)/gateway
 bench: $(BIN)/gateway
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/propagation.py --backend postgres
+	$(BIN)/python bench/propagation.py --backend sqlite
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
