@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +25,18 @@ STATUS_OF = {
     "body_too_large": 413,
     "store_unavailable": 503,
 }
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/"})  # and the console's static files under /console/
+CONSOLE = Path(__file__).resolve().parent / "console"
+# The console runs no inline script and loads nothing from elsewhere.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 SERVICE = web.AppKey("service", KeyService)
 METRICS = web.AppKey("metrics", Callable[[], Awaitable[bytes]])
 ROUTES = web.AppKey("routes", RouteTable)
@@ -47,7 +59,7 @@ def _authorized(request: web.Request) -> bool:
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Token check first, then every failure becomes the contract's JSON error."""
-    if request.path not in OPEN_PATHS and not request.path.startswith("/console") and not _authorized(request):
+    if request.path not in OPEN_PATHS and not request.path.startswith("/console/") and not _authorized(request):
         return error_response("unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
     try:
         return await handler(request)
@@ -134,6 +146,23 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+async def console_index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(CONSOLE / "index.html")
+
+
+async def settings(request: web.Request) -> web.Response:
+    limits = request.app[SERVICE].limits
+    return web.json_response(
+        {"limits": {"keys_per_account": limits.keys_per_account, "ips_per_key": limits.ips_per_key}}
+    )
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+
+
 async def interfaces(request: web.Request) -> web.Response:
     catalogue = request.app[ROUTES].catalogue
     categories = [{"id": c, "interfaces": list(catalogue.get(c, []))} for c in CATEGORIES]
@@ -163,5 +192,9 @@ def build_admin_app(
     app.router.add_get("/api/v1/interfaces", interfaces)
     app.router.add_get("/api/v1/audit", audit)
     app.router.add_get("/api/v1/openapi.json", openapi)
+    app.router.add_get("/api/v1/settings", settings)
+    app.router.add_get("/", console_index)
+    app.router.add_static("/console/", CONSOLE, show_index=False, follow_symlinks=False)
+    app.on_response_prepare.append(security_headers)
     app.router.add_get("/metrics", metrics)
     return app

@@ -174,6 +174,31 @@ def document() -> dict[str, Any]:
                     "responses": {"201": _json(_ref("KeyWithSecret"), "the copy"), **_errors(404, 409, *common)},
                 },
             },
+            "/api/v1/settings": {
+                "get": {
+                    "summary": "The limits the console shows (keys per account, whitelist entries per key)",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["limits"],
+                                "properties": {
+                                    "limits": {
+                                        "type": "object",
+                                        "required": ["keys_per_account", "ips_per_key"],
+                                        "properties": {
+                                            "keys_per_account": {"type": "integer"},
+                                            "ips_per_key": {"type": "integer"},
+                                        },
+                                    }
+                                },
+                            },
+                            "the limits",
+                        ),
+                        **_errors(*common),
+                    },
+                }
+            },
             "/api/v1/interfaces": {
                 "get": {
                     "summary": "The interface catalogue",
