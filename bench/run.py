@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,27 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import free_port, wait_for_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/api/v5/app/entry/data/list"
 BODY = '{"app_id":"app7","entry_id":"e1"}'
 SECRET = "bench-secret-key-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"bench: port {port} did not open")
 
 
 def ensure_tools() -> None:
