@@ -286,3 +286,20 @@ async def test_usage_counts_allowed_requests_only(proxy: Proxy) -> None:
     await asyncio.sleep(0)
     stored = await proxy.running.gateway.store.get_key(key["id"])
     assert stored.request_count == 3 and stored.last_used_at == shown["last_used_at"]
+
+
+async def test_ipv6_clients_never_match_a_whitelist(start_proxy) -> None:
+    import aiohttp
+
+    proxy: Proxy = await start_proxy(listen={"host": "::1"})
+    listed = await proxy.admin.create(ip_whitelist=["0.0.0.0/0"])
+    open_key = await proxy.admin.create()
+    url = f"http://[::1]:{proxy.port}{WORKFLOW}"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, headers={"Authorization": f"Bearer {listed['key']}"}) as response:
+            body = await response.json()
+            assert (response.status, body["reason"]) == (403, "ip_not_allowed")
+        async with session.post(url, headers={"Authorization": f"Bearer {open_key['key']}"}) as response:
+            seen = await response.json()
+            assert response.status == 200
+    assert ["X-Forwarded-For", "::1"] in seen["headers"]

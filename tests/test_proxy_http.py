@@ -275,6 +275,37 @@ async def test_slow_reader_does_not_make_the_gateway_buffer(proxy: Proxy, key: s
     await client.close()
 
 
+async def test_large_upload_to_a_slow_upstream_is_not_buffered(proxy: Proxy, key: str) -> None:
+    total = 96 * MiB
+    client = await RawClient.connect(proxy.port)
+    await client.send(head("POST", PATH + "?slow_read=2", key, f"Content-Length: {total}"))
+    block = pattern(MiB)
+    sent = 0
+
+    async def upload() -> None:
+        nonlocal sent
+        while sent < total:
+            client.writer.write(block)
+            await client.writer.drain()  # blocks once the gateway stops reading
+            sent += len(block)
+
+    uploading = asyncio.ensure_future(upload())
+    await asyncio.sleep(1.5)  # the upstream is not reading yet
+    gateway = proxy.running.gateway.proxy
+    client_conn = next(iter(gateway.connections))
+    upstream_conn = client_conn.current.upstream
+    assert upstream_conn is not None
+    buffered = upstream_conn.transport.get_write_buffer_size() + client_conn.current.body_size
+    assert buffered < 8 * MiB, buffered  # the gateway holds a few MiB at most, not the upload
+    assert sent < 48 * MiB, sent  # and the client was made to wait
+    await asyncio.wait_for(uploading, 60)
+    (response,) = await client.read_responses(1, timeout=60)
+    seen = json.loads(response.body)
+    assert seen["body_size"] == total
+    assert seen["body_sha256"] == hashlib.sha256(block * 96).hexdigest()
+    await client.close()
+
+
 async def test_header_limits(start_proxy) -> None:
     proxy: Proxy = await start_proxy(limits={"max_headers": 20, "max_header_bytes": 4096})
     key = (await proxy.admin.create())["key"]

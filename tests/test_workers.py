@@ -49,6 +49,16 @@ def test_two_workers_share_the_port_and_see_changes(spawn, upstream_process) -> 
     admin(proc, "DELETE", f"/api/v1/keys/{key['id']}")
     time.sleep(1.0)
     assert {call(proc, key["key"]) for _ in range(40)} == {401}
+    # metrics merge both workers' counts (each worker publishes a snapshot every second)
+    time.sleep(1.5)
+    request = urllib.request.Request(proc.admin_url + "/metrics")
+    request.add_header("Authorization", f"Bearer {proc.token}")
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    total = sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("gateway_requests_total{")
+    )
+    assert total == len(statuses) + 3 * 40
+    assert 'gateway_keyring_size{worker="0"}' in text and 'gateway_keyring_size{worker="1"}' in text
     # 40 new connections all landing on one of two workers is a 1-in-2^39 event: both saw each change
     children = Path(f"/proc/{proc.process.pid}/task/{proc.process.pid}/children").read_text().split()
     workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]

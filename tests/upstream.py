@@ -1,7 +1,7 @@
 """A real aiohttp upstream for the data-path tests: it echoes what it received.
 
 Behaviour is chosen with query parameters: `sleep` (seconds before answering), `size`
-(stream that many response bytes), `status`, `close_after` (write that many bytes then drop
+(stream that many response bytes), `slow_read` (seconds before reading the body), `status`, `close_after` (write that many bytes then drop
 the connection), `chunked=1` (stream without Content-Length).
 """
 
@@ -26,6 +26,8 @@ RECORDER = web.AppKey("recorder", Recorder)
 async def echo(request: web.Request) -> web.StreamResponse:
     recorder = request.app[RECORDER]
     query = request.query
+    if "slow_read" in query:  # let the request body back up before reading it
+        await asyncio.sleep(float(query["slow_read"]))
     digest = hashlib.sha256()
     size = 0
     async for chunk in request.content.iter_any():
