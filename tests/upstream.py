@@ -1,8 +1,9 @@
 """A real aiohttp upstream for the data-path tests: it echoes what it received.
 
 Behaviour is chosen with query parameters: `sleep` (seconds before answering), `size`
-(stream that many response bytes), `slow_read` (seconds before reading the body), `status`, `close_after` (write that many bytes then drop
-the connection), `chunked=1` (stream without Content-Length).
+(stream that many response bytes), `slow_read` (seconds before reading the body), `status`,
+`close_after` (write that many bytes then drop the connection), `chunked=1` (stream without
+Content-Length).
 """
 
 from __future__ import annotations
