@@ -3,8 +3,9 @@
     .venv/bin/python bench/decision.py
 
 Prints ns per decision at 10, 10,000 and 100,000 keys (the same 1,000 active clients each
-time, the same scopes as bench/run.py), the ratio to the 10-key run, and the resident memory
-the keyring adds per key. Times are medians of several passes.
+time, the same scopes as bench/run.py), the ratio to the 10-key run, the memory the keyring adds
+per key, and the resident memory of a real gateway process with 0 and 100,000 keys. Times
+are medians of several passes.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ import gc
 import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import free_port, wait_for_port
 
 from gateway import authorize as decide
 from gateway.config import Routes
@@ -27,6 +32,8 @@ from gateway.model import Key
 from gateway.routes import compile_routes
 from gateway.secrets import SecretBox, generate_id, generate_secret
 
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-secret-key-0123456789abcdef"
 APPS = tuple(f"app{i}" for i in range(50))
 PATH = "/api/v1/app/app7/entry/e1/data_create"
 ACTIVE = 1000
@@ -105,6 +112,51 @@ def main() -> None:
     gc.collect()
     after = rss_bytes()
     print(f"keyring memory at 100,000 keys: {(after - before) / 100_000:.0f} bytes per key ({len(keyring):,} keys)")
+    process_memory()
+
+
+def gateway_rss(count: int, work: Path) -> int:
+    """Resident memory of a real `gateway serve` process holding `count` keys (bytes)."""
+    db = f"sqlite:///{work}/rss-{count}.db"
+    keys_file = work / f"keys-{count}.txt"
+    setup = [sys.executable, str(ROOT / "bench" / "setup_keys.py"), db, SECRET, str(count), str(keys_file), "1"]
+    subprocess.run(setup, check=True)
+    proxy, admin = free_port(), free_port()
+    config = work / f"rss-{count}.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: {proxy}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: t}}\n"
+        f"database: '{db}'\nlog: {{access: false}}\n"
+    )
+    env = {**os.environ, "GATEWAY_SECRET_KEY": SECRET}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(proxy, 120)
+        time.sleep(1.0)
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise SystemExit("no VmRSS")
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def process_memory() -> None:
+    with tempfile.TemporaryDirectory(prefix="gateway-rss-") as tmp:
+        work = Path(tmp)
+        empty = gateway_rss(0, work)
+        full = gateway_rss(100_000, work)
+    per_thousand = (full - empty) / 100
+    print(
+        f"gateway process RSS: {empty / 2**20:.1f} MiB with no keys, {full / 2**20:.1f} MiB with 100,000 keys"
+        f" -> {per_thousand / 1024:.0f} KiB per 1,000 keys ({(full - empty) / 100_000:.0f} bytes per key)"
+    )
 
 
 if __name__ == "__main__":

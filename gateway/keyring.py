@@ -16,6 +16,19 @@ from gateway.model import Key
 DIGEST_CACHE_SIZE = 65536
 
 
+class Rebuild:
+    """A keyring under construction, filled batch by batch so a reload of many keys never
+    holds every row at once (the transient rows would stay in the process's memory)."""
+
+    def __init__(self) -> None:
+        self.by_digest: dict[bytes, KeySnapshot] = {}
+        self.shared = Interner()
+
+    def add(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            self.by_digest[bytes.fromhex(key.digest)] = KeySnapshot.of(key, self.shared)
+
+
 class Keyring:
     def __init__(self, digest: Callable[[bytes], bytes]) -> None:
         self._digest = digest
@@ -41,11 +54,15 @@ class Keyring:
             self._by_digest.pop(digest, None)
 
     def replace_all(self, keys: Iterable[Key]) -> None:
-        shared = Interner()
-        by_digest = {bytes.fromhex(key.digest): KeySnapshot.of(key, shared) for key in keys}
-        self._digest_of_id = {snap.id: digest for digest, snap in by_digest.items()}
-        self._by_digest = by_digest
-        self._shared = shared
+        fresh = Rebuild()
+        fresh.add(keys)
+        self.install(fresh)
+
+    def install(self, fresh: Rebuild) -> None:
+        """Swap in a keyring built off to the side (one assignment each: no half state)."""
+        self._digest_of_id = {snap.id: digest for digest, snap in fresh.by_digest.items()}
+        self._by_digest = fresh.by_digest
+        self._shared = fresh.shared
 
     def lookup(self, presented: bytes) -> KeySnapshot | None:
         """The snapshot for a presented key value (bounded memo of value -> digest)."""

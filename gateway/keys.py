@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway import secrets
 from gateway.config import Limits
-from gateway.keyring import Keyring, Usage
+from gateway.keyring import Keyring, Rebuild, Usage
 from gateway.model import (
     DEFAULT_ACCOUNT,
     DEFAULT_NAME,
@@ -30,6 +30,7 @@ from gateway.store import Audit, Changes, KeyLimitReached, Store
 
 audit_log = logging.getLogger("gateway.audit")
 MAX_PAGE = 500
+LOAD_BATCH = 2000
 DEFAULT_PAGE = 50
 
 
@@ -190,11 +191,22 @@ class KeyService:
         entries = entries[:page]
         return entries, str(entries[-1].seq) if more else None
 
+    async def _load_keyring(self) -> None:
+        fresh = Rebuild()
+        after = None
+        while True:
+            batch = await self.store.list_keys(None, after, LOAD_BATCH)
+            fresh.add(batch)
+            if len(batch) < LOAD_BATCH:
+                break
+            after = batch[-1].id
+        self.keyring.install(fresh)
+
     async def reload(self) -> int:
         """Rebuild the keyring from the store; returns the change-log position it reflects."""
         async with self._lock:
             seq = await self.store.latest_change()
-            self.keyring.replace_all(await self.store.all_keys())
+            await self._load_keyring()
             return seq
 
     async def apply_changes(self, seq: int) -> Changes:
@@ -203,7 +215,7 @@ class KeyService:
             changes = await self.store.changes_since(seq)
             ids = changes.key_ids
             if ids is None:  # the log was pruned past our position: start over
-                self.keyring.replace_all(await self.store.all_keys())
+                await self._load_keyring()
             elif ids:
                 found = {key.id: key for key in await self.store.get_keys(ids)}
                 for key_id in ids:

@@ -330,6 +330,12 @@ async def test_slow_headers_time_out(start_proxy) -> None:
     assert await client.wait_closed()
     idle = await RawClient.connect(proxy.port)
     assert await idle.wait_closed(timeout=5)  # an idle connection is closed after idle_timeout
+    key = (await proxy.admin.create())["key"]
+    slow = await RawClient.connect(proxy.port)  # a body that stops arriving
+    await slow.send(head("POST", PATH, key, "Content-Length: 100") + b"only part of it")
+    (response,) = await slow.read_responses(1, timeout=5)
+    assert response.status == 408
+    assert await slow.wait_closed()
 
 
 async def test_https_upstream_is_verified(start_gateway, tmp_path) -> None:

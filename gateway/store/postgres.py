@@ -314,9 +314,6 @@ class PostgresStore:
                     await self._audit(conn, audit)
         return deleted
 
-    async def all_keys(self) -> list[Key]:
-        return [row_to_key(row) for row in await self._fetch(f"SELECT {COLUMNS} FROM keys")]
-
     async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None:
         if not usage:
             return

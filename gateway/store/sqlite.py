@@ -230,10 +230,6 @@ class SQLiteStore:
             return Changes(rows[-1][0], None, rows[-1][2])
         return Changes(rows[-1][0], list(dict.fromkeys(row[1] for row in rows)), rows[-1][2])
 
-    async def all_keys(self) -> list[Key]:
-        rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys")
-        return [row_to_key(row) for row in rows]
-
     async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None:
         if not usage:
             return
