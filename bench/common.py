@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -21,3 +25,22 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"bench: port {port} did not open")
+
+
+SECRET = "bench-secret-key-0123456789abcdef"
+
+
+def spawn_gateway(work: Path, name: str, proxy: int, admin: int, database: str, extra: str = "") -> subprocess.Popen:
+    """`gateway serve` in its own process, with a config written to `work`; output discarded."""
+    config = work / f"{name}.yaml"
+    config.write_text(
+        f"listen: {{host: 127.0.0.1, port: {proxy}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: bench-token}}\n"
+        f"database: '{database}'\n{extra}"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=work,
+        env={**os.environ, "GATEWAY_SECRET_KEY": SECRET},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

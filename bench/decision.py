@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import free_port, wait_for_port
+from common import SECRET, free_port, spawn_gateway, wait_for_port
 
 from gateway import authorize as decide
 from gateway.config import Routes
@@ -33,7 +33,6 @@ from gateway.routes import compile_routes
 from gateway.secrets import SecretBox, generate_id, generate_secret
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = "bench-secret-key-0123456789abcdef"
 APPS = tuple(f"app{i}" for i in range(50))
 PATH = "/api/v1/app/app7/entry/e1/data_create"
 ACTIVE = 1000
@@ -122,19 +121,7 @@ def gateway_rss(count: int, work: Path) -> int:
     setup = [sys.executable, str(ROOT / "bench" / "setup_keys.py"), db, SECRET, str(count), str(keys_file), "1"]
     subprocess.run(setup, check=True)
     proxy, admin = free_port(), free_port()
-    config = work / f"rss-{count}.yaml"
-    config.write_text(
-        f"listen: {{host: 127.0.0.1, port: {proxy}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: t}}\n"
-        f"database: '{db}'\nlog: {{access: false}}\n"
-    )
-    env = {**os.environ, "GATEWAY_SECRET_KEY": SECRET}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        cwd=work,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = spawn_gateway(work, f"rss-{count}", proxy, admin, db, "log: {access: false}\n")
     try:
         wait_for_port(proxy, 120)
         time.sleep(1.0)

@@ -23,12 +23,12 @@ import time
 import uuid
 from pathlib import Path
 
-from common import free_port, wait_for_port
+from common import free_port, spawn_gateway, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES = os.environ.get("GATEWAY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 PATH = "/api/v5/workflow/task/approve"
-TOKEN = "propagation-token"
+TOKEN = "bench-token"
 
 
 def call(port: int, method: str, path: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:
@@ -43,20 +43,8 @@ def call(port: int, method: str, path: str, body: dict | None = None, key: str |
 
 def start(work: Path, name: str, database: str, upstream: int, workers: int = 1) -> tuple[subprocess.Popen, int, int]:
     proxy, admin = free_port(), free_port()
-    config = work / f"{name}.yaml"
-    config.write_text(
-        f"listen: {{host: 127.0.0.1, port: {proxy}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: {TOKEN}}}\n"
-        f"upstream: {{url: 'http://127.0.0.1:{upstream}'}}\ndatabase: '{database}'\nworkers: {workers}\n"
-        "log: {access: false}\n"
-    )
-    env = {**os.environ, "GATEWAY_SECRET_KEY": "propagation-secret-key-0123456789"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        cwd=work,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    extra = f"upstream: {{url: 'http://127.0.0.1:{upstream}'}}\nworkers: {workers}\nlog: {{access: false}}\n"
+    process = spawn_gateway(work, name, proxy, admin, database, extra)
     wait_for_port(admin)
     wait_for_port(proxy)
     return process, proxy, admin

@@ -24,12 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, wait_for_port
+from common import SECRET, free_port, spawn_gateway, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/api/v5/app/entry/data/list"
 BODY = '{"app_id":"app7","entry_id":"e1"}'
-SECRET = "bench-secret-key-0123456789abcdef"
 
 
 def ensure_tools() -> None:
@@ -96,14 +95,8 @@ class Bench:
         self.spawn([tool("haproxy"), "-f", str(conf)])
 
     def gateway(self, port: int, admin: int, upstream: int, workers: int, db: str, extra: str = "") -> None:
-        conf = self.work / f"gateway-{port}.yaml"
-        conf.write_text(
-            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-            f"admin: {{host: 127.0.0.1, port: {admin}, token: bench-token}}\n"
-            f"upstream: {{url: 'http://127.0.0.1:{upstream}'}}\ndatabase: '{db}'\nworkers: {workers}\n{extra}"
-        )
-        env = {**os.environ, "GATEWAY_SECRET_KEY": SECRET}
-        self.spawn([sys.executable, "-m", "gateway", "serve", "--config", str(conf)], env=env, cwd=self.work)
+        extra = f"upstream: {{url: 'http://127.0.0.1:{upstream}'}}\nworkers: {workers}\n{extra}"
+        self.processes.append(spawn_gateway(self.work, f"gateway-{port}", port, admin, db, extra))
 
 
 def wrk(port: int, seconds: float, script: Path, connections: int) -> dict[str, float]:
