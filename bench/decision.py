@@ -11,7 +11,6 @@ are medians of several passes.
 from __future__ import annotations
 
 import gc
-import os
 import random
 import statistics
 import subprocess
@@ -36,12 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = tuple(f"app{i}" for i in range(50))
 PATH = "/api/v1/app/app7/entry/e1/data_create"
 ACTIVE = 1000
-PASSES = 7
-
-
-def rss_bytes() -> int:
-    with open(f"/proc/{os.getpid()}/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+PASSES = 11
 
 
 def build(box: SecretBox, count: int) -> tuple[Keyring, list[bytes]]:
@@ -70,47 +64,42 @@ def build(box: SecretBox, count: int) -> tuple[Keyring, list[bytes]]:
     return keyring, secrets
 
 
-def measure(keyring: Keyring, presented: list[bytes], iterations: int) -> float:
+def one_pass(keyring: Keyring, presented: list[bytes], iterations: int) -> float:
+    """ns per decision over `iterations` decisions, cycling through the presented keys."""
     routes = compile_routes(Routes())
     ip = client_ip("127.0.0.1")
     authorize = decide.authorize
     match = routes.match
     lookup = keyring.lookup
-    samples = []
-    for _ in range(PASSES):
-        start = time.perf_counter_ns()
-        for i in range(iterations):
-            key = lookup(presented[i % len(presented)])
-            route = match("POST", PATH)
-            result = authorize(key, True, ip, False, route, route.app_id if route else None)
-            if result is not decide.ALLOW:
-                raise SystemExit(f"unexpected decision {result}")
-        samples.append((time.perf_counter_ns() - start) / iterations)
-    return statistics.median(samples)
+    start = time.perf_counter_ns()
+    for i in range(iterations):
+        key = lookup(presented[i % len(presented)])
+        route = match("POST", PATH)
+        result = authorize(key, True, ip, False, route, route.app_id if route else None)
+        if result is not decide.ALLOW:
+            raise SystemExit(f"unexpected decision {result}")
+    return (time.perf_counter_ns() - start) / iterations
 
 
 def main() -> None:
     box = SecretBox("bench-secret-key-0123456789abcdef")
     rng = random.Random(7)
-    results = {}
+    setups = {}
     for count in (10, 10_000, 100_000):
-        gc.collect()
         keyring, secrets = build(box, count)
-        active = [rng.choice(secrets) for _ in range(ACTIVE)]
-        results[count] = measure(keyring, active, 200_000)
-        del keyring, secrets
+        setups[count] = (keyring, [rng.choice(secrets) for _ in range(ACTIVE)])
+    gc.collect()
+    samples: dict[int, list[float]] = {count: [] for count in setups}
+    for _ in range(PASSES):  # interleaved, so machine noise hits every size alike
+        for count, (keyring, active) in setups.items():
+            samples[count].append(one_pass(keyring, active, 100_000))
+    results = {count: statistics.median(values) for count, values in samples.items()}
+    del setups
     base = results[10]
     print("keys      ns/decision  x 10 keys")
     for count, ns in results.items():
         print(f"{count:>7,}  {ns:>11.0f}  {ns / base:>9.2f}")
 
-    gc.collect()
-    before = rss_bytes()
-    keyring, secrets = build(box, 100_000)
-    del secrets
-    gc.collect()
-    after = rss_bytes()
-    print(f"keyring memory at 100,000 keys: {(after - before) / 100_000:.0f} bytes per key ({len(keyring):,} keys)")
     process_memory()
 
 

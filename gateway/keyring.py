@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from gateway.authorize import Interner, KeySnapshot
 from gateway.model import Key
 
-DIGEST_CACHE_SIZE = 65536
+HOT_CACHE_SIZE = 65536
+_MISSING = object()
 
 
 class Rebuild:
@@ -34,7 +35,9 @@ class Keyring:
         self._digest = digest
         self._by_digest: dict[bytes, KeySnapshot] = {}
         self._digest_of_id: dict[str, bytes] = {}
-        self._digest_cache: dict[bytes, bytes] = {}
+        # presented value -> snapshot (or None): hot clients skip the HMAC and the big index.
+        # Emptied on every change, so a revocation applies to the very next request.
+        self._hot: dict[bytes, KeySnapshot | None] = {}
         self._shared = Interner()
 
     def __len__(self) -> int:
@@ -47,11 +50,13 @@ class Keyring:
             self._by_digest.pop(old, None)
         self._by_digest[digest] = KeySnapshot.of(key, self._shared)
         self._digest_of_id[key.id] = digest
+        self._hot.clear()
 
     def remove(self, key_id: str) -> None:
         digest = self._digest_of_id.pop(key_id, None)
         if digest is not None:
             self._by_digest.pop(digest, None)
+        self._hot.clear()
 
     def replace_all(self, keys: Iterable[Key]) -> None:
         fresh = Rebuild()
@@ -63,17 +68,19 @@ class Keyring:
         self._digest_of_id = {snap.id: digest for digest, snap in fresh.by_digest.items()}
         self._by_digest = fresh.by_digest
         self._shared = fresh.shared
+        self._hot = {}
 
     def lookup(self, presented: bytes) -> KeySnapshot | None:
-        """The snapshot for a presented key value (bounded memo of value -> digest)."""
-        cache = self._digest_cache
-        digest = cache.get(presented)
-        if digest is None:
-            digest = self._digest(presented)
-            if len(cache) >= DIGEST_CACHE_SIZE:
-                cache.clear()
-            cache[presented] = digest
-        return self._by_digest.get(digest)
+        """The snapshot for a presented key value, None if no key has that value."""
+        hot = self._hot
+        snapshot = hot.get(presented, _MISSING)
+        if snapshot is not _MISSING:
+            return snapshot  # type: ignore[return-value]
+        snapshot = self._by_digest.get(self._digest(presented))
+        if len(hot) >= HOT_CACHE_SIZE:
+            hot.clear()
+        hot[presented] = snapshot
+        return snapshot
 
 
 class Usage:
