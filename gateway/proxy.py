@@ -66,6 +66,7 @@ REQUEST_DROP = HOP_BY_HOP | {
 }
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 LAST_CHUNK = b"0\r\n\r\n"
+NO_TOKENS: frozenset[bytes] = frozenset()
 
 
 class ProtocolError(Exception):
@@ -280,7 +281,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         parser = self.parser
         exchange = Exchange(self, parser.get_method(), self.url, self.headers, parser.should_keep_alive())
-        exchange.check_framing(parser.get_http_version())
+        exchange.scan_headers(parser.get_http_version())
         if exchange.upgrade:
             raise ProtocolError(UPGRADE_NOT_SUPPORTED)
         self.parsing = exchange
@@ -412,17 +413,26 @@ class Exchange:
         "chunked_in",
         "chunked_out",
         "client",
+        "client_host",
         "close_delimited",
         "conn",
         "connecting",
+        "connection_tokens",
         "content_length",
         "expect_continue",
+        "forwarded_for",
+        "forwarded_host",
+        "forwarded_proto",
         "headers",
         "keep_alive",
         "key",
+        "key_sent",
         "logged",
+        "lowers",
         "method",
         "no_response_body",
+        "plugin",
+        "presented",
         "replay",
         "request_complete",
         "response_bytes",
@@ -454,7 +464,16 @@ class Exchange:
         self.method = method
         self.url = url
         self.headers = headers
+        self.lowers: list[bytes] = []
         self.keep_alive = keep_alive
+        self.presented = b""
+        self.key_sent = False
+        self.plugin = False
+        self.client_host = b""
+        self.connection_tokens: frozenset[bytes] | set[bytes] = NO_TOKENS
+        self.forwarded_for: list[bytes] = []
+        self.forwarded_proto = b""
+        self.forwarded_host = b""
         self.version = b"1.1"
         self.chunked_in = False
         self.content_length: int | None = None
@@ -488,23 +507,47 @@ class Exchange:
         self.logged = False
 
     # request side
-    def check_framing(self, version: str) -> None:
-        """Refuse ambiguous framing: both CL and TE, differing CLs, any TE but `chunked`."""
+    def scan_headers(self, version: str) -> None:
+        """One pass over the request headers for everything the exchange needs later, and
+        refuse ambiguous framing: both CL and TE, differing CLs, any TE but `chunked`."""
         self.version = version.encode()
+        server = self.conn.server
+        auth_header, plugin_header = server.auth_header, server.plugin_header
+        trusted = self.conn.peer_trusted
         lengths: set[bytes] = set()
         codings = []
+        lowers = self.lowers
         for name, value in self.headers:
             lower = name.lower()
-            if lower == b"content-length":
+            lowers.append(lower)
+            if lower == auth_header:
+                if not self.key_sent:
+                    stripped = value.strip()
+                    self.key_sent = bool(stripped)
+                    self.presented = self._key_from(stripped, server.auth_scheme)
+            elif lower == b"host":
+                self.client_host = value
+            elif lower == b"content-length":
                 lengths.add(value.strip())
             elif lower == b"transfer-encoding":
                 codings.append(value.strip().lower())
+            elif lower == b"connection":
+                self.connection_tokens = self.connection_tokens | {t.strip().lower() for t in value.split(b",")}
+            elif lower == plugin_header:
+                if value.strip():
+                    self.plugin = True
+            elif lower == b"x-forwarded-for":
+                self.forwarded_for.append(value)
             elif lower == b"upgrade":
                 self.upgrade = True
             elif lower == b"expect":
                 if value.strip().lower() != b"100-continue":
                     raise ProtocolError(BAD_REQUEST)
                 self.expect_continue = version == "1.1"
+            elif trusted and lower == b"x-forwarded-proto":
+                self.forwarded_proto = value
+            elif trusted and lower == b"x-forwarded-host":
+                self.forwarded_host = value
         if codings:
             if lengths or codings != [b"chunked"] or version != "1.1":
                 raise ProtocolError(BAD_REQUEST)
@@ -525,8 +568,7 @@ class Exchange:
         """This exchange is now the one being answered: decide."""
         conn = self.conn
         server = conn.server
-        presented, key_sent, plugin, forwarded_for = self._scan_headers(server)
-        key = server.keyring.lookup(presented) if presented else None
+        key = server.keyring.lookup(self.presented) if self.presented else None
         self.key = key
         method = self.method.decode("latin-1")
         path = self.url.partition(b"?")[0].decode("latin-1")
@@ -541,10 +583,10 @@ class Exchange:
                 app_id = self._app_id_from(route)
         self.app_id = app_id
         ip = conn.peer_ip
-        if conn.peer_trusted and forwarded_for is not None:
-            self.client = server.trusted.client(conn.peer, forwarded_for)
+        if conn.peer_trusted and self.forwarded_for:
+            self.client = server.trusted.client(conn.peer, b",".join(self.forwarded_for).decode("latin-1"))
             ip = client_ip(self.client)
-        decision = decide.authorize(key, key_sent, ip, plugin, route, app_id, server.unknown_allowed)
+        decision = decide.authorize(key, self.key_sent, ip, self.plugin, route, app_id, server.unknown_allowed)
         if isinstance(decision, decide.Deny):
             self.answer(decision)
         elif decision is decide.NEED_BODY:
@@ -559,26 +601,6 @@ class Exchange:
                 self.inspect_body()
         else:
             self.forward()
-
-    def _scan_headers(self, server: ProxyServer) -> tuple[bytes, bool, bool, str | None]:
-        presented = b""
-        key_sent = False
-        plugin = False
-        forwarded: list[bytes] = []
-        auth_header = server.auth_header
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == auth_header and not key_sent:
-                key_sent = True
-                presented = self._key_from(value.strip(), server.auth_scheme)
-                if not presented:
-                    key_sent = bool(value.strip())
-            elif lower == server.plugin_header and value.strip():
-                plugin = True
-            elif lower == b"x-forwarded-for":
-                forwarded.append(value)
-        forwarded_for = b",".join(forwarded).decode("latin-1") if forwarded else None
-        return presented, key_sent, plugin, forwarded_for
 
     @staticmethod
     def _key_from(value: bytes, scheme: bytes) -> bytes:
@@ -595,8 +617,8 @@ class Exchange:
             values = parse_qs(query).get(route.app_key or "")
             return values[0] if values else None
         wanted = (route.app_key or "").encode()
-        for name, value in self.headers:
-            if name.lower() == wanted:
+        for (_, value), lower in zip(self.headers, self.lowers, strict=True):
+            if lower == wanted:
                 return value.strip().decode("latin-1")
         return None
 
@@ -707,24 +729,11 @@ class Exchange:
         server = conn.server
         key = self.key
         assert key is not None
-        drop_connection_tokens: set[bytes] = set()
-        client_host = b""
-        forwarded_for = b""
-        forwarded_proto = b""
-        forwarded_host = b""
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"connection":
-                drop_connection_tokens.update(t.strip().lower() for t in value.split(b","))
-            elif lower == b"host":
-                client_host = value
-            elif conn.peer_trusted:
-                if lower == b"x-forwarded-for":
-                    forwarded_for = forwarded_for + b", " + value if forwarded_for else value
-                elif lower == b"x-forwarded-proto":
-                    forwarded_proto = value
-                elif lower == b"x-forwarded-host":
-                    forwarded_host = value
+        client_host = self.client_host
+        forwarded_for = b", ".join(self.forwarded_for) if conn.peer_trusted else b""
+        forwarded_proto = self.forwarded_proto
+        forwarded_host = self.forwarded_host
+        drop_connection_tokens = self.connection_tokens
         peer = conn.peer.encode()
         lines = [
             b"%s %s HTTP/1.1\r\n" % (self.method, self.url),
@@ -732,8 +741,7 @@ class Exchange:
         ]
         append = lines.append
         auth_header = server.auth_header if server.strip_auth else None
-        for name, value in self.headers:
-            lower = name.lower()
+        for (name, value), lower in zip(self.headers, self.lowers, strict=True):
             if (
                 lower in REQUEST_DROP
                 or lower == auth_header
