@@ -30,6 +30,7 @@ class Metrics:
         self.store_errors = 0
         self.propagation_lag = 0.0
         self.keyring_size = 0
+        self.access_log_dropped = 0
 
     def count(self, reason: str, status: int) -> None:
         key = (reason, status)
@@ -50,6 +51,7 @@ class Metrics:
             "store_errors": self.store_errors,
             "propagation_lag": self.propagation_lag,
             "keyring_size": self.keyring_size,
+            "access_log_dropped": self.access_log_dropped,
         }
 
     def write_snapshot(self, directory: Path) -> None:
@@ -123,6 +125,12 @@ class _Collector:
         errors = CounterMetricFamily("gateway_store_errors", "Failed store operations")
         errors.add_metric([], sum(s["store_errors"] for s in self.snapshots))
         yield errors
+
+        dropped = CounterMetricFamily(
+            "gateway_access_log_dropped", "Access-log lines dropped because the log output fell behind"
+        )
+        dropped.add_metric([], sum(s.get("access_log_dropped", 0) for s in self.snapshots))
+        yield dropped
 
 
 def render(snapshots: list[dict[str, Any]], keys_per_account: dict[str, int]) -> bytes:

@@ -134,6 +134,7 @@ class Gateway:
 
     async def render_metrics(self) -> bytes:
         self.metrics.keyring_size = len(self.keyring)
+        self.metrics.access_log_dropped = self.access.dropped
         try:
             per_account = await self.store.count_keys()
         except Exception:
@@ -147,6 +148,7 @@ class Gateway:
         while True:
             await asyncio.sleep(1.0)
             self.metrics.keyring_size = len(self.keyring)
+            self.metrics.access_log_dropped = self.access.dropped
             if self.worker != 0:
                 try:
                     self.metrics.write_snapshot(self.metrics_dir)

@@ -57,6 +57,7 @@ async def test_metrics(proxy: Proxy) -> None:
     assert sample(text, "gateway_keys", account="acme") == 2
     assert sample(text, "gateway_keyring_size", worker="0") == 2
     assert sample(text, "gateway_store_errors_total") == 0
+    assert sample(text, "gateway_access_log_dropped_total") == 0
     assert "gateway_propagation_lag_seconds" in text
 
 
