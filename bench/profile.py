@@ -4,12 +4,13 @@
 
 Starts a tiny nginx upstream and one gateway worker with 10,000 keys (as bench/run.py does),
 records the gateway with py-spy, and prints the functions with the most samples (own time,
-then inclusive).
+then inclusive). GATEWAY_PROFILE_OUT=path keeps py-spy's raw (collapsed) stacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def main() -> None:
             f'  return wrk.format("POST", "{PATH}", {{["Authorization"] = "Bearer " .. keys[i],'
             f' ["Content-Type"] = "application/json"}}, \'{BODY}\')\nend\n'
         )
-        raw = work / "profile.txt"
+        raw = Path(os.environ.get("GATEWAY_PROFILE_OUT", work / "profile.txt"))
         recorder = subprocess.Popen(
             [
                 spy,
