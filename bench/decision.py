@@ -38,8 +38,8 @@ ACTIVE = 1000
 PASSES = 11
 
 
-def build(box: SecretBox, count: int) -> tuple[Keyring, list[bytes]]:
-    keyring = Keyring(box.raw_digest)
+def build(box: SecretBox, count: int, hot_size: int) -> tuple[Keyring, list[bytes]]:
+    keyring = Keyring(box.raw_digest, hot_size)
     secrets = []
     keys = []
     for i in range(count):
@@ -86,19 +86,23 @@ def main() -> None:
     rng = random.Random(7)
     setups = {}
     for count in (10, 10_000, 100_000):
-        keyring, secrets = build(box, count)
-        setups[count] = (keyring, [rng.choice(secrets) for _ in range(ACTIVE)])
+        for hot in (True, False):  # the hot map on (steady clients) and off (every request new)
+            keyring, secrets = build(box, count, 65536 if hot else 0)
+            setups[(count, hot)] = (keyring, [rng.choice(secrets) for _ in range(ACTIVE)])
     gc.collect()
-    samples: dict[int, list[float]] = {count: [] for count in setups}
+    samples: dict[tuple[int, bool], list[float]] = {setup: [] for setup in setups}
     for _ in range(PASSES):  # interleaved, so machine noise hits every size alike
-        for count, (keyring, active) in setups.items():
-            samples[count].append(one_pass(keyring, active, 100_000))
-    results = {count: statistics.median(values) for count, values in samples.items()}
+        for setup, (keyring, active) in setups.items():
+            samples[setup].append(one_pass(keyring, active, 50_000))
+    results = {setup: statistics.median(values) for setup, values in samples.items()}
     del setups
-    base = results[10]
-    print("keys      ns/decision  x 10 keys")
-    for count, ns in results.items():
-        print(f"{count:>7,}  {ns:>11.0f}  {ns / base:>9.2f}")
+    print("keys      ns/decision  x 10 keys   no hot map (HMAC + index each time)  x 10 keys")
+    for count in (10, 10_000, 100_000):
+        hot, cold = results[(count, True)], results[(count, False)]
+        print(
+            f"{count:>7,}  {hot:>11.0f}  {hot / results[(10, True)]:>9.2f}"
+            f"   {cold:>34.0f}  {cold / results[(10, False)]:>9.2f}"
+        )
 
     process_memory()
 

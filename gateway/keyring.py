@@ -31,8 +31,9 @@ class Rebuild:
 
 
 class Keyring:
-    def __init__(self, digest: Callable[[bytes], bytes]) -> None:
+    def __init__(self, digest: Callable[[bytes], bytes], hot_size: int = HOT_CACHE_SIZE) -> None:
         self._digest = digest
+        self._hot_size = hot_size
         self._by_digest: dict[bytes, KeySnapshot] = {}
         self._digest_of_id: dict[str, bytes] = {}
         # presented value -> snapshot (or None): hot clients skip the HMAC and the big index.
@@ -77,8 +78,10 @@ class Keyring:
         if snapshot is not _MISSING:
             return snapshot  # type: ignore[return-value]
         snapshot = self._by_digest.get(self._digest(presented))
-        if len(hot) >= HOT_CACHE_SIZE:
+        if len(hot) >= self._hot_size:
             hot.clear()
+            if not self._hot_size:
+                return snapshot
         hot[presented] = snapshot
         return snapshot
 
