@@ -16,7 +16,7 @@ import httptools
 from gateway.config import Upstream
 
 if TYPE_CHECKING:
-    from gateway.proxy import Exchange
+    from gateway.exchange import Exchange
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -65,11 +65,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.conn.pause_reading(2)
+            self.exchange.upstream_full()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
-            self.exchange.conn.resume_reading(2)
+            self.exchange.upstream_drained()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
