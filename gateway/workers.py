@@ -6,8 +6,10 @@ through the store's change log, which each worker polls every 250 ms.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
 import time
 from multiprocessing.process import BaseProcess
@@ -16,17 +18,30 @@ from gateway.config import Config
 from gateway.server import admin_token, secret_key
 
 log = logging.getLogger("gateway.workers")
+PR_SET_PDEATHSIG = 1
 RESTART_DELAY = 1.0
 STARTUP_GRACE = 5.0  # a worker that dies sooner than this after starting will not start: give up
 
 
-def _worker_main(config: Config, index: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to send SIGTERM when the supervisor dies, even by SIGKILL: no orphan workers."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        log.warning("cannot tie workers to the supervisor's life on this system")
+    if os.getppid() != parent:  # it died before we asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_main(config: Config, index: int, parent: int) -> None:
     import uvloop
 
     from gateway.server import serve
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s w{index} %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; SIGTERM stops us
+    _die_with_parent(parent)
     uvloop.run(serve(config, index))
 
 
@@ -41,7 +56,9 @@ def supervise(config: Config) -> int:
     code = 0
 
     def start(index: int) -> None:
-        process = context.Process(target=_worker_main, args=(config, index), name=f"gateway-worker-{index}")
+        process = context.Process(
+            target=_worker_main, args=(config, index, os.getpid()), name=f"gateway-worker-{index}"
+        )
         process.start()
         processes[index] = process
         started[index] = time.monotonic()

@@ -198,10 +198,15 @@ def spawn(tmp_path: Path) -> Iterator[Any]:
         return Process(process, f"http://127.0.0.1:{admin_port}", f"http://127.0.0.1:{proxy_port}", token)
 
     yield run
-    for process in processes:
+    for process in processes:  # SIGTERM first: a supervisor stops its workers on the way out
         if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
             process.kill()
-        process.wait()
+            process.wait()
 
 
 @dataclasses.dataclass

@@ -63,3 +63,24 @@ def test_two_workers_share_the_port_and_see_changes(spawn, upstream_process) -> 
     children = Path(f"/proc/{proc.process.pid}/task/{proc.process.pid}/children").read_text().split()
     workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
     assert len(workers) == 2
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(spawn, upstream_process) -> None:
+    import os
+    import signal
+
+    proc = spawn(f"upstream: {{url: '{upstream_process}'}}\n", workers=2)
+    time.sleep(1.0)
+    pid = proc.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(workers) == 2
+    os.kill(pid, signal.SIGKILL)
+    proc.process.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    alive = [
+        w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
+    ]
+    assert alive == [], "workers outlived their supervisor"
