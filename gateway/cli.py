@@ -49,7 +49,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Create or upgrade the database schema, then exit (serve does this too, at start)."""
     import asyncio
 
-    from gateway.store import StoreUnavailable, open_store
+    from gateway.store import SchemaTooNew, StoreUnavailable, open_store
 
     config = _load(args.config)
 
@@ -60,7 +60,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(migrate())
-    except (StoreUnavailable, RuntimeError) as err:  # unreachable, or a schema newer than this code
+    except (StoreUnavailable, SchemaTooNew) as err:
         print(f"gateway: database: {err}", file=sys.stderr)
         return 1
     print("database schema is up to date")

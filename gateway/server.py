@@ -22,7 +22,7 @@ from gateway.metrics import Metrics, read_snapshots, render
 from gateway.model import iso_time
 from gateway.proxy import ProxyServer
 from gateway.routes import RouteTable, compile_routes
-from gateway.store import Store, StoreUnavailable, open_store
+from gateway.store import SchemaTooNew, Store, StoreUnavailable, open_store
 
 log = logging.getLogger("gateway")
 USAGE_FLUSH_SECONDS = 5.0
@@ -96,7 +96,7 @@ class Gateway:
     async def start(self) -> None:
         try:
             await self.store.open()
-        except StoreUnavailable as err:
+        except (StoreUnavailable, SchemaTooNew) as err:
             raise StartupError(f"database: {err}") from None
         if not await self.store.check_secret(self.box.digest(b"gateway secret fingerprint")):
             raise StartupError(

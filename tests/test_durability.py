@@ -107,3 +107,30 @@ def test_wrong_secret_key_refuses_to_start(spawn, tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "does not match" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_schema_newer_than_the_code_refuses_to_start(spawn, tmp_path: Path) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    proc = spawn()
+    proc.process.terminate()
+    proc.process.wait(timeout=20)
+    db = sqlite3.connect(tmp_path / "data" / "gateway.db")
+    db.execute("UPDATE schema_version SET version = 99")
+    db.commit()
+    db.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    for command in ("serve", "migrate"):
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", command, "--config", str(tmp_path / "config.yaml")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert result.returncode == 1, command
+        lines = result.stderr.strip().splitlines()
+        assert lines == ["gateway: database: schema v99 is newer than this gateway's (v3)"], (command, lines)

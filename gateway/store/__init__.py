@@ -36,6 +36,10 @@ class KeyLimitReached(Exception):
     """The account already holds its maximum number of keys."""
 
 
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer gateway than this one."""
+
+
 class StoreUnavailable(Exception):
     """The database cannot be reached; callers answer 503."""
 

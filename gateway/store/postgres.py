@@ -22,8 +22,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from gateway.model import Key
-from gateway.store import Audit, Changes, KeyLimitReached, StoreUnavailable
-from gateway.store.rows import CHANGES_KEPT, COLUMNS, INSERT_COLUMNS, encode, insert_values, row_to_key
+from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew, StoreUnavailable
+from gateway.store.rows import (
+    AUDIT_COLUMNS,
+    CHANGE_BOUNDS,
+    CHANGES_KEPT,
+    COLUMNS,
+    INSERT_COLUMNS,
+    changes_after,
+    encode,
+    insert_values,
+    row_to_audit,
+    row_to_key,
+)
 
 log = logging.getLogger("gateway.store")
 SCHEMA_VERSION = 1
@@ -66,8 +77,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 
-def _placeholders(count: int, start: int = 1) -> str:
-    return ",".join(f"${i}" for i in range(start, start + count))
+def _placeholders(count: int) -> str:
+    return ",".join(f"${i}" for i in range(1, count + 1))
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -82,7 +93,8 @@ def split_url(url: str) -> tuple[str, str | None]:
 class PostgresStore:
     def __init__(self, url: str) -> None:
         self.dsn, self.schema = split_url(url)
-        self.settings = {"search_path": self.schema} if self.schema else {}
+        # every connection: our schema (if any), and a name operators can find in pg_stat_activity
+        self.settings = {"application_name": "gateway"} | ({"search_path": self.schema} if self.schema else {})
         self._pool: asyncpg.Pool | None = None
         self._changed = asyncio.Event()
         self._resync = False
@@ -95,9 +107,7 @@ class PostgresStore:
         return self._pool
 
     async def _connect(self) -> asyncpg.Connection:
-        return await asyncpg.connect(
-            self.dsn, timeout=CONNECT_TIMEOUT, server_settings={**self.settings, "application_name": "gateway"}
-        )
+        return await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT, server_settings=self.settings)
 
     async def open(self) -> None:
         try:
@@ -113,11 +123,15 @@ class PostgresStore:
                 max_size=8,
                 timeout=CONNECT_TIMEOUT,
                 command_timeout=10,
-                server_settings={**self.settings, "application_name": "gateway"},
+                server_settings=self.settings,
             )
         except UNAVAILABLE as err:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {err}") from None
-        await self._migrate()
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
         self._listener = asyncio.create_task(self._listen_forever())
 
     async def _migrate(self) -> None:
@@ -126,7 +140,7 @@ class PostgresStore:
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
             if current > SCHEMA_VERSION:
-                raise RuntimeError(f"database schema v{current} is newer than this gateway (v{SCHEMA_VERSION})")
+                raise SchemaTooNew(f"schema v{current} is newer than this gateway's (v{SCHEMA_VERSION})")
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[version]:
                     await conn.execute(statement)
@@ -200,20 +214,28 @@ class PostgresStore:
 
     # plumbing
     @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[asyncpg.Connection]:
-        """One write transaction, serialized across replicas by an advisory lock."""
+    async def _connection(self, transaction: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection (in a transaction if asked); a lost database is StoreUnavailable."""
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-                yield conn
+            async with self.pool.acquire() as conn:
+                if not transaction:
+                    yield conn
+                    return
+                async with conn.transaction():
+                    yield conn
         except UNAVAILABLE as err:
             raise StoreUnavailable(str(err)) from None
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[asyncpg.Connection]:
+        """One write transaction, serialized across replicas by an advisory lock."""
+        async with self._connection(transaction=True) as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+            yield conn
+
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        try:
-            return await self.pool.fetch(sql, *args)
-        except UNAVAILABLE as err:
-            raise StoreUnavailable(str(err)) from None
+        async with self._connection() as conn:
+            return await conn.fetch(sql, *args)
 
     @staticmethod
     async def _log_change(conn: asyncpg.Connection, key_id: str) -> None:
@@ -317,15 +339,12 @@ class PostgresStore:
     async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None:
         if not usage:
             return
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.executemany(
-                    "UPDATE keys SET request_count = request_count + $1,"
-                    " last_used_at = greatest(coalesce(last_used_at, ''), $2) WHERE id = $3",
-                    [(count, last_used, key_id) for key_id, (last_used, count) in usage.items()],
-                )
-        except UNAVAILABLE as err:
-            raise StoreUnavailable(str(err)) from None
+        async with self._connection(transaction=True) as conn:
+            await conn.executemany(
+                "UPDATE keys SET request_count = request_count + $1,"
+                " last_used_at = greatest(coalesce(last_used_at, ''), $2) WHERE id = $3",
+                [(count, last_used, key_id) for key_id, (last_used, count) in usage.items()],
+            )
 
     async def latest_change(self) -> int:
         rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM changes")
@@ -333,34 +352,25 @@ class PostgresStore:
 
     async def changes_since(self, seq: int) -> Changes:
         rows = await self._fetch("SELECT seq, key_id, at FROM changes WHERE seq > $1 ORDER BY seq", seq)
-        if not rows:
-            return Changes(max(seq, await self.latest_change()), [], 0.0)
-        if rows[0][0] > seq + 1 and seq > 0:
-            oldest = await self._fetch("SELECT min(seq) FROM changes")
-            if oldest[0][0] > seq + 1:  # pruned past our position
-                return Changes(rows[-1][0], None, rows[-1][2])
-        return Changes(rows[-1][0], list(dict.fromkeys(row[1] for row in rows)), rows[-1][2])
+        (bounds,) = await self._fetch(CHANGE_BOUNDS)
+        return changes_after(seq, rows, *bounds)
 
     async def add_audit(self, entry: Audit) -> None:
-        try:
-            async with self.pool.acquire() as conn:
-                await self._audit(conn, entry)
-        except UNAVAILABLE as err:
-            raise StoreUnavailable(str(err)) from None
+        async with self._connection() as conn:
+            await self._audit(conn, entry)
 
     async def list_audit(self, key_id: str | None, after: int | None, limit: int) -> list[Audit]:
         if key_id is None:
             rows = await self._fetch(
-                "SELECT seq, at, action, key_id, changes FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
                 after or 0,
                 limit,
             )
         else:
             rows = await self._fetch(
-                "SELECT seq, at, action, key_id, changes FROM audit"
-                " WHERE seq > $1 AND key_id = $2 ORDER BY seq LIMIT $3",
+                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 AND key_id = $2 ORDER BY seq LIMIT $3",
                 after or 0,
                 key_id,
                 limit,
             )
-        return [Audit(row[1], row[2], row[3], json.loads(row[4]), row[0]) for row in rows]
+        return [row_to_audit(row) for row in rows]

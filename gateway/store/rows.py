@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from gateway.model import Key
+from gateway.store import Audit, Changes
 
 COLUMNS = (
     "id, account, name, digest, key_masked, enabled, apps, interfaces, ip_whitelist,"
@@ -61,3 +62,23 @@ def row_to_key(row: Any) -> Key:
         last_used_at=row[11],
         request_count=row[12],
     )
+
+
+AUDIT_COLUMNS = "seq, at, action, key_id, changes"
+CHANGE_BOUNDS = "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM changes"
+
+
+def row_to_audit(row: Any) -> Audit:
+    return Audit(row[1], row[2], row[3], json.loads(row[4]), row[0])
+
+
+def changes_after(seq: int, rows: Any, oldest: int, latest: int) -> Changes:
+    """Interpret the change-log rows (seq, key_id, at) logged after `seq`, given the lowest
+    and highest sequence numbers still logged. Sequence numbers may have gaps (rolled-back
+    transactions); only a log pruned past `seq` forces a full reload."""
+    if not rows:
+        return Changes(max(seq, latest), [], 0.0)
+    newest, newest_at = rows[-1][0], rows[-1][2]
+    if oldest > seq + 1:
+        return Changes(newest, None, newest_at)
+    return Changes(newest, list(dict.fromkeys(row[1] for row in rows)), newest_at)

@@ -17,8 +17,19 @@ from typing import Any
 import aiosqlite
 
 from gateway.model import Key
-from gateway.store import Audit, Changes, KeyLimitReached
-from gateway.store.rows import CHANGES_KEPT, COLUMNS, INSERT_COLUMNS, encode, insert_values, row_to_key
+from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew
+from gateway.store.rows import (
+    AUDIT_COLUMNS,
+    CHANGE_BOUNDS,
+    CHANGES_KEPT,
+    COLUMNS,
+    INSERT_COLUMNS,
+    changes_after,
+    encode,
+    insert_values,
+    row_to_audit,
+    row_to_key,
+)
 
 SCHEMA_VERSION = 3
 POLL_SECONDS = 0.25
@@ -78,7 +89,11 @@ class SQLiteStore:
         await self.db.execute("PRAGMA busy_timeout = 10000")
         await self.db.execute("PRAGMA journal_mode = WAL")
         await self.db.execute("PRAGMA synchronous = FULL")
-        await self._migrate()
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()  # an open connection's thread would keep the process alive
+            raise
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -98,7 +113,7 @@ class SQLiteStore:
             rows = await db.execute_fetchall("SELECT version FROM schema_version")
             current = rows[0][0] if rows else 0
             if current > SCHEMA_VERSION:
-                raise RuntimeError(f"database schema v{current} is newer than this gateway (v{SCHEMA_VERSION})")
+                raise SchemaTooNew(f"schema v{current} is newer than this gateway's (v{SCHEMA_VERSION})")
             for version in range(current + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[version]:
                     await db.execute(statement)
@@ -211,10 +226,10 @@ class SQLiteStore:
             where.append("key_id = ?")
             params.append(key_id)
         rows = await self.db.execute_fetchall(
-            f"SELECT seq, at, action, key_id, changes FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
             (*params, limit),
         )
-        return [Audit(row[1], row[2], row[3], json.loads(row[4]), row[0]) for row in rows]
+        return [row_to_audit(row) for row in rows]
 
     async def get_keys(self, key_ids: list[str]) -> list[Key]:
         marks = ",".join("?" * len(key_ids))
@@ -223,12 +238,8 @@ class SQLiteStore:
 
     async def changes_since(self, seq: int) -> Changes:
         rows = await self.db.execute_fetchall("SELECT seq, key_id, at FROM changes WHERE seq > ? ORDER BY seq", (seq,))
-        if not rows:
-            latest = await self.db.execute_fetchall("SELECT coalesce(max(seq), 0) FROM changes")
-            return Changes(max(seq, latest[0][0]), [], 0.0)
-        if rows[0][0] > seq + 1 and seq > 0:  # the log was pruned past our position
-            return Changes(rows[-1][0], None, rows[-1][2])
-        return Changes(rows[-1][0], list(dict.fromkeys(row[1] for row in rows)), rows[-1][2])
+        (bounds,) = await self.db.execute_fetchall(CHANGE_BOUNDS)
+        return changes_after(seq, rows, *bounds)
 
     async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None:
         if not usage:
