@@ -54,6 +54,16 @@ LAST_CHUNK = b"0\r\n\r\n"
 NO_TOKENS: frozenset[bytes] = frozenset()
 
 
+def chunk(data: bytes) -> bytes:
+    """One piece of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def tokens(value: bytes) -> set[bytes]:
+    """The lower-cased tokens of a comma-separated header such as Connection."""
+    return {token.strip().lower() for token in value.split(b",")}
+
+
 class ProtocolError(Exception):
     """The request breaks HTTP framing rules; answer with `deny` and close."""
 
@@ -65,7 +75,6 @@ class Exchange:
     """One request and its answer: authorize, forward, stream the response back."""
 
     __slots__ = (
-        "app_body",
         "app_id",
         "body",
         "body_size",
@@ -90,7 +99,6 @@ class Exchange:
         "logged",
         "lowers",
         "method",
-        "no_response_body",
         "plugin",
         "presented",
         "replay",
@@ -141,7 +149,6 @@ class Exchange:
         self.upgrade = False
         self.state = "waiting"  # waiting | inspecting | connecting | forwarding | answered
         self.key: KeySnapshot | None = None
-        self.app_body: RouteMatch | None = None
         self.body: list[bytes] = []
         self.body_size = 0
         self.request_complete = False
@@ -153,7 +160,6 @@ class Exchange:
         self.response_bytes = False
         self.chunked_out = False
         self.close_delimited = False
-        self.no_response_body = False
         self.upstream_keep_alive = False
         self.upstream_paused = False
         self.upstream_seen = conn.server.now
@@ -192,7 +198,7 @@ class Exchange:
             elif lower == b"transfer-encoding":
                 codings.append(value.strip().lower())
             elif lower == b"connection":
-                self.connection_tokens = self.connection_tokens | {t.strip().lower() for t in value.split(b",")}
+                self.connection_tokens = self.connection_tokens | tokens(value)
             elif lower == plugin_header:
                 if value.strip():
                     self.plugin = True
@@ -253,7 +259,6 @@ class Exchange:
             if self.content_length is not None and self.content_length > server.max_inspect:
                 self.answer(decide.BODY_TOO_LARGE)
                 return
-            self.app_body = route
             self.state = "inspecting"
             if self.expect_continue and not self.request_complete:
                 conn.write(CONTINUE)
@@ -282,15 +287,15 @@ class Exchange:
                 return value.strip().decode("latin-1")
         return None
 
-    def on_request_body(self, chunk: bytes) -> None:
+    def on_request_body(self, data: bytes) -> None:
         state = self.state
         if state == "forwarding":
-            self.upstream.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.chunked_in else chunk)  # type: ignore[union-attr]
+            self.upstream.write(chunk(data) if self.chunked_in else data)  # type: ignore[union-attr]
             return
         if state == "answered":
             return
-        self.body.append(chunk)
-        self.body_size += len(chunk)
+        self.body.append(data)
+        self.body_size += len(data)
         if state == "inspecting":
             if self.body_size > self.conn.server.max_inspect:
                 self.answer(decide.BODY_TOO_LARGE)
@@ -310,7 +315,7 @@ class Exchange:
             self.conn.finished(self)
 
     def inspect_body(self) -> None:
-        route = self.app_body
+        route = self.route
         assert route is not None and self.key is not None
         app_id = None
         try:
@@ -347,8 +352,6 @@ class Exchange:
     async def _connect(self) -> None:
         try:
             upstream = await self.conn.server.pool.connect()
-        except asyncio.CancelledError:
-            raise
         except TimeoutError:
             self.connecting = None
             self.answer(decide.UPSTREAM_TIMEOUT)
@@ -374,7 +377,7 @@ class Exchange:
         parts = [self.request_head()]
         if self.body:
             if self.chunked_in:
-                parts.extend(b"%x\r\n%b\r\n" % (len(c), c) for c in self.body)
+                parts.extend(chunk(piece) for piece in self.body)
             else:
                 parts.extend(self.body)
             if not self.replay:
@@ -433,23 +436,21 @@ class Exchange:
         length: bytes | None = None
         upstream_chunked = False
         drop_tokens: set[bytes] = set()
-        for name, value in headers:
-            lower = name.lower()
+        lowers = [name.lower() for name, _ in headers]
+        for (_, value), lower in zip(headers, lowers, strict=True):
             if lower == b"content-length":
                 length = value.strip()
             elif lower == b"transfer-encoding":
                 upstream_chunked = True
             elif lower == b"connection":
-                drop_tokens.update(t.strip().lower() for t in value.split(b","))
-        self.no_response_body = self.method == b"HEAD" or status in (204, 304)
+                drop_tokens |= tokens(value)
         lines = [status_line(status, reason)]
         append = lines.append
-        for name, value in headers:
-            lower = name.lower()
+        for (name, value), lower in zip(headers, lowers, strict=True):
             if lower in RESPONSE_DROP or lower in drop_tokens:
                 continue
             append(b"%s: %s\r\n" % (name, value))
-        if self.no_response_body:
+        if self.method == b"HEAD" or status in (204, 304):  # no body follows
             if length is not None and status != 204:
                 append(b"Content-Length: %s\r\n" % length)
         elif length is not None and not upstream_chunked:
@@ -472,14 +473,11 @@ class Exchange:
             self.upstream_keep_alive = False  # the parser would wait for a body that never comes
             self.on_response_complete()
 
-    def on_response_body(self, chunk: bytes) -> None:
+    def on_response_body(self, data: bytes) -> None:
         if self.response_complete:
             return
-        self.bytes_out += len(chunk)
-        if self.chunked_out:
-            self.conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        else:
-            self.conn.write(chunk)
+        self.bytes_out += len(data)
+        self.conn.write(chunk(data) if self.chunked_out else data)
 
     def on_response_complete(self) -> None:
         if self.response_complete:
@@ -578,26 +576,17 @@ class Exchange:
         if self.logged:
             return
         self.logged = True
-        server = self.conn.server
-        server.metrics.count(reason, status)
-        access = server.access
-        if access.enabled:
-            key = self.key
-            route = self.route
-            access.record(
-                (
-                    time.time(),
-                    self.client,
-                    key.id if key is not None else None,
-                    key.account if key is not None else None,
-                    route.interface if route is not None else None,
-                    self.app_id,
-                    reason,
-                    status,
-                    time.monotonic() - self.started,
-                    self.bytes_out,
-                )
-            )
+        key, route = self.key, self.route
+        self.conn.server.record(
+            status,
+            reason,
+            self.client,
+            key,
+            route.interface if route is not None else None,
+            self.app_id,
+            time.monotonic() - self.started,
+            self.bytes_out,
+        )
 
     def on_client_lost(self) -> None:
         """The client is gone: never reuse an upstream connection mid-exchange."""

@@ -18,6 +18,7 @@ import httptools
 
 from gateway import authorize as decide
 from gateway.accesslog import AccessLog
+from gateway.authorize import KeySnapshot
 from gateway.config import Config
 from gateway.exchange import PIPELINE, Exchange, ProtocolError
 from gateway.iprules import TrustedProxies, client_ip
@@ -45,12 +46,12 @@ class ProxyServer:
         keyring: Keyring,
         routes: RouteTable,
         usage: Usage,
-        metrics: Metrics | None = None,
-        access: AccessLog | None = None,
+        metrics: Metrics,
+        access: AccessLog,
     ) -> None:
         self.config = config
-        self.metrics = metrics or Metrics()
-        self.access = access or AccessLog(False)
+        self.metrics = metrics
+        self.access = access
         self.draining = False
         self._upstream_logged = -1e9
         self._upstream_failures = 0
@@ -103,6 +104,24 @@ class ProxyServer:
                 conn.check_timeouts(self.now)
             await asyncio.sleep(0.25)
 
+    def record(
+        self,
+        status: int,
+        reason: str,
+        client: str,
+        key: KeySnapshot | None = None,
+        interface: str | None = None,
+        app: str | None = None,
+        latency: float = 0.0,
+        size: int = 0,
+    ) -> None:
+        """Count one outcome, and queue its access-log line (the key's id, never the key)."""
+        self.metrics.count(reason, status)
+        if self.access.enabled:
+            account = key.account if key is not None else None
+            key_id = key.id if key is not None else None
+            self.access.record((time.time(), client, key_id, account, interface, app, reason, status, latency, size))
+
     def upstream_failed(self, err: OSError) -> None:
         """Log an upstream outage once per 10 s, with how many connects failed meanwhile."""
         self._upstream_failures += 1
@@ -117,16 +136,13 @@ class ProxyServer:
             self._upstream_logged = now
             self._upstream_failures = 0
 
-    def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
     async def stop(self, timeout: float = 0.0) -> None:
         """Stop accepting, let in-flight exchanges finish (up to `timeout`), then close.
 
         Idle keep-alive connections close at once; busy ones close after their answer.
         """
-        self.stop_accepting()
+        if self._server is not None:
+            self._server.close()
         self.draining = True
         for conn in list(self.connections):
             if conn.current is None and not conn.in_head:
@@ -302,11 +318,7 @@ class ClientConnection(asyncio.Protocol):
             if exchange is not None:
                 exchange.log(deny.status, deny.reason)
             else:
-                self.server.metrics.count(deny.reason, deny.status)
-                if self.server.access.enabled:
-                    self.server.access.record(
-                        (time.time(), self.peer, None, None, None, None, deny.reason, deny.status, 0.0, 0)
-                    )
+                self.server.record(deny.status, deny.reason, self.peer)
         self.uncork()
         self.close()
 
