@@ -109,7 +109,7 @@ class Gateway:
         await self.proxy.start(reuse_port=self.reuse_port)
         self.access.start()
         self._tasks.append(asyncio.create_task(self._flush_usage_forever()))
-        if self.reuse_port:
+        if self.reuse_port and self.worker != 0:
             self._tasks.append(asyncio.create_task(self._share_metrics()))
         self._tasks.append(asyncio.create_task(self._watch_changes()))
         log.info(
@@ -132,9 +132,13 @@ class Gateway:
         if server is not None and server.sockets:  # port 0: report the real one
             self.admin_port = server.sockets[0].getsockname()[1]
 
-    async def render_metrics(self) -> bytes:
+    def _read_gauges(self) -> None:
+        """Copy the gauges kept elsewhere into this worker's metrics, just before they are read."""
         self.metrics.keyring_size = len(self.keyring)
         self.metrics.access_log_dropped = self.access.dropped
+
+    async def render_metrics(self) -> bytes:
+        self._read_gauges()
         try:
             per_account = await self.store.count_keys()
         except Exception:
@@ -144,16 +148,14 @@ class Gateway:
         return render(snapshots, per_account)
 
     async def _share_metrics(self) -> None:
-        """With several workers: publish this worker's numbers for worker 0's /metrics."""
+        """Workers other than 0: publish this worker's numbers for worker 0's /metrics."""
         while True:
             await asyncio.sleep(1.0)
-            self.metrics.keyring_size = len(self.keyring)
-            self.metrics.access_log_dropped = self.access.dropped
-            if self.worker != 0:
-                try:
-                    self.metrics.write_snapshot(self.metrics_dir)
-                except OSError:
-                    log.warning("could not write the metrics snapshot", exc_info=True)
+            self._read_gauges()
+            try:
+                self.metrics.write_snapshot(self.metrics_dir)
+            except OSError:
+                log.warning("could not write the metrics snapshot", exc_info=True)
 
     async def flush_usage(self) -> None:
         batch = self.usage.take()
