@@ -20,6 +20,7 @@ import pytest
 from yarl import URL
 
 from gateway.config import Config, parse_config
+from gateway.model import Key
 from gateway.server import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def make_key(**fields: Any) -> Key:
+    """A key record for the pure-core tests: defaults for every field, overridden by `fields`."""
+    base: dict[str, Any] = {
+        "id": "k_1",
+        "name": "n",
+        "account": "acme",
+        "key_masked": "x",
+        "digest": "d",
+        "enabled": True,
+        "apps": None,
+        "interfaces": None,
+        "ip_whitelist": (),
+        "created_at": "t",
+        "updated_at": "t",
+    }
+    return Key(**(base | fields))
 
 
 POSTGRES = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

@@ -6,26 +6,12 @@ import pytest
 
 from gateway import authorize as a
 from gateway.iprules import client_ip
-from gateway.model import Key
 from gateway.routes import RouteMatch
+from tests.conftest import make_key
 
 
 def snapshot(**fields) -> a.KeySnapshot:
-    base = dict(
-        id="k_1",
-        name="n",
-        account="acme",
-        key_masked="x",
-        digest="d",
-        enabled=True,
-        apps=None,
-        interfaces=None,
-        ip_whitelist=(),
-        created_at="t",
-        updated_at="t",
-    )
-    base.update(fields)
-    return a.KeySnapshot.of(Key(**base))
+    return a.KeySnapshot.of(make_key(**fields))
 
 
 DATA_BODY = RouteMatch("data.create", "body", "app_id", None)

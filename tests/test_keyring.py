@@ -7,26 +7,13 @@ import dataclasses
 from gateway.keyring import Keyring, Usage
 from gateway.model import Key
 from gateway.secrets import SecretBox
+from tests.conftest import make_key
 
 BOX = SecretBox("keyring-test-secret-0123456789")
 
 
 def key(secret: str, **fields) -> Key:
-    base = dict(
-        id="k_" + "0" * 25 + secret[-1],
-        name="n",
-        account="acme",
-        key_masked="x",
-        digest=BOX.digest(secret),
-        enabled=True,
-        apps=None,
-        interfaces=None,
-        ip_whitelist=(),
-        created_at="t",
-        updated_at="t",
-    )
-    base.update(fields)
-    return Key(**base)
+    return make_key(id="k_" + "0" * 25 + secret[-1], digest=BOX.digest(secret), **fields)
 
 
 def test_lookup_put_update_remove() -> None:
