@@ -126,9 +126,11 @@ class TrustedProxies:
 
     def trusts(self, address: str) -> bool:
         try:
-            ip = ipaddress.ip_address(address)
+            return self._trusts(ipaddress.ip_address(address))
         except ValueError:
             return False
+
+    def _trusts(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
         return any(ip in network for network in self._networks)
@@ -143,10 +145,10 @@ class TrustedProxies:
         for hop in reversed(forwarded_for.split(",")):
             hop = hop.strip()
             try:
-                ipaddress.ip_address(hop)
+                ip = ipaddress.ip_address(hop)
             except ValueError:
                 return believed
             believed = hop
-            if not self.trusts(hop):
+            if not self._trusts(ip):
                 return hop
         return believed

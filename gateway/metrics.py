@@ -129,7 +129,7 @@ class _Collector:
         dropped = CounterMetricFamily(
             "gateway_access_log_dropped", "Access-log lines dropped because the log output fell behind"
         )
-        dropped.add_metric([], sum(s.get("access_log_dropped", 0) for s in self.snapshots))
+        dropped.add_metric([], sum(s["access_log_dropped"] for s in self.snapshots))
         yield dropped
 
 
