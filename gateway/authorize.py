@@ -72,6 +72,7 @@ class Deny:
     msg: str
 
 
+AMBIGUOUS_REQUEST = Deny(400, 400, "ambiguous_request", "the request could be read in more than one way")
 MISSING_KEY = Deny(401, 8301, "missing_key", "API key is missing")
 INVALID_KEY = Deny(401, 8301, "invalid_key", "API key is invalid")
 KEY_DISABLED = Deny(403, 8302, "key_disabled", "API key is disabled")
@@ -81,9 +82,16 @@ UNKNOWN_INTERFACE = Deny(404, 1, "unknown_interface", "no interface matches this
 INTERFACE_NOT_ALLOWED = Deny(403, 8302, "interface_not_allowed", "the key may not call this interface")
 APP_NOT_ALLOWED = Deny(403, 8302, "app_not_allowed", "the key may not use this app")
 BODY_TOO_LARGE = Deny(413, 413, "body_too_large", "the body is too large to inspect for the app id")
+UNSUPPORTED_MEDIA_TYPE = Deny(
+    415,
+    415,
+    "unsupported_media_type",
+    "the body must be plain JSON (Content-Type application/json, no Content-Encoding)",
+)
 UPSTREAM_UNAVAILABLE = Deny(502, 502, "upstream_unavailable", "the upstream service is unavailable")
 UPSTREAM_TIMEOUT = Deny(504, 504, "upstream_timeout", "the upstream service timed out")
 ALL_DENIALS = (
+    AMBIGUOUS_REQUEST,
     MISSING_KEY,
     INVALID_KEY,
     KEY_DISABLED,
@@ -93,6 +101,7 @@ ALL_DENIALS = (
     INTERFACE_NOT_ALLOWED,
     APP_NOT_ALLOWED,
     BODY_TOO_LARGE,
+    UNSUPPORTED_MEDIA_TYPE,
     UPSTREAM_UNAVAILABLE,
     UPSTREAM_TIMEOUT,
 )

@@ -9,12 +9,21 @@ body for the app id) -> connecting -> forwarding -> answered; every refusal goes
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
 
 from gateway import authorize as decide
+from gateway.ambiguous import (
+    AMBIGUOUS,
+    IDEMPOTENT,
+    METHOD_OVERRIDES,
+    body_app_id,
+    canonical,
+    header_app_id,
+    is_json_media_type,
+    query_app_id,
+    target_is_ambiguous,
+)
 from gateway.authorize import KeySnapshot
 from gateway.iprules import client_ip
 from gateway.responses import BAD_REQUEST, CONTINUE, deny_response, status_line
@@ -40,14 +49,17 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
     }
 )
-# Request headers the gateway sets itself (framing, forwarding, identity).
+# Request headers the gateway sets itself (framing, forwarding, identity), compared after
+# `canonical` so that `X_Forwarded_For` goes with `X-Forwarded-For`.
 REQUEST_DROP = HOP_BY_HOP | {
     b"host",
     b"content-length",
     b"expect",
+    b"forwarded",
     b"x-forwarded-for",
     b"x-forwarded-host",
     b"x-forwarded-proto",
+    b"x-real-ip",
 }
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 LAST_CHUNK = b"0\r\n\r\n"
@@ -75,6 +87,7 @@ class Exchange:
     """One request and its answer: authorize, forward, stream the response back."""
 
     __slots__ = (
+        "ambiguous",
         "app_id",
         "body",
         "body_size",
@@ -87,7 +100,9 @@ class Exchange:
         "conn",
         "connecting",
         "connection_tokens",
+        "content_encoded",
         "content_length",
+        "content_types",
         "expect_continue",
         "forwarded_for",
         "forwarded_host",
@@ -132,8 +147,11 @@ class Exchange:
         self.method = method
         self.url = url
         self.headers = headers
-        self.lowers: list[bytes] = []
+        self.lowers: list[bytes] = []  # each header's name, lower-cased, `_` read as `-`
         self.keep_alive = keep_alive
+        self.ambiguous = target_is_ambiguous(url)
+        self.content_types: list[bytes] = []
+        self.content_encoded = False
         self.presented = b""
         self.key_sent = False
         self.plugin = False
@@ -174,8 +192,10 @@ class Exchange:
 
     # request side
     def scan_headers(self, version: str) -> None:
-        """One pass over the request headers for everything the exchange needs later, and
-        refuse ambiguous framing: both CL and TE, differing CLs, any TE but `chunked`."""
+        """One pass over the request headers for everything the exchange needs later; refuse
+        ambiguous framing (both CL and TE, differing CLs, any TE but `chunked`) at once, and
+        mark the request ambiguous when the upstream could read its key, method or host
+        differently (a second key header, a method override naming another method, two Hosts)."""
         self.version = version.encode()
         server = self.conn.server
         auth_header, plugin_header = server.auth_header, server.plugin_header
@@ -183,15 +203,18 @@ class Exchange:
         lengths: set[bytes] = set()
         codings = []
         lowers = self.lowers
+        key_headers = hosts = 0
         for name, value in self.headers:
             lower = name.lower()
-            lowers.append(lower)
-            if lower == auth_header:
-                if not self.key_sent:
-                    stripped = value.strip()
-                    self.key_sent = bool(stripped)
-                    self.presented = self._key_from(stripped, server.auth_scheme)
+            canon = canonical(lower)
+            lowers.append(canon)
+            if canon == auth_header:
+                key_headers += 1
+                stripped = value.strip()
+                self.key_sent = bool(stripped)
+                self.presented = self._key_from(stripped, server.auth_scheme)
             elif lower == b"host":
+                hosts += 1
                 self.client_host = value
             elif lower == b"content-length":
                 lengths.add(value.strip())
@@ -199,9 +222,12 @@ class Exchange:
                 codings.append(value.strip().lower())
             elif lower == b"connection":
                 self.connection_tokens = self.connection_tokens | tokens(value)
-            elif lower == plugin_header:
-                if value.strip():
-                    self.plugin = True
+            elif lower == b"content-type":
+                self.content_types.append(value)
+            elif lower == b"content-encoding":
+                self.content_encoded = True
+            elif canon == plugin_header:
+                self.plugin = True  # present, even empty
             elif lower == b"x-forwarded-for":
                 self.forwarded_for.append(value)
             elif lower == b"upgrade":
@@ -210,10 +236,15 @@ class Exchange:
                 if value.strip().lower() != b"100-continue":
                     raise ProtocolError(BAD_REQUEST)
                 self.expect_continue = version == "1.1"
+            elif canon in METHOD_OVERRIDES:
+                if value.strip().upper() != self.method:
+                    self.ambiguous = True
             elif trusted and lower == b"x-forwarded-proto":
                 self.forwarded_proto = value
             elif trusted and lower == b"x-forwarded-host":
                 self.forwarded_host = value
+        if key_headers > 1 or hosts > 1:
+            self.ambiguous = True
         if codings:
             if lengths or codings != [b"chunked"] or version != "1.1":
                 raise ProtocolError(BAD_REQUEST)
@@ -232,22 +263,29 @@ class Exchange:
 
     def start(self) -> None:
         """This exchange is now the one being answered: decide."""
+        if self.ambiguous:
+            self.answer(decide.AMBIGUOUS_REQUEST)
+            return
         conn = self.conn
         server = conn.server
-        key = server.keyring.lookup(self.presented) if self.presented else None
-        self.key = key
         method = self.method.decode("latin-1")
         path = self.url.partition(b"?")[0].decode("latin-1")
         route = server.routes.match(method, path)
         self.route = route
         app_id = None
-        if key is not None and key.apps is not None and route is not None:
+        if route is not None:
             source = route.app_source
             if source == "path":
                 app_id = route.app_id
             elif source == "query" or source == "header":
-                app_id = self._app_id_from(route)
+                found = self._app_id_from(route)
+                if found is AMBIGUOUS:
+                    self.answer(decide.AMBIGUOUS_REQUEST)
+                    return
+                app_id = found  # type: ignore[assignment]
         self.app_id = app_id
+        key = server.keyring.lookup(self.presented) if self.presented else None
+        self.key = key
         ip = conn.peer_ip
         if conn.peer_trusted and self.forwarded_for:
             self.client = server.trusted.client(conn.peer, b",".join(self.forwarded_for).decode("latin-1"))
@@ -258,6 +296,9 @@ class Exchange:
         elif decision is decide.NEED_BODY:
             if self.content_length is not None and self.content_length > server.max_inspect:
                 self.answer(decide.BODY_TOO_LARGE)
+                return
+            if self.has_body and (self.content_encoded or not is_json_media_type(self.content_types)):
+                self.answer(decide.UNSUPPORTED_MEDIA_TYPE)
                 return
             self.state = "inspecting"
             if self.expect_continue and not self.request_complete:
@@ -276,16 +317,14 @@ class Exchange:
             return b""
         return rest.strip()
 
-    def _app_id_from(self, route: RouteMatch) -> str | None:
+    def _app_id_from(self, route: RouteMatch) -> object:
+        """The app id from the query or a header: a str, None, or AMBIGUOUS."""
         if route.app_source == "query":
-            query = self.url.partition(b"?")[2].decode("latin-1")
-            values = parse_qs(query).get(route.app_key or "")
-            return values[0] if values else None
-        wanted = (route.app_key or "").encode()
-        for (_, value), lower in zip(self.headers, self.lowers, strict=True):
-            if lower == wanted:
-                return value.strip().decode("latin-1")
-        return None
+            return query_app_id(self.url.partition(b"?")[2].decode("latin-1"), route.app_key or "")
+        wanted = canonical((route.app_key or "").encode())
+        return header_app_id(
+            [value for (_, value), lower in zip(self.headers, self.lowers, strict=True) if lower == wanted]
+        )
 
     def on_request_body(self, data: bytes) -> None:
         state = self.state
@@ -317,21 +356,16 @@ class Exchange:
     def inspect_body(self) -> None:
         route = self.route
         assert route is not None and self.key is not None
-        app_id = None
-        try:
-            document = json.loads(b"".join(self.body))
-        except (ValueError, UnicodeDecodeError):
-            document = None
-        if isinstance(document, dict):
-            value = document.get(route.app_key)
-            if isinstance(value, str):
-                app_id = value
-        self.app_id = app_id
+        app_id = body_app_id(b"".join(self.body), route.app_key or "")
+        if app_id is AMBIGUOUS:
+            self.answer(decide.AMBIGUOUS_REQUEST)
+            return
+        self.app_id = app_id  # type: ignore[assignment]
         decision = decide.authorize_app(self.key, app_id)
         if isinstance(decision, decide.Deny):
             self.answer(decision)
         else:
-            self.replay = True  # the whole body is in hand: safe to resend on a stale connection
+            self.replay = self.method in IDEMPOTENT  # the whole body is in hand
             self.forward()
 
     def forward(self) -> None:
@@ -340,7 +374,7 @@ class Exchange:
         server.usage.touch(self.key.id)  # type: ignore[union-attr]
         if self.expect_continue and not self.request_complete and self.state != "inspecting":
             conn.write(CONTINUE)
-        if not self.has_body:
+        if not self.has_body and self.method in IDEMPOTENT:
             self.replay = True
         upstream = server.pool.take_idle()
         if upstream is not None:
@@ -414,6 +448,7 @@ class Exchange:
                 continue
             append(b"%s: %s\r\n" % (name, value))
         append(b"X-Forwarded-For: %s\r\n" % (forwarded_for + b", " + peer if forwarded_for else peer))
+        append(b"X-Real-IP: %s\r\n" % self.client.encode())
         append(b"X-Forwarded-Proto: %s\r\n" % (forwarded_proto or server.scheme))
         if forwarded_host or client_host:
             append(b"X-Forwarded-Host: %s\r\n" % (forwarded_host or client_host))

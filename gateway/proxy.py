@@ -18,6 +18,7 @@ import httptools
 
 from gateway import authorize as decide
 from gateway.accesslog import AccessLog
+from gateway.ambiguous import canonical
 from gateway.authorize import KeySnapshot
 from gateway.config import Config
 from gateway.exchange import PIPELINE, Exchange, ProtocolError
@@ -35,6 +36,11 @@ from gateway.routes import RouteTable
 from gateway.upstream import UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
+
+
+class StopReading(Exception):
+    """Raised from a parser callback: nothing after this point of the stream is a request to
+    serve (the connection is closing, or the last request asked for `Connection: close`)."""
 
 
 class ProxyServer:
@@ -60,10 +66,10 @@ class ProxyServer:
         self.usage = usage
         self.pool = UpstreamPool(config.upstream)
         self.trusted = TrustedProxies(config.trusted_proxies)
-        self.auth_header = config.auth.header.lower().encode()
+        self.auth_header = canonical(config.auth.header.lower().encode())
         self.auth_scheme = config.auth.scheme.lower().encode()
         self.strip_auth = config.auth.strip
-        self.plugin_header = config.plugins.header.lower().encode()
+        self.plugin_header = canonical(config.plugins.header.lower().encode())
         self.unknown_allowed = config.routes.unknown == "allow"
         self.max_inspect = config.routes.max_body_inspect
         self.limits = config.limits
@@ -173,6 +179,7 @@ class ClientConnection(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()
         self.paused = 0
         self.closing = False
+        self.last_request = False  # a request that ends the connection has been read
         self.corked = False
         self.out: list[bytes] = []
         self.last_seen = server.now
@@ -204,6 +211,10 @@ class ClientConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as err:
             cause = err.__context__
+            if isinstance(cause, StopReading):
+                if not self.closing and self.transport is not None:
+                    self.transport.pause_reading()  # bytes after the last request are never read
+                return
             self.refuse(cause.deny if isinstance(cause, ProtocolError) else BAD_REQUEST)
             return
         finally:
@@ -234,6 +245,8 @@ class ClientConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        if self.closing or self.last_request:
+            raise StopReading
         self.url = b""
         self.headers = []
         self.head_bytes = 0
@@ -247,6 +260,8 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(HEADERS_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a trailer of a chunked request: never forwarded
         self.headers.append((name, value))
         self.head_bytes += len(name) + len(value) + 4
         limits = self.server.limits
@@ -260,6 +275,8 @@ class ClientConnection(asyncio.Protocol):
         exchange.scan_headers(parser.get_http_version())
         if exchange.upgrade:
             raise ProtocolError(UPGRADE_NOT_SUPPORTED)
+        if not exchange.keep_alive:
+            self.last_request = True
         self.parsing = exchange
         if self.current is None:
             self.current = exchange

@@ -178,6 +178,7 @@ def test_app_from_body(apps, app_id, expected) -> None:
 def test_answers_match_the_contract() -> None:
     table = {d.reason: (d.status, d.code) for d in a.ALL_DENIALS}
     assert table == {
+        "ambiguous_request": (400, 400),
         "missing_key": (401, 8301),
         "invalid_key": (401, 8301),
         "key_disabled": (403, 8302),
@@ -187,6 +188,7 @@ def test_answers_match_the_contract() -> None:
         "interface_not_allowed": (403, 8302),
         "app_not_allowed": (403, 8302),
         "body_too_large": (413, 413),
+        "unsupported_media_type": (415, 415),
         "upstream_unavailable": (502, 502),
         "upstream_timeout": (504, 504),
     }

@@ -15,6 +15,9 @@ V1_CREATE = "/api/v1/app/{app}/entry/E1/data_create"
 WORKFLOW = "/api/v5/workflow/task/approve"
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def refusal(status: int, code: int, reason: str):
     return status, code, reason
 
@@ -157,12 +160,16 @@ async def test_app_scope_from_v5_body(proxy: Proxy) -> None:
         {"json": {"entry_id": "E"}},
         {"json": {"app_id": 5}},
         {"json": ["A1"]},
-        {"data": b"app_id=A1"},
-        {"data": b"{not json"},
+        {"data": b"app_id=A1", "headers": JSON},
+        {"data": b"{not json", "headers": JSON},
         {},
     ]
     for kwargs in cases:
         assert await answer(proxy, "POST", V5_LIST, key=secret, **kwargs) == refusal(403, 8302, "app_not_allowed")
+    # A body the upstream would not read as JSON is never inspected as JSON.
+    assert await answer(proxy, "POST", V5_LIST, key=secret, data=b'{"app_id": "A1"}') == refusal(
+        415, 415, "unsupported_media_type"
+    )
     assert len(proxy.upstream.recorder.requests) == 1
 
 
@@ -196,7 +203,7 @@ async def test_app_scope_from_query_and_header(start_proxy) -> None:
 async def test_body_forwarded_intact_after_inspection(proxy: Proxy) -> None:
     key = await proxy.admin.create(apps=["A1"])
     payload = json.dumps({"app_id": "A1", "data": "x" * 300_000, "unicode": "数据"}).encode()
-    status, body = await proxy.json("POST", V5_LIST, key=key["key"], data=payload)
+    status, body = await proxy.json("POST", V5_LIST, key=key["key"], data=payload, headers=JSON)
     assert status == 200
     assert body["body_size"] == len(payload)
     assert body["body_sha256"] == hashlib.sha256(payload).hexdigest()
@@ -206,13 +213,17 @@ async def test_body_too_large_to_inspect(start_proxy) -> None:
     proxy: Proxy = await start_proxy(routes={"max_body_inspect": 1000})
     key = await proxy.admin.create(apps=["A1"])
     payload = json.dumps({"app_id": "A1", "pad": "x" * 2000}).encode()
-    assert await answer(proxy, "POST", V5_LIST, key=key["key"], data=payload) == refusal(413, 413, "body_too_large")
+    assert await answer(proxy, "POST", V5_LIST, key=key["key"], data=payload, headers=JSON) == refusal(
+        413, 413, "body_too_large"
+    )
 
     async def chunks():
         yield payload[:500]
         yield payload[500:]
 
-    assert await answer(proxy, "POST", V5_LIST, key=key["key"], data=chunks()) == refusal(413, 413, "body_too_large")
+    assert await answer(proxy, "POST", V5_LIST, key=key["key"], data=chunks(), headers=JSON) == refusal(
+        413, 413, "body_too_large"
+    )
     # a key with apps "all" does not need the body read: any size passes
     open_key = await proxy.admin.create()
     status, _ = await proxy.json("POST", V5_LIST, key=open_key["key"], data=payload)

@@ -1,0 +1,115 @@
+"""Requests that a parser behind the gateway could read differently from the gateway. Pure.
+
+An authorization decision is only as good as the agreement between the gateway and the
+upstream on what the request says. Each function here reads one part of a request the
+strictest way, and answers `AMBIGUOUS` where two common parsers would disagree, so the
+request is refused instead of authorized on one reading and executed on another.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+from urllib.parse import unquote_plus
+
+
+class _Ambiguous:
+    def __repr__(self) -> str:
+        return "AMBIGUOUS"
+
+
+AMBIGUOUS: Final = _Ambiguous()
+
+# Replayed on a fresh upstream connection when the pooled one closed before answering.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+JSON_TYPES = frozenset({b"application/json"})
+
+
+def canonical(lower: bytes) -> bytes:
+    """A lower-cased header name with `_` read as `-`: CGI-style servers map both to one variable."""
+    return lower.replace(b"_", b"-") if b"_" in lower else lower
+
+
+def target_is_ambiguous(url: bytes) -> bool:
+    """Anything but a plain origin-form target: absolute URLs, `*`, `//host`, a `#` fragment,
+    a `;` path parameter (servlet containers strip it, so `..;` acts as `..`), or an encoded
+    `%` (an upstream that decodes twice would see another path)."""
+    if not url.startswith(b"/") or url.startswith(b"//") or b"#" in url:
+        return True
+    path = url.partition(b"?")[0]
+    if b";" in path:
+        return True
+    if b"%" in path:
+        lowered = path.lower()
+        return b"%3b" in lowered or b"%25" in lowered
+    return False
+
+
+def query_app_id(query: str, name: str) -> str | _Ambiguous | None:
+    """The one value of parameter `name`; AMBIGUOUS if it appears twice (first-wins and
+    last-wins parsers would disagree) or if `;` could split it (older parsers treat `;` like `&`)."""
+    found: list[str] = []
+    for part in query.split("&"):
+        for piece in part.split(";"):
+            key, _, value = piece.partition("=")
+            if unquote_plus(key) == name:
+                if ";" in part:
+                    return AMBIGUOUS
+                found.append(value)
+    if len(found) > 1:
+        return AMBIGUOUS
+    return unquote_plus(found[0]) if found else None
+
+
+def header_app_id(values: list[bytes]) -> str | _Ambiguous | None:
+    """The app id from the header occurrences (dash and underscore spellings together)."""
+    if not values:
+        return None
+    if len(values) > 1 or b"," in values[0]:  # a list-valued reading would see several ids
+        return AMBIGUOUS
+    return values[0].strip().decode("latin-1")
+
+
+def is_json_media_type(content_types: list[bytes]) -> bool:
+    """No Content-Type, or exactly one naming JSON (`application/json`, `*/*+json`), with
+    at most a UTF-8 charset: an upstream that honours the header must parse what we parsed."""
+    if not content_types:
+        return True
+    if len(content_types) > 1:
+        return False
+    media, *params = content_types[0].split(b";")
+    media = media.strip().lower()
+    if media not in JSON_TYPES and not (media.endswith(b"+json") and media.count(b"/") == 1):
+        return False
+    for param in params:
+        name, _, value = param.partition(b"=")
+        if name.strip().lower() == b"charset" and value.strip().strip(b'"').lower() not in (b"utf-8", b"utf8"):
+            return False
+    return True
+
+
+class _Members(list):
+    """The members of a JSON object in document order (a top-level array stays a plain list)."""
+
+
+def body_app_id(body: bytes, name: str) -> str | _Ambiguous | None:
+    """The string member `name` of a JSON object body, or None when there is none.
+
+    The body is decoded as strict UTF-8 (no BOM, no UTF-16 guessing). Members whose names
+    are equal after unescaping, or equal but for case (Go's decoder matches names that way),
+    are AMBIGUOUS: first-wins and last-wins parsers would pick different values.
+    """
+    try:
+        document = json.loads(body.decode("utf-8"), object_pairs_hook=_Members)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, _Members):
+        return None
+    wanted = name.casefold()
+    values = [value for key, value in document if key.casefold() == wanted]
+    if len(values) > 1:
+        return AMBIGUOUS
+    if not values or not isinstance(values[0], str):
+        return None
+    return values[0]
