@@ -21,14 +21,20 @@ FIELDS = ("time", "client_ip", "key_id", "account", "interface", "app", "reason"
 FLUSH_SECONDS = 0.2
 SLICE = 256  # entries formatted between two yields to the event loop
 MAX_BACKLOG = 64 * 1024 * 1024  # bytes waiting for the writer; beyond this, lines are dropped
+MAX_FIELD = 256  # characters of a client-chosen field (interface, app id) kept in a line
+MEMO_ENTRIES = 4096
+MEMO_LENGTH = 64
 _quoted: dict[str | None, str] = {}
 
 
 def _quote(value: str | None) -> str:
-    """JSON for a string field; memoised since ids, accounts and interfaces repeat."""
+    """JSON for a string field; short values are memoised (ids, accounts and interfaces
+    repeat), long ones are cut to MAX_FIELD and never kept."""
     found = _quoted.get(value)
     if found is None:
-        if len(_quoted) > 50_000:
+        if value is not None and len(value) > MEMO_LENGTH:
+            return json.dumps(value[:MAX_FIELD] + "..." if len(value) > MAX_FIELD else value)
+        if len(_quoted) >= MEMO_ENTRIES:
             _quoted.clear()
         found = _quoted[value] = json.dumps(value)
     return found

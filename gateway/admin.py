@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ from gateway.keys import KeyService
 from gateway.model import CATEGORIES, ApiError
 from gateway.openapi import document
 from gateway.routes import RouteTable
-from gateway.store import StoreUnavailable
+from gateway.store import STORE_ERRORS
 
+log = logging.getLogger("gateway.admin")
 STATUS_OF = {
     "invalid_json": 400,
     "unauthorized": 401,
@@ -65,7 +67,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as err:
         return error_response(err.code, err.message, err.field)
-    except StoreUnavailable:
+    except STORE_ERRORS as err:
+        log.warning("key store error on %s %s: %s", request.method, request.path, err)
         return error_response("store_unavailable", "the key store is unavailable; try again")
     except web.HTTPRequestEntityTooLarge:
         return error_response("body_too_large", "the request body is too large")
@@ -81,6 +84,8 @@ async def read_json(request: web.Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ApiError("invalid_json", "the body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError("invalid_json", "the body is nested too deeply") from None
 
 
 def _key_response(key: Any, secret: str | None = None, status: int = 200) -> web.Response:

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 
 from gateway.authorize import Interner, KeySnapshot
 from gateway.model import Key
+from gateway.secrets import could_be_secret
 
 HOT_CACHE_SIZE = 65536
-_MISSING = object()
 
 
 class Rebuild:
@@ -36,9 +36,11 @@ class Keyring:
         self._hot_size = hot_size
         self._by_digest: dict[bytes, KeySnapshot] = {}
         self._digest_of_id: dict[str, bytes] = {}
-        # presented value -> snapshot (or None): hot clients skip the HMAC and the big index.
-        # Emptied on every change, so a revocation applies to the very next request.
-        self._hot: dict[bytes, KeySnapshot | None] = {}
+        # presented value -> snapshot: hot clients skip the HMAC and the big index. Only
+        # values of real keys enter it (never misses, so junk cannot evict them); it is
+        # bounded in entries, and every entry is one secret long. Emptied on every change,
+        # so a revocation applies to the very next request.
+        self._hot: dict[bytes, KeySnapshot] = {}
         self._shared = Interner()
 
     def __len__(self) -> int:
@@ -73,16 +75,17 @@ class Keyring:
 
     def lookup(self, presented: bytes) -> KeySnapshot | None:
         """The snapshot for a presented key value, None if no key has that value."""
-        hot = self._hot
-        snapshot = hot.get(presented, _MISSING)
-        if snapshot is not _MISSING:
-            return snapshot  # type: ignore[return-value]
+        snapshot = self._hot.get(presented)
+        if snapshot is not None:
+            return snapshot
+        if not could_be_secret(presented):
+            return None
         snapshot = self._by_digest.get(self._digest(presented))
-        if len(hot) >= self._hot_size:
-            hot.clear()
-            if not self._hot_size:
-                return snapshot
-        hot[presented] = snapshot
+        if snapshot is not None and self._hot_size:
+            hot = self._hot
+            if len(hot) >= self._hot_size:
+                hot.clear()
+            hot[presented] = snapshot
         return snapshot
 
 

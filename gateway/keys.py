@@ -23,6 +23,7 @@ from gateway.model import (
     Key,
     iso_time,
     mask_secret,
+    parse_account,
     parse_changes,
     utc_now,
 )
@@ -57,7 +58,7 @@ def decode_cursor(cursor: str) -> str:
 def parse_limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_PAGE
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PAGE:
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_PAGE:
         raise ApiError("invalid_field", f"limit must be a whole number from 1 to {MAX_PAGE}", "limit")
     return int(text)
 
@@ -129,6 +130,7 @@ class KeyService:
     async def list(self, account: str | None, cursor: str | None, limit: str | None) -> tuple[list[Key], str | None]:
         page = parse_limit(limit)
         after = decode_cursor(cursor) if cursor else None
+        account = parse_account(account) if account else None
         keys = await self.store.list_keys(account, after, page + 1)
         more = len(keys) > page
         keys = keys[:page]
@@ -183,9 +185,11 @@ class KeyService:
         page = parse_limit(limit)
         after = None
         if cursor:
-            if not cursor.isdigit():
+            if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
                 raise ApiError("invalid_field", "cursor is not one this API returned", "cursor")
             after = int(cursor)
+        if key_id is not None and not secrets.is_id(key_id):
+            raise ApiError("invalid_field", "key_id is not a key id (k_ and 26 characters)", "key_id")
         entries = await self.store.list_audit(key_id, after, page + 1)
         more = len(entries) > page
         entries = entries[:page]

@@ -15,7 +15,10 @@ IMMUTABLE_FIELDS = frozenset({"key", "id", "account", "key_masked", "created_at"
 EDITABLE_FIELDS = frozenset({"name", "apps", "interfaces", "ip_whitelist", "enabled"})
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9_]+")
 MAX_TEXT = 100
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls, the line and paragraph separators, and lone surrogates (which no
+# UTF-8 encoder can write: such a name would break every JSON and SQL layer after us).
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+ACCOUNT = re.compile(r"[A-Za-z0-9._@:-]{1,64}")
 
 DEFAULT_NAME = "API Key"
 DEFAULT_ACCOUNT = "default"
@@ -89,6 +92,16 @@ def _text(value: Any, field: str) -> str:
     if not 1 <= len(text) <= MAX_TEXT:
         raise ApiError("invalid_field", f"{field} must be 1-{MAX_TEXT} characters", field)
     return text
+
+
+def parse_account(value: Any, field: str = "account") -> str:
+    """1-64 letters, digits and `.` `_` `-` `@` `:`: the account travels in a header."""
+    if not isinstance(value, str):
+        raise ApiError("invalid_field", f"{field} must be a string", field)
+    if not ACCOUNT.fullmatch(value):
+        message = f"{field} must be 1-64 characters of letters, digits and . _ - @ :"
+        raise ApiError("invalid_field", message, field)
+    return value
 
 
 def _unique(items: list[str]) -> tuple[str, ...]:
@@ -172,7 +185,7 @@ def parse_changes(body: Any, ips_limit: int, *, creating: bool) -> dict[str, Any
     if "name" in body:
         changes["name"] = _text(body["name"], "name")
     if "account" in body:
-        changes["account"] = _text(body["account"], "account")
+        changes["account"] = parse_account(body["account"])
     if "apps" in body:
         changes["apps"] = parse_apps(body["apps"])
     if "interfaces" in body:

@@ -7,12 +7,13 @@ from typing import Any
 from gateway import __version__
 from gateway.model import CATEGORIES
 
+ACCOUNT_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._@:-]{1,64}$"}
 SCOPE = {"oneOf": [{"type": "string", "enum": ["all"]}, {"type": "array", "items": {"type": "string"}}]}
 TIME = {"type": "string", "format": "date-time"}
 KEY_PROPERTIES: dict[str, Any] = {
     "id": {"type": "string", "pattern": "^k_[0-9a-z]{26}$"},
     "name": {"type": "string"},
-    "account": {"type": "string"},
+    "account": ACCOUNT_SCHEMA,
     "key_masked": {"type": "string"},
     "enabled": {"type": "boolean"},
     "apps": SCOPE,
@@ -91,7 +92,7 @@ def document() -> dict[str, Any]:
                 "KeyWithSecret": KEY_WITH_SECRET,
                 "KeyFields": {
                     "type": "object",
-                    "properties": {**EDITABLE, "account": {"type": "string"}},
+                    "properties": {**EDITABLE, "account": ACCOUNT_SCHEMA},
                     "additionalProperties": False,
                 },
                 "Error": ERROR,

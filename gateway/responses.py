@@ -17,9 +17,9 @@ REQUEST_TIMEOUT = Deny(408, 408, "request_timeout", "the request was not receive
 UPGRADE_NOT_SUPPORTED = Deny(501, 501, "upgrade_not_supported", "protocol upgrades are not supported")
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def status_line(status: int, reason: bytes = b"") -> bytes:
-    """`HTTP/1.1 <status> <reason>\\r\\n`, memoised: a few distinct statuses ever occur."""
+    """`HTTP/1.1 <status> <reason>\\r\\n`, memoised (bounded: the upstream picks the reason)."""
     if not reason:
         try:
             reason = http.HTTPStatus(status).phrase.encode()

@@ -18,6 +18,8 @@ PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME_PART = re.compile(r"[A-Za-z0-9_]*")
 APP_SOURCES = ("body", "path", "query", "header")
 HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+CACHE_ENTRIES = 4096
+CACHED_PATH = 256  # characters; with CACHE_ENTRIES, the memo stays under a few MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +205,10 @@ class RouteTable:
             return cache[key]
         segments = split_path(path)
         result = None if segments is None else self._resolve(method, segments)
-        if len(cache) >= 4096:
-            cache.clear()
-        cache[key] = result
+        if len(path) <= CACHED_PATH:  # bounded in bytes too: long paths are resolved each time
+            if len(cache) >= CACHE_ENTRIES:
+                cache.clear()
+            cache[key] = result
         return result
 
     def _resolve(self, method: str, segments: list[str]) -> RouteMatch | None:

@@ -44,6 +44,12 @@ def generate_id() -> str:
     return "k_" + "".join(reversed(chars))
 
 
+def could_be_secret(value: bytes) -> bool:
+    """Whether a presented value has the shape of a secret this gateway issues. Anything else
+    is refused without hashing or caching it, so junk values cost no memory."""
+    return len(value) == SECRET_LENGTH and value.isalnum()  # bytes.isalnum is ASCII-only
+
+
 def is_id(text: str) -> bool:
     return len(text) == 28 and text.startswith("k_") and all(c in ID_ALPHABET for c in text[2:])
 

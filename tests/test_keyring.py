@@ -12,35 +12,63 @@ from tests.conftest import make_key
 BOX = SecretBox("keyring-test-secret-0123456789")
 
 
-def key(secret: str, **fields) -> Key:
-    return make_key(id="k_" + "0" * 25 + secret[-1], digest=BOX.digest(secret), **fields)
+def secret(n: int) -> str:
+    """A value shaped like the secrets the gateway issues (32 letters and digits)."""
+    return f"Secret{n}".ljust(32, "x")
+
+
+def key(n: int, **fields) -> Key:
+    return make_key(id="k_" + "0" * 25 + str(n), digest=BOX.digest(secret(n)), **fields)
+
+
+def value(n: int) -> bytes:
+    return secret(n).encode()
 
 
 def test_lookup_put_update_remove() -> None:
     ring = Keyring(BOX.raw_digest)
-    first = key("secret-1")
+    first = key(1)
     ring.put(first)
-    assert ring.lookup(b"secret-1").enabled is True
-    assert ring.lookup(b"secret-2") is None
+    assert ring.lookup(value(1)).enabled is True
+    assert ring.lookup(value(2)) is None
     ring.put(dataclasses.replace(first, enabled=False))  # the cached answer must not survive
-    assert ring.lookup(b"secret-1").enabled is False
-    ring.put(key("secret-2"))  # a value looked up before it existed is found once it does
-    assert ring.lookup(b"secret-2") is not None
+    assert ring.lookup(value(1)).enabled is False
+    ring.put(key(2))  # a value looked up before it existed is found once it does
+    assert ring.lookup(value(2)) is not None
     ring.remove(first.id)
-    assert ring.lookup(b"secret-1") is None
+    assert ring.lookup(value(1)) is None
     assert len(ring) == 1
 
 
 def test_replace_all_and_shared_scopes() -> None:
     ring = Keyring(BOX.raw_digest)
-    ring.put(key("secret-1"))
-    assert ring.lookup(b"secret-1") is not None
+    ring.put(key(1))
+    assert ring.lookup(value(1)) is not None
     apps = ("a1", "a2")
-    ring.replace_all([key("secret-3", apps=apps, ip_whitelist=("10.0.0.*",)), key("secret-4", apps=apps)])
-    assert ring.lookup(b"secret-1") is None
-    three, four = ring.lookup(b"secret-3"), ring.lookup(b"secret-4")
+    ring.replace_all([key(3, apps=apps, ip_whitelist=("10.0.0.*",)), key(4, apps=apps)])
+    assert ring.lookup(value(1)) is None
+    three, four = ring.lookup(value(3)), ring.lookup(value(4))
     assert three.apps is four.apps  # equal scopes are shared, not copied per key
     assert three.whitelist is not None and four.whitelist is None
+
+
+def test_values_that_cannot_be_keys_are_neither_hashed_nor_cached() -> None:
+    hashed: list[bytes] = []
+
+    def digest(presented: bytes) -> bytes:
+        hashed.append(presented)
+        return BOX.raw_digest(presented)
+
+    ring = Keyring(digest)
+    ring.put(key(1))
+    for junk in (b"x" * 30_000, b"short", value(1) + b"x", value(1)[:-1] + b"-", "Ä".encode().ljust(32, b"x")):
+        assert ring.lookup(junk) is None
+    assert hashed == []
+    assert ring.lookup(value(2)) is None  # well-shaped but unknown: hashed, and not kept
+    assert ring.lookup(value(1)) is not None
+    assert ring.lookup(value(1)) is not None  # the second lookup comes from the hot map
+    assert hashed == [value(2), value(1)]
+    assert list(ring._hot) == [value(1)]
 
 
 def test_usage_batches() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,6 +43,12 @@ class SchemaTooNew(Exception):
 
 class StoreUnavailable(Exception):
     """The database cannot be reached; callers answer 503."""
+
+
+# What a failing database raises through the store interface: a lost PostgreSQL becomes
+# StoreUnavailable inside its store; SQLite's own errors (a full disk, a damaged or vanished
+# file, a lock held too long) arrive as they are.
+STORE_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, sqlite3.DatabaseError)
 
 
 class Store(Protocol):
