@@ -24,7 +24,7 @@ from gateway.ambiguous import (
     query_app_id,
     target_is_ambiguous,
 )
-from gateway.authorize import KeySnapshot
+from gateway.authorize import AMBIGUOUS_REQUEST, KeySnapshot
 from gateway.iprules import client_ip
 from gateway.responses import BAD_REQUEST, CONTINUE, deny_response, status_line
 from gateway.routes import RouteMatch
@@ -578,14 +578,18 @@ class Exchange:
         self.response_started = True
         self.response_complete = True
         self.body = []
-        close = not self.keep_alive or not self.request_complete
+        # A request without a body is framed by its head alone: the connection can serve the
+        # next one. A body we refused before reading it would have to be read first: close.
+        # So does a request that could be read two ways: its sender may be probing for a desync.
+        close = not self.keep_alive or (self.has_body and not self.request_complete) or deny is AMBIGUOUS_REQUEST
         self.keep_alive = not close
         conn = self.conn
         conn.write(deny_response(deny, close, conn.server.config.auth.scheme))
         if close:
             conn.close()
-        else:
+        elif self.request_complete:
             conn.finished(self)
+        # else: on_request_complete (right after this head) hands the connection on
 
     def upstream_full(self) -> None:
         """The upstream cannot take more body yet: stop reading the client."""

@@ -38,6 +38,9 @@ from gateway.upstream import UpstreamPool
 log = logging.getLogger("gateway.proxy")
 
 
+LINGER = 2.0  # seconds a closing connection keeps draining what the client still sends
+
+
 class StopReading(Exception):
     """Raised from a parser callback: nothing after this point of the stream is a request to
     serve (the connection is closing, or the last request asked for `Connection: close`)."""
@@ -180,6 +183,7 @@ class ClientConnection(asyncio.Protocol):
         self.paused = 0
         self.closing = False
         self.last_request = False  # a request that ends the connection has been read
+        self.linger_until = 0.0
         self.corked = False
         self.out: list[bytes] = []
         self.last_seen = server.now
@@ -211,7 +215,7 @@ class ClientConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as err:
             cause = err.__context__
-            if isinstance(cause, StopReading):
+            if isinstance(cause, StopReading) or (self.last_request and self.parsing is None):
                 if not self.closing and self.transport is not None:
                     self.transport.pause_reading()  # bytes after the last request are never read
                 return
@@ -340,6 +344,9 @@ class ClientConnection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        """Close after what was written. Lingering: send FIN, then read and discard until the
+        client closes (or LINGER seconds pass), so a client still sending a body we refused
+        reads our answer instead of losing it to a reset."""
         if self.closing:
             return
         self.uncork()
@@ -347,8 +354,15 @@ class ClientConnection(asyncio.Protocol):
         for exchange in (self.current, *self.queue):
             if exchange is not None:
                 exchange.on_client_lost()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.linger_until = self.server.now + LINGER
+            transport.resume_reading()
+        else:
+            transport.close()
 
     def abort(self) -> None:
         self.closing = True
@@ -374,6 +388,10 @@ class ClientConnection(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         limits = self.server.limits
+        if self.closing:
+            if now > self.linger_until and self.transport is not None:
+                self.transport.close()
+            return
         if self.in_head:
             if now - self.head_started > limits.header_timeout:
                 self.refuse(REQUEST_TIMEOUT)

@@ -1,0 +1,515 @@
+"""The data path tried as an attacker would: raw bytes over real sockets, and for every case
+what the client got AND what reached the upstream (a raw recording server, not a framework).
+
+Each class of the security issue has its own table of variants: path and target tricks,
+body and media-type tricks, duplicated app ids, replays, pipelining after a refusal,
+header leftovers, trailers. A request the upstream could read differently from the gateway
+must be refused before it is forwarded; a refused request must leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Admin
+from tests.rawhttp import RawClient, Response
+from tests.rawupstream import RawUpstream
+
+V5_LIST = b"/api/v5/app/entry/data/list"
+APP_LIST = b"/api/v5/app/list"
+RULES = [
+    {"path": "/q/{x}", "interface": "crm.query", "app_id": "query.app_id"},
+    {"path": "/h/{x}", "interface": "crm.header", "app_id": "header.X-App-Id"},
+]
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """SQLite only: these tests are about the wire, and the store is the same on both backends."""
+    yield f"sqlite:///{tmp_path}/gateway.db"
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
+    upstream = RawUpstream()
+    await upstream.start()
+    yield upstream
+    await upstream.stop()
+
+
+@dataclass
+class Gate:
+    port: int
+    admin: Admin
+    upstream: RawUpstream
+
+    async def key(self, **fields: Any) -> str:
+        return (await self.admin.create(**fields))["key"]
+
+    async def exchange(
+        self, *pieces: bytes, count: int = 1, source: str = "127.0.0.1", timeout: float = 5.0, linger: float = 0.0
+    ) -> tuple[list[Response], bool]:
+        """Send the pieces (one write each), read up to `count` answers; also say whether the
+        gateway closed the connection (waiting up to `linger` seconds for it to)."""
+        client = await RawClient.connect(self.port, source)
+        try:
+            for piece in pieces:
+                try:
+                    await client.send(piece)
+                except (ConnectionResetError, BrokenPipeError):
+                    break  # the gateway hung up: what it answered is still read below
+                await asyncio.sleep(0)
+            responses = await client.read_responses(count, timeout=timeout)
+            closed = client.closed or (linger > 0 and await client.wait_closed(linger))
+            return responses, closed
+        finally:
+            await client.close()
+
+
+@pytest.fixture
+async def gate(start_gateway: Any, raw_upstream: RawUpstream) -> Gate:
+    running = await start_gateway(upstream={"url": raw_upstream.url}, routes={"rules": RULES})
+    return Gate(running.gateway.proxy.port, running.admin, raw_upstream)
+
+
+def request(
+    method: bytes,
+    target: bytes,
+    key: str | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    body: bytes | None = None,
+    version: bytes = b"HTTP/1.1",
+) -> bytes:
+    lines = [b"%s %s %s" % (method, target, version), b"Host: api.example"]
+    if key is not None:
+        lines.append(b"Authorization: Bearer " + key.encode())
+    for name, value in headers or []:
+        lines.append(name + b": " + value)
+    if body is not None:
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")
+
+
+def chunked(method: bytes, target: bytes, key: str, pieces: list[bytes], trailer: bytes = b"") -> bytes:
+    head = request(method, target, key, [(b"Transfer-Encoding", b"chunked"), (b"Content-Type", b"application/json")])
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n" + trailer + b"\r\n"
+
+
+def reason(response: Response) -> str:
+    return json.loads(bytes(response.body))["reason"]
+
+
+def split_every(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+# 2. Targets a servlet container, a proxy behind us or a double-decoding upstream would
+# route elsewhere than the gateway authorized.
+AMBIGUOUS_TARGETS = [
+    b"/api/v5/app/list;jsessionid=1",
+    b"/api/v5/app;x=1/list",
+    b"/api/v5/app/..;/app/list",
+    b"/api/v1/app/A1/entry/E/data/..;/..;/..;/..;/A2/entry/E/data_delete",
+    b"/api/v1/app/A1/entry/E/data_retrieve/..;/data_delete",
+    b"/api/v5/app/list%3b",
+    b"/api/v5/app/list%3B.json",
+    b"/api/v5/app/list#/../../corp/x",
+    b"/api/v5/app/list?x=1#frag",
+    b"/api/v5/app/list#",
+    b"http://127.0.0.1/api/v5/app/list",
+    b"HTTP://upstream.internal/api/v5/app/list",
+    b"https://evil.example:443/api/v5/app/list",
+    b"//evil.example/api/v5/app/list",
+    b"/api/v5/app/%252e%252e/list",
+    b"/api/v5/corp/%25%32%65%25%32%65/app/list",
+]
+
+
+@pytest.mark.parametrize("target", AMBIGUOUS_TARGETS)
+async def test_ambiguous_targets_are_refused_before_anything(gate: Gate, target: bytes) -> None:
+    key = await gate.key(interfaces=["app.list"])
+    for method in (b"GET", b"POST", b"DELETE"):
+        for sent_key in (key, None):  # ambiguity is the first check: it does not depend on the key
+            (answer,), closed = await gate.exchange(request(method, target, sent_key), linger=2.0)
+            assert (answer.status, reason(answer)) == (400, "ambiguous_request")
+            assert closed and answer.headers["connection"] == "close"
+    # the same bytes one at a time: the parser's view does not depend on packet boundaries
+    (answer,), _ = await gate.exchange(*split_every(request(b"GET", target, key), 1))
+    assert (answer.status, reason(answer)) == (400, "ambiguous_request")
+    assert gate.upstream.seen == []
+
+
+async def test_asterisk_and_connect_targets(gate: Gate) -> None:
+    key = await gate.key()
+    for raw in (
+        request(b"OPTIONS", b"*", key),
+        request(b"CONNECT", b"upstream.internal:443", key),
+        request(b"CONNECT", b"127.0.0.1:22", key),
+    ):
+        (answer,), closed = await gate.exchange(raw, linger=2.0)
+        assert (answer.status, reason(answer)) == (400, "ambiguous_request")
+        assert closed
+    assert gate.upstream.seen == []
+
+
+async def test_plain_targets_pass_unchanged(gate: Gate) -> None:
+    key = await gate.key(interfaces=["app.list"])
+    targets = [APP_LIST, APP_LIST + b"?a=1;b=2", APP_LIST + b"?next=%2F..%2F", b"/api/v5/app/l%69st"]
+    for target in targets:
+        (answer,), _ = await gate.exchange(request(b"POST", target, key))
+        assert answer.status == 200, target
+    assert [seen.url for seen in gate.upstream.seen] == targets
+
+
+# 3. Bodies: duplicate members and media types a JSON-reading upstream would read otherwise.
+DUPLICATE_BODIES = [
+    b'{"app_id": "A1", "app_id": "A2"}',
+    b'{"app_id": "A2", "app_id": "A1"}',
+    b'{"app_id": "A1", "app\\u005fid": "A2"}',
+    b'{"\\u0061pp_id": "A2", "app_id": "A1"}',
+    b'{"app_id": "A1", "\\u0061\\u0070\\u0070\\u005f\\u0069\\u0064": "A1"}',
+    b'{"app_id": "A1", "APP_ID": "A2"}',
+    b'{"App_Id": "A2", "app_id": "A1", "entry_id": "E"}',
+    b'{"entry_id": "E", "app_id": "A1", "x": [1, {"y": 2}], "app_id": "A2"}',
+]
+
+
+@pytest.mark.parametrize("body", DUPLICATE_BODIES)
+async def test_duplicate_app_id_members_are_ambiguous(gate: Gate, body: bytes) -> None:
+    key = await gate.key(apps=["A1"])
+    json_type = [(b"Content-Type", b"application/json")]
+    (answer,), _ = await gate.exchange(request(b"POST", V5_LIST, key, json_type, body))
+    assert (answer.status, reason(answer)) == (400, "ambiguous_request")
+    # chunked, each chunk a few bytes, in separate packets
+    pieces = split_every(chunked(b"POST", V5_LIST, key, split_every(body, 3)), 7)
+    (answer,), _ = await gate.exchange(*pieces)
+    assert (answer.status, reason(answer)) == (400, "ambiguous_request")
+    assert gate.upstream.seen == []
+
+
+async def test_nested_members_do_not_count(gate: Gate) -> None:
+    key = await gate.key(apps=["A1"])
+    body = b'{"app_id": "A1", "filter": {"app_id": "A2"}, "list": [{"app_id": "A3"}]}'
+    (answer,), _ = await gate.exchange(request(b"POST", V5_LIST, key, [(b"Content-Type", b"application/json")], body))
+    assert answer.status == 200
+    assert gate.upstream.seen[0].body == body
+
+
+MEDIA_TYPES = [
+    ([b"application/x-www-form-urlencoded"], [], 415),
+    ([b"text/plain"], [], 415),
+    ([b"multipart/form-data; boundary=x"], [], 415),
+    ([b"application/jsonp"], [], 415),
+    ([b"application/json; charset=utf-16"], [], 415),
+    ([b"application/json; charset=iso-8859-1"], [], 415),
+    ([b"application/json", b"text/plain"], [], 415),
+    ([b"application/json", b"application/json"], [], 415),
+    ([b"application/json"], [b"gzip"], 415),
+    ([b"application/json"], [b"identity"], 415),
+    ([], [b"br"], 415),
+    ([b"application/json"], [], 200),
+    ([b'Application/JSON; charset="UTF-8"'], [], 200),
+    ([b"application/vnd.api+json"], [], 200),
+    ([b"application/merge-patch+json; charset=utf-8"], [], 200),
+    ([], [], 200),
+]
+
+
+@pytest.mark.parametrize(("types", "encodings", "status"), MEDIA_TYPES)
+async def test_inspected_bodies_must_be_plain_json(
+    gate: Gate, types: list[bytes], encodings: list[bytes], status: int
+) -> None:
+    key = await gate.key(apps=["A1"])
+    headers = [(b"Content-Type", t) for t in types] + [(b"Content-Encoding", e) for e in encodings]
+    body = b'{"app_id": "A1"}'
+    (answer,), _ = await gate.exchange(request(b"POST", V5_LIST, key, headers, body))
+    assert answer.status == status
+    if status == 415:
+        assert reason(answer) == "unsupported_media_type"
+        assert gate.upstream.seen == []
+    else:
+        assert [seen.body for seen in gate.upstream.seen] == [body]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"app_id": "A1"}'.encode("utf-16"),
+        '{"app_id": "A1"}'.encode("utf-16-le"),
+        '{"app_id": "A1"}'.encode("utf-32"),
+        b"\xef\xbb\xbf" + b'{"app_id": "A1"}',
+        b'{"app_id": "A1"} {"app_id": "A2"}',
+        b'{"app_id": "A\\ud800"}',
+        b'{"app_id": ["A1"]}',
+        b'{"app_id": 1}',
+        b'["app_id", "A1"]',
+        b'[["app_id", "A1"]]',
+        b"[" * 200_000,
+        b'{"a":' * 100_000,
+    ],
+)
+async def test_bodies_that_are_not_one_utf8_json_object_find_no_app(gate: Gate, body: bytes) -> None:
+    key = await gate.key(apps=["A1"])
+    (answer,), _ = await gate.exchange(request(b"POST", V5_LIST, key, [(b"Content-Type", b"application/json")], body))
+    assert (answer.status, reason(answer)) == (403, "app_not_allowed")
+    assert gate.upstream.seen == []
+
+
+# 4. App ids in the query or a header, given twice or splittable.
+@pytest.mark.parametrize(
+    ("target", "headers", "status"),
+    [
+        (b"/q/1?app_id=A1&app_id=A2", [], 400),
+        (b"/q/1?app_id=A2&app_id=A1", [], 400),
+        (b"/q/1?app_id=A1&app_id=A1", [], 400),
+        (b"/q/1?app_id=A1&app%5Fid=A2", [], 400),
+        (b"/q/1?app_id=A1&app%5fid=A1", [], 400),
+        (b"/q/1?app_id=A1;app_id=A2", [], 400),
+        (b"/q/1?app_id=A1;x=1", [], 400),
+        (b"/q/1?x=1&app_id=A1&y=2", [], 200),
+        (b"/q/1?app%5Fid=A1", [], 200),
+        (b"/q/1?app_id=A%31", [], 200),
+        (b"/q/1?app_id=A2", [], 403),
+        (b"/q/1?app_id=", [], 403),
+        (b"/q/1", [], 403),
+        (b"/h/1", [(b"X-App-Id", b"A1"), (b"X-App-Id", b"A2")], 400),
+        (b"/h/1", [(b"X-App-Id", b"A1"), (b"X-App-Id", b"A1")], 400),
+        (b"/h/1", [(b"X-App-Id", b"A1"), (b"X_App_Id", b"A2")], 400),
+        (b"/h/1", [(b"x_app_id", b"A2"), (b"X-APP-ID", b"A1")], 400),
+        (b"/h/1", [(b"X-App-Id", b"A1, A2")], 400),
+        (b"/h/1", [(b"x-app-id", b" A1 ")], 200),
+        (b"/h/1", [(b"X_App_Id", b"A1")], 200),
+        (b"/h/1", [(b"X-App-Id", b"A2")], 403),
+        (b"/h/1", [], 403),
+    ],
+)
+async def test_app_ids_in_query_and_headers(
+    gate: Gate, target: bytes, headers: list[tuple[bytes, bytes]], status: int
+) -> None:
+    key = await gate.key(apps=["A1"], interfaces=["crm"])
+    (answer,), _ = await gate.exchange(request(b"GET", target, key, headers))
+    assert answer.status == status, bytes(answer.body)
+    if status == 400:
+        assert reason(answer) == "ambiguous_request"
+    assert len(gate.upstream.seen) == (1 if status == 200 else 0)
+
+
+# 5. Replays: only idempotent requests are sent again after a pooled connection dies.
+@pytest.mark.parametrize(
+    ("method", "body", "replayed"),
+    [
+        (b"GET", None, True),
+        (b"HEAD", None, True),
+        (b"OPTIONS", None, True),
+        (b"DELETE", None, True),
+        (b"PUT", None, True),
+        (b"POST", None, False),
+        (b"POST", b'{"app_id": "A1"}', False),
+        (b"PATCH", b'{"app_id": "A1"}', False),
+        (b"PUT", b'{"app_id": "A1"}', True),
+    ],
+)
+async def test_only_idempotent_requests_are_replayed(
+    gate: Gate, method: bytes, body: bytes | None, replayed: bool
+) -> None:
+    key = await gate.key(apps=["A1"])
+    json_type = [(b"Content-Type", b"application/json")]
+    client = await RawClient.connect(gate.port)
+    try:
+        await client.send(request(b"POST", V5_LIST + b"?warm", key, json_type, b'{"app_id": "A1"}'))
+        await client.read_responses(1)
+        assert len(gate.upstream.seen) == 1  # one pooled upstream connection now idle
+        await client.send(request(method, V5_LIST + b"?drop-once", key, json_type, body or b'{"app_id": "A1"}'))
+        responses = await client.read_responses(2, head_only=method == b"HEAD")
+    finally:
+        await client.close()
+    dropped = [seen for seen in gate.upstream.seen if b"drop-once" in seen.url]
+    assert dropped[0].connection == gate.upstream.seen[0].connection  # it went out on the pooled one
+    if replayed:
+        assert responses[1].status == 200
+        assert len(dropped) == 2 and dropped[1].connection != dropped[0].connection
+    else:
+        assert (responses[1].status, reason(responses[1])) == (502, "upstream_unavailable")
+        assert len(dropped) == 1  # the upstream executed it once; the client was told it failed
+
+
+# 6. Pipelining: nothing after a `Connection: close` answer or a last request is forwarded.
+async def test_nothing_is_forwarded_after_a_closing_refusal(gate: Gate) -> None:
+    key = await gate.key(apps=["A1"])
+    good = request(b"POST", APP_LIST, key)
+    json_type = [(b"Content-Type", b"application/json")]
+    refusals = [
+        (request(b"POST", APP_LIST, None, body=b"{}"), 401),  # body not read: close
+        (request(b"POST", V5_LIST, key, [(b"Content-Type", b"text/plain")], b'{"app_id": "A1"}'), 415),
+        (request(b"POST", V5_LIST, key, json_type, b"x" * 2_000_000), 413),
+        (request(b"POST", APP_LIST + b";x", key, body=b"{}"), 400),
+        (request(b"GET", APP_LIST, "x" * 32, [(b"Connection", b"close")]), 401),
+        (request(b"GET", APP_LIST, None, version=b"HTTP/1.0"), 401),
+    ]
+    for refused, status in refusals:
+        for pieces in ([refused + good + good], [refused, good], split_every(refused + good, 4096)):
+            responses, closed = await gate.exchange(*pieces, count=3, timeout=2.0, linger=2.0)
+            assert [r.status for r in responses] == [status]
+            assert responses[0].headers.get("connection") == "close"
+            assert closed
+    assert gate.upstream.seen == []
+
+
+async def test_nothing_is_forwarded_after_a_last_request(gate: Gate) -> None:
+    key = await gate.key()
+    last_requests = [
+        request(b"POST", APP_LIST + b"?first", key, [(b"Connection", b"close")]),
+        request(b"POST", APP_LIST + b"?first", key, [(b"Connection", b"keep-alive, close")]),
+        request(b"POST", APP_LIST + b"?first", key, version=b"HTTP/1.0"),
+    ]
+    for first in last_requests:
+        gate.upstream.seen.clear()
+        second = request(b"POST", APP_LIST + b"?second", key)
+        responses, closed = await gate.exchange(first + second, count=2, linger=2.0)
+        assert [r.status for r in responses] == [200]
+        assert closed
+        assert [seen.url for seen in gate.upstream.seen] == [APP_LIST + b"?first"]
+
+
+async def test_refusals_without_a_body_keep_the_connection(gate: Gate) -> None:
+    key = await gate.key(interfaces=["app.list"])
+    pieces = request(b"GET", APP_LIST) + request(b"GET", b"/api/v5/corp/x", key) + request(b"GET", APP_LIST, key)
+    responses, closed = await gate.exchange(pieces, count=3, linger=0.3)
+    assert [r.status for r in responses] == [401, 403, 200]
+    assert "connection" not in responses[0].headers
+    assert not closed
+    assert [seen.url for seen in gate.upstream.seen] == [APP_LIST]
+
+
+async def test_malformed_body_pipelined_behind_another_is_answered(gate: Gate) -> None:
+    key = await gate.key(apps=["A1"])
+    json_type = [(b"Content-Type", b"application/json")]
+    first = request(b"POST", V5_LIST + b"?slow", key, json_type, b'{"app_id": "A1"}')
+    for bad in (b"[" * 300_000, b'{"app_id": "A1", "x": ' + b"{" * 50_000, b"{not json", b"\xff\xfe"):
+        second = request(b"POST", V5_LIST, key, json_type, bad)
+        third = request(b"POST", V5_LIST, key, json_type, b'{"app_id": "A1"}')
+        responses, closed = await gate.exchange(first + second + third, count=3, timeout=5.0, linger=0.3)
+        assert [r.status for r in responses] == [200, 403, 200]
+        assert reason(responses[1]) == "app_not_allowed"
+        assert not closed
+
+
+# 7. Header leftovers: what the upstream gets is what the gateway decided, and nothing else.
+async def test_identity_and_forwarding_headers_cannot_be_forged(gate: Gate) -> None:
+    created = await gate.admin.create(account="acme")
+    forged = [
+        (b"X-Gateway-Account", b"evil"),
+        (b"X_Gateway_Account", b"evil"),
+        (b"x_gateway_key_id", b"k_evil"),
+        (b"X-Gateway-Anything", b"1"),
+        (b"X-Forwarded-For", b"6.6.6.6"),
+        (b"X_Forwarded_For", b"6.6.6.6"),
+        (b"x_forwarded_host", b"evil.example"),
+        (b"X_Forwarded_Proto", b"https"),
+        (b"Forwarded", b"for=6.6.6.6;proto=https"),
+        (b"X-Real-IP", b"6.6.6.6"),
+        (b"X_Real_IP", b"6.6.6.6"),
+        (b"Proxy-Connection", b"keep-alive"),
+        (b"Connection", b"X-Secret-Hop"),
+        (b"X-Secret-Hop", b"1"),
+        (b"Content_Length", b"5"),
+        (b"Transfer_Encoding", b"chunked"),
+    ]
+    raw = request(b"POST", APP_LIST, created["key"], forged, b"hello")
+    (answer,), _ = await gate.exchange(raw, source="127.0.0.3")
+    assert answer.status == 200
+    (seen,) = gate.upstream.seen
+    assert seen.header("X-Gateway-Account") == [b"acme"]
+    assert seen.header("X-Gateway-Key-Id") == [created["id"].encode()]
+    assert seen.header("X-Forwarded-For") == [b"127.0.0.3"]
+    assert seen.header("X-Real-IP") == [b"127.0.0.3"]
+    assert seen.header("Content-Length") == [b"5"] and seen.body == b"hello"
+    names = seen.names()
+    assert not {n for n in names if "_" in n}
+    assert not names & {"forwarded", "authorization", "proxy-connection", "x-secret-hop", "x-gateway-anything"}
+
+
+async def test_a_key_header_under_another_spelling(start_gateway: Any, raw_upstream: RawUpstream) -> None:
+    running = await start_gateway(upstream={"url": raw_upstream.url}, auth={"header": "X-Api-Key", "scheme": ""})
+    gate = Gate(running.gateway.proxy.port, running.admin, raw_upstream)
+    key = (await gate.admin.create())["key"].encode()
+    (answer,), _ = await gate.exchange(request(b"GET", APP_LIST, headers=[(b"X_Api_Key", key)]))
+    assert answer.status == 200
+    assert "x-api-key" not in gate.upstream.seen[0].names() and "x_api_key" not in gate.upstream.seen[0].names()
+    for headers in ([(b"X-Api-Key", key), (b"X_Api_Key", key)], [(b"x-api-key", key), (b"X-API-KEY", b"other")]):
+        (answer,), _ = await gate.exchange(request(b"GET", APP_LIST, headers=headers))
+        assert (answer.status, reason(answer)) == (400, "ambiguous_request")
+    assert len(gate.upstream.seen) == 1
+
+
+async def test_two_key_headers_or_two_hosts_are_ambiguous(gate: Gate) -> None:
+    key = await gate.key()
+    for extra in (
+        [(b"Authorization", b"Bearer " + key.encode())],
+        [(b"authorization", b"Bearer x")],
+        [(b"Host", b"b")],
+    ):
+        (answer,), _ = await gate.exchange(request(b"GET", APP_LIST, key, extra))
+        assert (answer.status, reason(answer)) == (400, "ambiguous_request")
+    assert gate.upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "plugin", [(b"X-Plugin-Id", b""), (b"X-Plugin-Id", b"   "), (b"X_Plugin_Id", b"p1"), (b"x-plugin-id", b"p1")]
+)
+async def test_the_plugin_header_counts_when_present(gate: Gate, plugin: tuple[bytes, bytes]) -> None:
+    key = await gate.key(ip_whitelist=["127.0.0.*"])
+    (answer,), _ = await gate.exchange(request(b"GET", APP_LIST, key, [plugin]))
+    assert (answer.status, reason(answer)) == (403, "plugin_not_allowed")
+    (answer,), _ = await gate.exchange(request(b"GET", APP_LIST, key))
+    assert answer.status == 200
+    open_key = await gate.key()
+    (answer,), _ = await gate.exchange(request(b"GET", APP_LIST, open_key, [plugin]))
+    assert answer.status == 200  # a key without a whitelist serves plugins; the header goes on
+    assert gate.upstream.seen[-1].header(plugin[0].decode()) == [plugin[1].strip()]
+
+
+@pytest.mark.parametrize(
+    ("header", "value", "status"),
+    [
+        (b"X-HTTP-Method-Override", b"DELETE", 400),
+        (b"X-HTTP-Method", b"PUT", 400),
+        (b"X-Method-Override", b"GET", 400),
+        (b"X_HTTP_Method_Override", b"DELETE", 400),
+        (b"x-http-method-override", b"", 400),
+        (b"X-HTTP-Method-Override", b"POST", 200),
+        (b"X-HTTP-Method-Override", b" post ", 200),
+    ],
+)
+async def test_method_overrides_naming_another_method(gate: Gate, header: bytes, value: bytes, status: int) -> None:
+    key = await gate.key()
+    (answer,), _ = await gate.exchange(request(b"POST", APP_LIST, key, [(header, value)]))
+    assert answer.status == status
+    assert len(gate.upstream.seen) == (1 if status == 200 else 0)
+
+
+@pytest.mark.parametrize("size", [1, 5, 4096])
+async def test_chunked_request_with_trailers(gate: Gate, size: int) -> None:
+    key = await gate.key(apps=["A1"])
+    body = b'{"app_id": "A1", "pad": "' + b"p" * 3000 + b'"}'
+    trailer = b"X-Injected: 1\r\nAuthorization: Bearer other\r\nX-Gateway-Account: evil\r\n"
+    for target in (V5_LIST, APP_LIST):  # inspected, and streamed
+        raw = chunked(b"POST", target, key, split_every(body, 700), trailer)
+        (answer,), _ = await gate.exchange(*split_every(raw, size))
+        assert answer.status == 200
+        seen = gate.upstream.seen[-1]
+        assert seen.body == body and seen.complete
+        assert "x-injected" not in seen.names() and "authorization" not in seen.names()
+    assert len(gate.upstream.seen) == 2
+    # framing in a trailer is a framing error, answered and closed
+    raw = chunked(b"POST", V5_LIST, key, [body], b"Content-Length: 3\r\n")
+    (answer,), closed = await gate.exchange(*split_every(raw, size), linger=2.0)
+    assert (answer.status, closed) == (400, True)
+    assert len(gate.upstream.seen) == 2
