@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
+import aiohttp
 import pytest
 
-from tests.conftest import Admin, Running
+from gateway.server import Gateway
+from tests.conftest import Admin, Running, make_config
 
 KEY_FIELDS = {
     "id",
@@ -129,6 +132,20 @@ async def test_whitelist_limit_after_dedup(admin: Admin) -> None:
         ({"name": "x" * 101}, "name"),
         ({"name": 5}, "name"),
         ({"name": "a\nb"}, "name"),
+        ({"name": "a\x85b"}, "name"),
+        ({"name": "a\u2028b"}, "name"),
+        ({"name": "a\u2029b"}, "name"),
+        ({"name": "a\ud800b"}, "name"),
+        ({"name": "\udfff"}, "name"),
+        ({"account": ""}, "account"),
+        ({"account": "a" * 65}, "account"),
+        ({"account": "acme corp"}, "account"),
+        ({"account": "acme\r\nX-Injected: 1"}, "account"),
+        ({"account": "<b>acct</b>"}, "account"),
+        ({"account": "\ud800"}, "account"),
+        ({"account": "caf\u00e9"}, "account"),
+        ({"account": 5}, "account"),
+        ({"apps": ["\ud800"]}, "apps[0]"),
         ({"apps": "some"}, "apps"),
         ({"apps": [1]}, "apps[0]"),
         ({"apps": ["ok", ""]}, "apps[1]"),
@@ -313,11 +330,99 @@ async def test_paging_never_skips_or_repeats(admin: Admin) -> None:
     assert len(default["items"]) == 50 and default["next_cursor"]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=abc", "limit=-1", "cursor=garbage", "cursor=a2V5"])
+BAD_PAGING = [
+    "limit=0",
+    "limit=501",
+    "limit=abc",
+    "limit=-1",
+    "limit=%C2%B2",  # superscript two: a digit to str.isdigit, not to int()
+    "limit=%D9%A1%D9%A0",  # Arabic-Indic digits
+    "limit=" + "9" * 5000,
+    "limit=%205",
+    "cursor=garbage",
+    "cursor=a2V5",
+    "cursor=" + "A" * 5000,
+    "cursor=%ED%A0%80",
+]
+
+
+@pytest.mark.parametrize("query", BAD_PAGING)
 async def test_bad_paging_parameters(admin: Admin, query: str) -> None:
     status, body = await admin.call("GET", f"/api/v1/keys?{query}")
     assert status == 422 and body["error"]["code"] == "invalid_field"
     assert body["error"]["field"] == query.split("=")[0]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [*BAD_PAGING[:8], "cursor=%C2%B2", "cursor=" + "9" * 5000, "cursor=-1", "key_id=%ED%A0%80", "key_id=k_1"],
+)
+async def test_bad_audit_parameters(admin: Admin, query: str) -> None:
+    status, body = await admin.call("GET", f"/api/v1/audit?{query}")
+    assert status == 422 and body["error"]["code"] == "invalid_field"
+    assert body["error"]["field"] == query.split("=")[0]
+
+
+@pytest.mark.parametrize("account", ["%ED%A0%80", "a%20b", "x" * 65, "%00"])
+async def test_bad_account_filter(admin: Admin, account: str) -> None:
+    status, body = await admin.call("GET", f"/api/v1/keys?account={account}")
+    assert status == 422 and body["error"]["field"] == "account"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, 400, "invalid_json"),
+        (b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_json"),
+        (b'{"enabled": 1' + b"0" * 5000 + b"}", 400, "invalid_json"),
+        (b'{"name": "x"} trailing', 400, "invalid_json"),
+        (b'{"name": "x",}', 400, "invalid_json"),
+        (b'{"name": "\xed\xa0\x80"}', 422, "invalid_field"),  # a surrogate spelled in UTF-8
+    ],
+)
+async def test_hostile_json_is_a_clean_error(admin: Admin, raw: bytes, status: int, code: str) -> None:
+    answer_status, body = await admin.call("POST", "/api/v1/keys", raw=raw)
+    assert (answer_status, body["error"]["code"]) == (status, code)
+
+
+@pytest.mark.parametrize("body", [{"enabled": 1e308 * 10}, {"name": 10**30}, {"apps": [1e999]}])
+async def test_absurd_numbers_are_field_errors(admin: Admin, body: dict) -> None:
+    status, answer = await admin.call("POST", "/api/v1/keys", raw=json.dumps(body).encode())
+    assert status == 422 and answer["error"]["code"] == "invalid_field"
+
+
+async def test_a_failing_sqlite_file_is_503_not_500(tmp_path) -> None:
+    gateway = Gateway(make_config(tmp_path, f"sqlite:///{tmp_path}/broken.db"))
+    await gateway.start()
+    async with aiohttp.ClientSession() as session:
+        try:
+            await _calls_on_a_broken_store(
+                Admin(session, f"http://127.0.0.1:{gateway.admin_port}", gateway.token), tmp_path
+            )
+        finally:
+            await gateway.stop()
+
+
+async def _calls_on_a_broken_store(admin: Admin, tmp_path) -> None:
+    key = await admin.create()
+    for name in ("broken.db", "broken.db-wal", "broken.db-shm"):  # damaged in place, under the open file
+        path = tmp_path / name
+        if path.exists():
+            with path.open("r+b") as file:
+                file.write(b"this is not a database" * (path.stat().st_size // 22 + 1))
+    calls = [
+        ("GET", "/api/v1/keys", None),
+        ("POST", "/api/v1/keys", {}),
+        ("GET", f"/api/v1/keys/{key['id']}", None),
+        ("PATCH", f"/api/v1/keys/{key['id']}", {"name": "n"}),
+        ("GET", f"/api/v1/keys/{key['id']}/secret", None),
+        ("DELETE", f"/api/v1/keys/{key['id']}", None),
+        ("GET", "/api/v1/audit", None),
+    ]
+    for method, path, body in calls:
+        status, answer = await admin.call(method, path, body)
+        assert status == 503, (method, path, answer)
+        assert answer["error"]["code"] == "store_unavailable"
 
 
 async def test_interfaces_catalogue(admin: Admin) -> None:
