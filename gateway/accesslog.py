@@ -27,13 +27,18 @@ MEMO_LENGTH = 64
 _quoted: dict[str | None, str] = {}
 
 
+def clip(value: str | None) -> str | None:
+    """A client-chosen field as a line keeps it: at most MAX_FIELD characters. Done when the
+    request is recorded, so the batch waiting for the next flush holds no long strings."""
+    return value if value is None or len(value) <= MAX_FIELD else value[:MAX_FIELD] + "..."
+
+
 def _quote(value: str | None) -> str:
-    """JSON for a string field; short values are memoised (ids, accounts and interfaces
-    repeat), long ones are cut to MAX_FIELD and never kept."""
+    """JSON for a string field; short values are memoised (ids, accounts and interfaces repeat)."""
     found = _quoted.get(value)
     if found is None:
         if value is not None and len(value) > MEMO_LENGTH:
-            return json.dumps(value[:MAX_FIELD] + "..." if len(value) > MAX_FIELD else value)
+            return json.dumps(value)
         if len(_quoted) >= MEMO_ENTRIES:
             _quoted.clear()
         found = _quoted[value] = json.dumps(value)

@@ -17,7 +17,7 @@ from collections import deque
 import httptools
 
 from gateway import authorize as decide
-from gateway.accesslog import AccessLog
+from gateway.accesslog import AccessLog, clip
 from gateway.ambiguous import canonical
 from gateway.authorize import KeySnapshot
 from gateway.config import Config
@@ -129,7 +129,8 @@ class ProxyServer:
         if self.access.enabled:
             account = key.account if key is not None else None
             key_id = key.id if key is not None else None
-            self.access.record((time.time(), client, key_id, account, interface, app, reason, status, latency, size))
+            entry = (time.time(), client, key_id, account, clip(interface), clip(app), reason, status, latency, size)
+            self.access.record(entry)
 
     def upstream_failed(self, err: OSError) -> None:
         """Log an upstream outage once per 10 s, with how many connects failed meanwhile."""
