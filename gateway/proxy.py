@@ -185,6 +185,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.last_request = False  # a request that ends the connection has been read
         self.linger_until = 0.0
+        self.refusal: decide.Deny | None = None  # answer owed once the requests before it are answered
         self.corked = False
         self.out: list[bytes] = []
         self.last_seen = server.now
@@ -212,7 +213,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.refuse(UPGRADE_NOT_SUPPORTED)
+            self.reject(UPGRADE_NOT_SUPPORTED)
             return
         except httptools.HttpParserError as err:
             cause = err.__context__
@@ -220,14 +221,14 @@ class ClientConnection(asyncio.Protocol):
                 if not self.closing and self.transport is not None:
                     self.transport.pause_reading()  # bytes after the last request are never read
                 return
-            self.refuse(cause.deny if isinstance(cause, ProtocolError) else BAD_REQUEST)
+            self.reject(cause.deny if isinstance(cause, ProtocolError) else BAD_REQUEST)
             return
         finally:
             self.uncork()
         if self.in_head:
             self.head_bytes += len(data)
             if self.head_bytes > self.server.limits.max_header_bytes:
-                self.refuse(HEADERS_TOO_LARGE)
+                self.reject(HEADERS_TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -344,6 +345,23 @@ class ClientConnection(asyncio.Protocol):
         self.uncork()
         self.close()
 
+    def reject(self, deny: decide.Deny) -> None:
+        """The request being read breaks HTTP's rules. If requests read before it are still
+        being answered, they finish first and the refusal follows them; nothing after it is read."""
+        current = self.current
+        if current is None or not current.request_complete:
+            self.refuse(deny)  # the broken request is the one being answered
+            return
+        broken = self.parsing
+        if broken is not None and broken in self.queue:
+            self.queue.remove(broken)  # never started: nothing to undo
+        self.parsing = None
+        self.in_head = False
+        self.last_request = True
+        self.refusal = deny
+        if self.transport is not None:
+            self.transport.pause_reading()
+
     def close(self) -> None:
         """Close after what was written. Lingering: send FIN, then read and discard until the
         client closes (or LINGER seconds pass), so a client still sending a body we refused
@@ -383,6 +401,8 @@ class ClientConnection(asyncio.Protocol):
             if not self.queue:
                 self.resume_reading(PIPELINE)
             self.current.start()
+        elif self.refusal is not None:
+            self.refuse(self.refusal)
         else:
             self.resume_reading(PIPELINE)
             self.last_seen = self.server.now
@@ -395,7 +415,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.in_head:
             if now - self.head_started > limits.header_timeout:
-                self.refuse(REQUEST_TIMEOUT)
+                self.reject(REQUEST_TIMEOUT)
             return
         exchange = self.current
         if exchange is None:

@@ -513,3 +513,29 @@ async def test_chunked_request_with_trailers(gate: Gate, size: int) -> None:
     (answer,), closed = await gate.exchange(*split_every(raw, size), linger=2.0)
     assert (answer.status, closed) == (400, True)
     assert len(gate.upstream.seen) == 2
+
+
+@pytest.mark.parametrize(
+    ("broken", "status"),
+    [
+        (b"GET /x HTTP/1.1\r\nBad Header: 1\r\n\r\n", 400),
+        (b"GET /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (b"GET /x HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+        (b"GET /x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", 501),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
+        (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 400),  # ambiguous_request, in its turn
+    ],
+)
+async def test_a_broken_request_behind_one_in_flight_is_answered_in_turn(
+    gate: Gate, broken: bytes, status: int
+) -> None:
+    """The request in flight keeps its answer (its upstream already ran it); the broken one
+    behind it gets its refusal after that, and the connection closes."""
+    key = await gate.key()
+    first = request(b"POST", APP_LIST + b"?first", key, body=b"{}")
+    after = request(b"POST", APP_LIST + b"?never", key)
+    responses, closed = await gate.exchange(first + broken + after, count=3, linger=2.0)
+    assert [r.status for r in responses] == [200, status]
+    assert closed
+    assert [seen.url for seen in gate.upstream.seen] == [APP_LIST + b"?first"]
