@@ -23,13 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import SECRET, free_port, spawn_gateway, wait_for_port
 
-from gateway import authorize as decide
 from gateway.config import Routes
-from gateway.iprules import client_ip
-from gateway.keyring import Keyring
-from gateway.model import Key
-from gateway.routes import compile_routes
-from gateway.secrets import SecretBox, generate_id, generate_secret
+from gateway.core import decision as decide
+from gateway.core.iprules import client_ip
+from gateway.core.record import Key
+from gateway.core.routes import compile_routes
+from gateway.core.sealing import SecretBox, generate_id, generate_secret
+from gateway.keyring.index import Keyring
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = tuple(f"app{i}" for i in range(50))

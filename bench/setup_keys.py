@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from gateway import secrets
-from gateway.model import Key, mask_secret, utc_now
+from gateway.core import sealing as secrets
+from gateway.core.record import Key, mask_secret, utc_now
 from gateway.store import open_store
 
 APPS = tuple(f"app{i}" for i in range(50))

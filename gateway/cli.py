@@ -24,11 +24,11 @@ def _load(path: str | None) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from gateway.server import StartupError, serve
+    from gateway.runtime.gateway import StartupError, serve
 
     try:
         if config.worker_count > 1:
-            from gateway.workers import supervise
+            from gateway.runtime.workers import supervise
 
             return supervise(config)
         import uvloop

@@ -307,7 +307,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     raw_secret = raw.pop("secret_key", "")
     config = _build(Config, raw, "")
     config = dataclasses.replace(config, secret_key=str(raw_secret))
-    from gateway.routes import compile_routes  # routes validate their own fields
+    from gateway.core.routes import compile_routes  # routes validate their own fields
 
     _validate(config)
     compile_routes(config.routes)

@@ -20,8 +20,8 @@ import pytest
 from yarl import URL
 
 from gateway.config import Config, parse_config
-from gateway.model import Key
-from gateway.server import Gateway
+from gateway.core.record import Key
+from gateway.runtime.gateway import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key-0123456789abcdef"

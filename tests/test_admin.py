@@ -9,7 +9,7 @@ import re
 import aiohttp
 import pytest
 
-from gateway.server import Gateway
+from gateway.runtime.gateway import Gateway
 from tests.conftest import Admin, Running, make_config
 
 KEY_FIELDS = {

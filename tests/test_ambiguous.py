@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.ambiguous import (
+from gateway.wire.ambiguous import (
     AMBIGUOUS,
     body_app_id,
     canonical,

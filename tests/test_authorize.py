@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import authorize as a
-from gateway.iprules import client_ip
-from gateway.routes import RouteMatch
+from gateway.core import decision as a
+from gateway.core.iprules import client_ip
+from gateway.core.routes import RouteMatch
 from tests.conftest import make_key
 
 

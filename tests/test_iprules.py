@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from gateway.iprules import EntryError, Whitelist, client_ip, parse_entry
+from gateway.core.iprules import EntryError, Whitelist, client_ip, parse_entry
 
 VALID = [
     ("1.2.3.4", "1.2.3.4", True),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from gateway.keyring import Keyring, Usage
-from gateway.model import Key
-from gateway.secrets import SecretBox
+from gateway.core.record import Key
+from gateway.core.sealing import SecretBox
+from gateway.keyring.index import Keyring, Usage
 from tests.conftest import make_key
 
 BOX = SecretBox("keyring-test-secret-0123456789")

@@ -15,7 +15,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from gateway.openapi import document
+from gateway.admin.openapi import document
 
 schema = schemathesis.openapi.from_dict(document())
 

@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gateway.routes import split_path
-from gateway.server import Gateway
+from gateway.core.routes import split_path
+from gateway.runtime.gateway import Gateway
 from tests.conftest import make_config
 from tests.rawupstream import RawUpstream
 

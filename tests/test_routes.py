@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import RouteRule, Routes
-from gateway.routes import compile_routes
+from gateway.core.routes import compile_routes
 
 PRESET = compile_routes(Routes())
 

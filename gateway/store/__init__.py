@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.model import Key
+from gateway.core.record import Key
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway.model import Key
+from gateway.core.record import Key
 from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew, StoreUnavailable
 from gateway.store.rows import (
     AUDIT_COLUMNS,

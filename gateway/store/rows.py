@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gateway.model import Key
+from gateway.core.record import Key
 from gateway.store import Audit, Changes
 
 COLUMNS = (

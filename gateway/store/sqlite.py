@@ -16,7 +16,7 @@ from typing import Any
 
 import aiosqlite
 
-from gateway.model import Key
+from gateway.core.record import Key
 from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew
 from gateway.store.rows import (
     AUDIT_COLUMNS,

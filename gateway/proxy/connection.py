@@ -16,24 +16,24 @@ from collections import deque
 
 import httptools
 
-from gateway import authorize as decide
-from gateway.accesslog import AccessLog, clip
-from gateway.ambiguous import canonical
-from gateway.authorize import KeySnapshot
 from gateway.config import Config
-from gateway.exchange import PIPELINE, Exchange, ProtocolError
-from gateway.iprules import TrustedProxies, client_ip
-from gateway.keyring import Keyring, Usage
-from gateway.metrics import Metrics
-from gateway.responses import (
+from gateway.core import decision as decide
+from gateway.core.decision import KeySnapshot
+from gateway.core.iprules import TrustedProxies, client_ip
+from gateway.core.routes import RouteTable
+from gateway.keyring.index import Keyring, Usage
+from gateway.observe.accesslog import AccessLog, clip
+from gateway.observe.metrics import Metrics
+from gateway.proxy.exchange import PIPELINE, Exchange, ProtocolError
+from gateway.proxy.upstream import UpstreamPool
+from gateway.wire.ambiguous import canonical
+from gateway.wire.refusals import (
     BAD_REQUEST,
     HEADERS_TOO_LARGE,
     REQUEST_TIMEOUT,
     UPGRADE_NOT_SUPPORTED,
     deny_response,
 )
-from gateway.routes import RouteTable
-from gateway.upstream import UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
 

@@ -16,7 +16,7 @@ import httptools
 from gateway.config import Upstream
 
 if TYPE_CHECKING:
-    from gateway.exchange import Exchange
+    from gateway.proxy.exchange import Exchange
 
 
 class UpstreamConnection(asyncio.Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
-from gateway.model import CATEGORIES
+from gateway.core.record import CATEGORIES
 
 ACCOUNT_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._@:-]{1,64}$"}
 SCOPE = {"oneOf": [{"type": "string", "enum": ["all"]}, {"type": "array", "items": {"type": "string"}}]}

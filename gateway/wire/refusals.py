@@ -6,7 +6,7 @@ import functools
 import http
 import json
 
-from gateway.authorize import Deny
+from gateway.core.decision import Deny
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 

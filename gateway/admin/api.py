@@ -11,10 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import KeyService
-from gateway.model import CATEGORIES, ApiError
-from gateway.openapi import document
-from gateway.routes import RouteTable
+from gateway.admin.openapi import document
+from gateway.admin.service import KeyService
+from gateway.core.record import CATEGORIES, ApiError
+from gateway.core.routes import RouteTable
 from gateway.store import STORE_ERRORS
 
 log = logging.getLogger("gateway.admin")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from gateway.authorize import Interner, KeySnapshot
-from gateway.model import Key
-from gateway.secrets import could_be_secret
+from gateway.core.decision import Interner, KeySnapshot
+from gateway.core.record import Key
+from gateway.core.sealing import could_be_secret
 
 HOT_CACHE_SIZE = 65536
 

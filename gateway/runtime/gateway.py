@@ -12,16 +12,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import secrets
-from gateway.accesslog import AccessLog
-from gateway.admin import build_admin_app
+from gateway.admin.api import build_admin_app
+from gateway.admin.service import KeyService
 from gateway.config import Config
-from gateway.keyring import Keyring, Usage
-from gateway.keys import KeyService
-from gateway.metrics import Metrics, read_snapshots, render
-from gateway.model import iso_time
-from gateway.proxy import ProxyServer
-from gateway.routes import RouteTable, compile_routes
+from gateway.core import sealing as secrets
+from gateway.core.record import iso_time
+from gateway.core.routes import RouteTable, compile_routes
+from gateway.keyring.index import Keyring, Usage
+from gateway.observe.accesslog import AccessLog
+from gateway.observe.metrics import Metrics, read_snapshots, render
+from gateway.proxy.connection import ProxyServer
 from gateway.store import SchemaTooNew, Store, StoreUnavailable, open_store
 
 log = logging.getLogger("gateway")

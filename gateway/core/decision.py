@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.iprules import Whitelist
-from gateway.model import Key
-from gateway.routes import RouteMatch
+from gateway.core.iprules import Whitelist
+from gateway.core.record import Key
+from gateway.core.routes import RouteMatch
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.iprules import EntryError, parse_entry
+from gateway.core.iprules import EntryError, parse_entry
 
 CATEGORIES = ("contacts", "app", "form", "data", "file", "workflow", "crm")
 IMMUTABLE_FIELDS = frozenset({"key", "id", "account", "key_masked", "created_at", "updated_at", "last_used_at"})

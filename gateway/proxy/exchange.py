@@ -12,8 +12,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from gateway import authorize as decide
-from gateway.ambiguous import (
+from gateway.core import decision as decide
+from gateway.core.decision import AMBIGUOUS_REQUEST, KeySnapshot
+from gateway.core.iprules import client_ip
+from gateway.core.routes import RouteMatch
+from gateway.proxy.upstream import UpstreamConnection
+from gateway.wire.ambiguous import (
     AMBIGUOUS,
     IDEMPOTENT,
     METHOD_OVERRIDES,
@@ -24,14 +28,10 @@ from gateway.ambiguous import (
     query_app_id,
     target_is_ambiguous,
 )
-from gateway.authorize import AMBIGUOUS_REQUEST, KeySnapshot
-from gateway.iprules import client_ip
-from gateway.responses import BAD_REQUEST, CONTINUE, deny_response, status_line
-from gateway.routes import RouteMatch
-from gateway.upstream import UpstreamConnection
+from gateway.wire.refusals import BAD_REQUEST, CONTINUE, deny_response, status_line
 
 if TYPE_CHECKING:
-    from gateway.proxy import ClientConnection
+    from gateway.proxy.connection import ClientConnection
 
 # Reasons to stop reading from a client; reading resumes when none is left.
 PIPELINE, UPSTREAM_FULL, BUFFER_FULL = 1, 2, 4

@@ -15,7 +15,7 @@ import time
 from multiprocessing.process import BaseProcess
 
 from gateway.config import Config
-from gateway.server import admin_token, secret_key
+from gateway.runtime.gateway import admin_token, secret_key
 
 log = logging.getLogger("gateway.workers")
 PR_SET_PDEATHSIG = 1
@@ -37,7 +37,7 @@ def _die_with_parent(parent: int) -> None:
 def _worker_main(config: Config, index: int, parent: int) -> None:
     import uvloop
 
-    from gateway.server import serve
+    from gateway.runtime.gateway import serve
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s w{index} %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; SIGTERM stops us

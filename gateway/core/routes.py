@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from gateway.config import ConfigError, RouteRule, Routes
-from gateway.model import CATEGORIES
+from gateway.core.record import CATEGORIES
 
 PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME_PART = re.compile(r"[A-Za-z0-9_]*")

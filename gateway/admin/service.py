@@ -13,10 +13,9 @@ import dataclasses
 import logging
 from typing import Any
 
-from gateway import secrets
 from gateway.config import Limits
-from gateway.keyring import Keyring, Rebuild, Usage
-from gateway.model import (
+from gateway.core import sealing as secrets
+from gateway.core.record import (
     DEFAULT_ACCOUNT,
     DEFAULT_NAME,
     ApiError,
@@ -27,6 +26,7 @@ from gateway.model import (
     parse_changes,
     utc_now,
 )
+from gateway.keyring.index import Keyring, Rebuild, Usage
 from gateway.store import Audit, Changes, KeyLimitReached, Store
 
 audit_log = logging.getLogger("gateway.audit")
