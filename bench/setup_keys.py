@@ -12,20 +12,20 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from gateway.core import sealing as secrets
+from gateway.core import sealing
 from gateway.core.record import Key, mask_secret, utc_now
 from gateway.store import open_store
 
 APPS = tuple(f"app{i}" for i in range(50))
 
 
-def make_keys(box: secrets.SecretBox, count: int) -> list[tuple[Key, str, str]]:
+def make_keys(box: sealing.SecretBox, count: int) -> list[tuple[Key, str, str]]:
     now = utc_now()
     made = []
     for i in range(count):
-        secret = secrets.generate_secret()
+        secret = sealing.generate_secret()
         key = Key(
-            id=secrets.generate_id(),
+            id=sealing.generate_id(),
             name=f"bench {i}",
             account=f"acct{i // 500}",
             key_masked=mask_secret(secret),
@@ -42,7 +42,7 @@ def make_keys(box: secrets.SecretBox, count: int) -> list[tuple[Key, str, str]]:
 
 
 async def main(url: str, secret_key: str, count: int, out: str, active: int) -> None:
-    box = secrets.SecretBox(secret_key)
+    box = sealing.SecretBox(secret_key)
     store = open_store(url)
     await store.open()
     await store.check_secret(box.digest(b"gateway secret fingerprint"))

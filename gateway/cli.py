@@ -11,13 +11,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, load_config
+from gateway.core.errors import RuleError
 
 
 def _load(path: str | None) -> Config:
     try:
         return load_config(path)
-    except ConfigError as err:
+    except RuleError as err:
         raise SystemExit(f"gateway: config error: {err}") from None
 
 
@@ -70,7 +71,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         load_config(args.config)
-    except ConfigError as err:
+    except RuleError as err:
         print(f"gateway: config error: {err}", file=sys.stderr)
         return 1
     print("config ok")

@@ -20,13 +20,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; str() is the one line an operator sees."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+from gateway.core.errors import RuleError
+from gateway.core.routes import Routes, compile_routes
 
 
 @dataclass(frozen=True)
@@ -81,22 +76,6 @@ class Limits:
     max_headers: int = 100
     idle_timeout: float = 75.0
     header_timeout: float = 15.0
-
-
-@dataclass(frozen=True)
-class RouteRule:
-    path: str
-    interface: str
-    app_id: str | None = None
-    methods: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Routes:
-    preset: str = "jiandaoyun"
-    unknown: str = "deny"
-    max_body_inspect: int = 1048576
-    rules: tuple[RouteRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,7 +144,7 @@ def _interpolate(value: Any, path: str, env: Mapping[str, str]) -> Any:
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(path, f"environment variable {name} is not set")
+        raise RuleError(path, f"environment variable {name} is not set")
 
     return VARIABLE.sub(substitute, value)
 
@@ -179,7 +158,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return _build(tp, value, path)
     if origin is tuple:
         if not isinstance(value, list):
-            raise ConfigError(path, "expected a list")
+            raise RuleError(path, "expected a list")
         item_type = typing.get_args(tp)[0]
         return tuple(_convert(item_type, v, f"{path}[{i}]") for i, v in enumerate(value))
     if tp is bool:
@@ -187,13 +166,13 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in TRUE_WORDS | FALSE_WORDS:
             return (TRUE_WORDS | FALSE_WORDS)[value.lower()]
-        raise ConfigError(path, f"expected true or false, got {value!r}")
+        raise RuleError(path, f"expected true or false, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().isdigit():
             return int(value)
-        raise ConfigError(path, f"expected a whole number, got {value!r}")
+        raise RuleError(path, f"expected a whole number, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -202,24 +181,24 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(path, f"expected a number, got {value!r}")
+        raise RuleError(path, f"expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise ConfigError(path, f"expected a string, got {value!r}")
+            raise RuleError(path, f"expected a string, got {value!r}")
         return str(value)
-    raise ConfigError(path, f"unsupported type {tp}")  # pragma: no cover - schema bug
+    raise RuleError(path, f"unsupported type {tp}")  # pragma: no cover - schema bug
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(path or "config", "expected a mapping")
+        raise RuleError(path or "config", "expected a mapping")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in names:
-            raise ConfigError(f"{path}.{key}" if path else str(key), "unknown key")
+            raise RuleError(f"{path}.{key}" if path else str(key), "unknown key")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
@@ -228,17 +207,17 @@ def _build(cls: type, data: Any, path: str) -> Any:
         return cls(**kwargs)
     except TypeError:
         required = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs]
-        raise ConfigError(f"{path}.{required[0]}", "is required") from None
+        raise RuleError(f"{path}.{required[0]}", "is required") from None
 
 
 def _check_port(value: int, path: str) -> None:
     if not 0 <= value <= 65535:
-        raise ConfigError(path, f"port must be 0-65535, got {value}")
+        raise RuleError(path, f"port must be 0-65535, got {value}")
 
 
 def _check_positive(value: float, path: str) -> None:
     if value <= 0:
-        raise ConfigError(path, f"must be greater than 0, got {value}")
+        raise RuleError(path, f"must be greater than 0, got {value}")
 
 
 def _validate(config: Config) -> None:
@@ -246,13 +225,13 @@ def _validate(config: Config) -> None:
     _check_port(config.admin.port, "admin.port")
     url = urlsplit(config.upstream.url)
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise ConfigError("upstream.url", f"expected http://host:port or https://host, got {config.upstream.url!r}")
+        raise RuleError("upstream.url", f"expected http://host:port or https://host, got {config.upstream.url!r}")
     try:
         _ = url.port
     except ValueError:
-        raise ConfigError("upstream.url", f"bad port in {config.upstream.url!r}") from None
+        raise RuleError("upstream.url", f"bad port in {config.upstream.url!r}") from None
     if url.path not in ("", "/") or url.query or url.fragment:
-        raise ConfigError("upstream.url", "must not have a path, query or fragment")
+        raise RuleError("upstream.url", "must not have a path, query or fragment")
     for name in ("connect_timeout", "read_timeout"):
         _check_positive(getattr(config.upstream, name), f"upstream.{name}")
     _check_positive(config.shutdown_timeout, "shutdown_timeout")
@@ -261,34 +240,34 @@ def _validate(config: Config) -> None:
     db = config.database
     if db.startswith("sqlite:///"):
         if len(db) == len("sqlite:///"):
-            raise ConfigError("database", "sqlite URL has no file path")
+            raise RuleError("database", "sqlite URL has no file path")
     elif not db.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("database", f"expected sqlite:///path or postgresql://..., got {db!r}")
+        raise RuleError("database", f"expected sqlite:///path or postgresql://..., got {db!r}")
     for i, cidr in enumerate(config.trusted_proxies):
         try:
             ipaddress.ip_network(cidr.strip(), strict=True)
         except ValueError as err:
-            raise ConfigError(f"trusted_proxies[{i}]", f"not a CIDR: {err}") from None
+            raise RuleError(f"trusted_proxies[{i}]", f"not a CIDR: {err}") from None
     for name, value in (("auth.header", config.auth.header), ("plugins.header", config.plugins.header)):
         if not HEADER_NAME.fullmatch(value):
-            raise ConfigError(name, f"not a header name: {value!r}")
+            raise RuleError(name, f"not a header name: {value!r}")
     if " " in config.auth.scheme:
-        raise ConfigError("auth.scheme", f"must be one word (or empty), got {config.auth.scheme!r}")
+        raise RuleError("auth.scheme", f"must be one word (or empty), got {config.auth.scheme!r}")
     for name in ("keys_per_account", "ips_per_key", "max_header_bytes", "max_headers"):
         if getattr(config.limits, name) < 1:
-            raise ConfigError(f"limits.{name}", "must be at least 1")
+            raise RuleError(f"limits.{name}", "must be at least 1")
     if config.routes.unknown not in ("deny", "allow"):
-        raise ConfigError("routes.unknown", f"expected deny or allow, got {config.routes.unknown!r}")
+        raise RuleError("routes.unknown", f"expected deny or allow, got {config.routes.unknown!r}")
     if config.routes.preset not in ("jiandaoyun", "none"):
-        raise ConfigError("routes.preset", f"expected jiandaoyun or none, got {config.routes.preset!r}")
+        raise RuleError("routes.preset", f"expected jiandaoyun or none, got {config.routes.preset!r}")
     if config.routes.max_body_inspect < 0:
-        raise ConfigError("routes.max_body_inspect", "must be 0 or more")
+        raise RuleError("routes.max_body_inspect", "must be 0 or more")
     if config.workers != "auto" and not (config.workers.isdigit() and int(config.workers) >= 1):
-        raise ConfigError("workers", f"expected a number >= 1 or auto, got {config.workers!r}")
+        raise RuleError("workers", f"expected a number >= 1 or auto, got {config.workers!r}")
     if config.listen.tls is not None:
         for name in ("cert", "key"):
             if not Path(getattr(config.listen.tls, name)).is_file():
-                raise ConfigError(f"listen.tls.{name}", "file not found")
+                raise RuleError(f"listen.tls.{name}", "file not found")
 
 
 def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
@@ -296,7 +275,7 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("config", "the file must contain a mapping at the top level")
+        raise RuleError("config", "the file must contain a mapping at the top level")
     raw = _interpolate(raw, "", env)
     for var, where in ENV_OVERRIDES.items():
         if var in env:
@@ -307,7 +286,6 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     raw_secret = raw.pop("secret_key", "")
     config = _build(Config, raw, "")
     config = dataclasses.replace(config, secret_key=str(raw_secret))
-    from gateway.core.routes import compile_routes  # routes validate their own fields
 
     _validate(config)
     compile_routes(config.routes)
@@ -325,11 +303,11 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
         try:
             text = Path(chosen).read_text()
         except OSError as err:
-            raise ConfigError("config", f"cannot read {chosen}: {err.strerror}") from None
+            raise RuleError("config", f"cannot read {chosen}: {err.strerror}") from None
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError("config", f"{chosen} is not valid YAML{where}") from None
+            raise RuleError("config", f"{chosen} is not valid YAML{where}") from None
     return parse_config(raw, env)

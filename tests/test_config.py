@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config, parse_config
+from gateway.config import load_config, parse_config
+from gateway.core.errors import RuleError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,7 +106,7 @@ def test_relative_and_absolute_sqlite_paths() -> None:
     ],
 )
 def test_errors_name_the_field(raw: dict, field: str) -> None:
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(RuleError) as caught:
         parse_config(raw, {})
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from gateway.core.iprules import EntryError, Whitelist, client_ip, parse_entry
+from gateway.core.errors import RuleError
+from gateway.core.iprules import Whitelist, client_ip, parse_entry
 
 VALID = [
     ("1.2.3.4", "1.2.3.4", True),
@@ -60,7 +61,7 @@ def test_matching(entry: str, ip: str, allowed: bool) -> None:
     ],
 )
 def test_invalid_entries(entry: str, code: str) -> None:
-    with pytest.raises(EntryError) as caught:
+    with pytest.raises(RuleError) as caught:
         parse_entry(entry)
     assert caught.value.code == code
 
@@ -149,7 +150,7 @@ def test_host_bits_set_is_rejected_exactly_when_ipaddress_says_so(base: tuple[in
     try:
         parse_entry(entry)
         ours_ok = True
-    except EntryError:
+    except RuleError:
         ours_ok = False
     assert ours_ok is strict_ok
 
@@ -158,7 +159,7 @@ def test_host_bits_set_is_rejected_exactly_when_ipaddress_says_so(base: tuple[in
 def test_arbitrary_text_is_accepted_only_if_it_is_a_valid_form(text: str) -> None:
     try:
         mask, value = parse_entry(text)
-    except EntryError as err:
+    except RuleError as err:
         assert err.code in ("invalid_field", "ipv6_not_supported")
         return
     if "*" in text:
@@ -178,7 +179,7 @@ def test_whitelist_allows_iff_some_entry_allows(entries: list[str], client: tupl
         try:
             parse_entry(entry)
             valid.append(entry)
-        except EntryError:
+        except RuleError:
             pass
     ip = int(ipaddress.IPv4Address(dotted(client)))
     combined = Whitelist.compile(valid).allows(ip)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import RouteRule, Routes
-from gateway.core.routes import compile_routes
+from gateway.core.routes import RouteRule, Routes, compile_routes
 
 PRESET = compile_routes(Routes())
 

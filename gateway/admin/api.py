@@ -13,7 +13,8 @@ from aiohttp import web
 
 from gateway.admin.openapi import document
 from gateway.admin.service import KeyService
-from gateway.core.record import CATEGORIES, ApiError
+from gateway.core.errors import RuleError
+from gateway.core.record import CATEGORIES
 from gateway.core.routes import RouteTable
 from gateway.store import STORE_ERRORS
 
@@ -65,7 +66,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response("unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
     try:
         return await handler(request)
-    except ApiError as err:
+    except RuleError as err:
         return error_response(err.code, err.message, err.field)
     except STORE_ERRORS as err:
         log.warning("key store error on %s %s: %s", request.method, request.path, err)
@@ -83,9 +84,9 @@ async def read_json(request: web.Request) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise ApiError("invalid_json", "the body is not valid JSON") from None
+        raise RuleError(None, "the body is not valid JSON", "invalid_json") from None
     except RecursionError:
-        raise ApiError("invalid_json", "the body is nested too deeply") from None
+        raise RuleError(None, "the body is nested too deeply", "invalid_json") from None
 
 
 def _key_response(key: Any, secret: str | None = None, status: int = 200) -> web.Response:

@@ -14,11 +14,11 @@ import logging
 from typing import Any
 
 from gateway.config import Limits
-from gateway.core import sealing as secrets
+from gateway.core import sealing
+from gateway.core.errors import RuleError
 from gateway.core.record import (
     DEFAULT_ACCOUNT,
     DEFAULT_NAME,
-    ApiError,
     Key,
     iso_time,
     mask_secret,
@@ -50,8 +50,8 @@ def decode_cursor(cursor: str) -> str:
         key_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         key_id = ""
-    if not secrets.is_id(key_id):
-        raise ApiError("invalid_field", "cursor is not one this API returned", "cursor")
+    if not sealing.is_id(key_id):
+        raise RuleError("cursor", "cursor is not one this API returned")
     return key_id
 
 
@@ -59,12 +59,12 @@ def parse_limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_PAGE
     if not (text.isascii() and text.isdigit() and len(text) <= 6) or not 1 <= int(text) <= MAX_PAGE:
-        raise ApiError("invalid_field", f"limit must be a whole number from 1 to {MAX_PAGE}", "limit")
+        raise RuleError("limit", f"limit must be a whole number from 1 to {MAX_PAGE}")
     return int(text)
 
 
 class KeyService:
-    def __init__(self, store: Store, keyring: Keyring, box: secrets.SecretBox, limits: Limits, usage: Usage) -> None:
+    def __init__(self, store: Store, keyring: Keyring, box: sealing.SecretBox, limits: Limits, usage: Usage) -> None:
         self.store = store
         self.keyring = keyring
         self.box = box
@@ -88,10 +88,10 @@ class KeyService:
     async def _insert(
         self, fields: dict[str, Any], action: str = "create", origin: str | None = None
     ) -> tuple[Key, str]:
-        secret = secrets.generate_secret()
+        secret = sealing.generate_secret()
         now = utc_now()
         key = Key(
-            id=secrets.generate_id(),
+            id=sealing.generate_id(),
             name=fields.get("name", DEFAULT_NAME),
             account=fields.get("account", DEFAULT_ACCOUNT),
             key_masked=mask_secret(secret),
@@ -112,7 +112,7 @@ class KeyService:
         except KeyLimitReached:
             limit = self.limits.keys_per_account
             message = f"account {key.account!r} already has {limit} keys, the most allowed"
-            raise ApiError("key_limit_reached", message, "account") from None
+            raise RuleError("account", message, "key_limit_reached") from None
         self.keyring.put(key)
         return key, secret
 
@@ -122,9 +122,9 @@ class KeyService:
             return await self._insert(fields)
 
     async def get(self, key_id: str) -> Key:
-        key = await self.store.get_key(key_id) if secrets.is_id(key_id) else None
+        key = await self.store.get_key(key_id) if sealing.is_id(key_id) else None
         if key is None:
-            raise ApiError("not_found", f"no key {key_id}")
+            raise RuleError(None, f"no key {key_id}", "not_found")
         return self._with_usage(key)
 
     async def list(self, account: str | None, cursor: str | None, limit: str | None) -> tuple[list[Key], str | None]:
@@ -148,7 +148,7 @@ class KeyService:
                 now = utc_now()
                 key = await self.store.update_key(key_id, changes, now, Audit(now, "update", key_id, diff))
                 if key is None:
-                    raise ApiError("not_found", f"no key {key_id}")
+                    raise RuleError(None, f"no key {key_id}", "not_found")
                 self.keyring.put(key)
         return self._with_usage(key)
 
@@ -170,13 +170,13 @@ class KeyService:
             key = await self.get(key_id)
             changes = {name: {"before": value, "after": None} for name, value in _visible(key).items()}
             if not await self.store.delete_key(key_id, Audit(utc_now(), "delete", key_id, changes)):
-                raise ApiError("not_found", f"no key {key_id}")
+                raise RuleError(None, f"no key {key_id}", "not_found")
             self.keyring.remove(key_id)
 
     async def reveal(self, key_id: str) -> str:
-        sealed = await self.store.get_sealed(key_id) if secrets.is_id(key_id) else None
+        sealed = await self.store.get_sealed(key_id) if sealing.is_id(key_id) else None
         if sealed is None:
-            raise ApiError("not_found", f"no key {key_id}")
+            raise RuleError(None, f"no key {key_id}", "not_found")
         await self.store.add_audit(Audit(utc_now(), "reveal", key_id, {}))
         audit_log.info("reveal key=%s", key_id)
         return self.box.decrypt(sealed, key_id)
@@ -186,10 +186,10 @@ class KeyService:
         after = None
         if cursor:
             if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
-                raise ApiError("invalid_field", "cursor is not one this API returned", "cursor")
+                raise RuleError("cursor", "cursor is not one this API returned")
             after = int(cursor)
-        if key_id is not None and not secrets.is_id(key_id):
-            raise ApiError("invalid_field", "key_id is not a key id (k_ and 26 characters)", "key_id")
+        if key_id is not None and not sealing.is_id(key_id):
+            raise RuleError("key_id", "key_id is not a key id (k_ and 26 characters)")
         entries = await self.store.list_audit(key_id, after, page + 1)
         more = len(entries) > page
         entries = entries[:page]

@@ -9,56 +9,48 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-
-class EntryError(ValueError):
-    """A whitelist entry is malformed; `code` is the admin API error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
+from gateway.core.errors import RuleError
 
 FULL_MASK = 0xFFFFFFFF
 
 
 def _octet(text: str, entry: str) -> int:
     if not text or not text.isascii() or not text.isdigit():
-        raise EntryError("invalid_field", f"'{entry}' is not an IPv4 address or range")
+        raise RuleError(None, f"'{entry}' is not an IPv4 address or range")
     if len(text) > 1 and text[0] == "0":
-        raise EntryError("invalid_field", f"'{entry}' has an octet with a leading zero")
+        raise RuleError(None, f"'{entry}' has an octet with a leading zero")
     value = int(text)
     if value > 255:
-        raise EntryError("invalid_field", f"'{entry}' has an octet above 255")
+        raise RuleError(None, f"'{entry}' has an octet above 255")
     return value
 
 
 def parse_entry(entry: str) -> tuple[int, int]:
-    """Return (mask, network) for one entry; raise EntryError if it is not valid."""
+    """Return (mask, network) for one entry; raise RuleError if it is not valid."""
     if ":" in entry:
-        raise EntryError("ipv6_not_supported", f"'{entry}' is IPv6; only IPv4 is supported")
+        raise RuleError(None, f"'{entry}' is IPv6; only IPv4 is supported", "ipv6_not_supported")
     if not entry:
-        raise EntryError("invalid_field", "an empty entry is not an IP address")
+        raise RuleError(None, "an empty entry is not an IP address")
     address, slash, prefix_text = entry.partition("/")
     parts = address.split(".")
     if len(parts) != 4:
-        raise EntryError("invalid_field", f"'{entry}' is not an IPv4 address or range")
+        raise RuleError(None, f"'{entry}' is not an IPv4 address or range")
     if slash:
         if "*" in address:
-            raise EntryError("invalid_field", f"'{entry}' mixes '*' and a CIDR prefix")
+            raise RuleError(None, f"'{entry}' mixes '*' and a CIDR prefix")
         prefix = _octet(prefix_text, entry) if prefix_text else -1
         if not 0 <= prefix <= 32:
-            raise EntryError("invalid_field", f"'{entry}' has a CIDR prefix outside 0-32")
+            raise RuleError(None, f"'{entry}' has a CIDR prefix outside 0-32")
         value = 0
         for part in parts:
             value = (value << 8) | _octet(part, entry)
         mask = (FULL_MASK << (32 - prefix)) & FULL_MASK
         if value & ~mask & FULL_MASK:
-            raise EntryError("invalid_field", f"'{entry}' has host bits set after the prefix")
+            raise RuleError(None, f"'{entry}' has host bits set after the prefix")
         return mask, value
     stars = parts.count("*")
     if stars > 1:
-        raise EntryError("invalid_field", f"'{entry}' has more than one '*'")
+        raise RuleError(None, f"'{entry}' has more than one '*'")
     mask = value = 0
     for part in parts:
         mask <<= 8
@@ -66,7 +58,7 @@ def parse_entry(entry: str) -> tuple[int, int]:
         if part == "*":
             continue
         if "*" in part:
-            raise EntryError("invalid_field", f"'{entry}' has a '*' inside an octet")
+            raise RuleError(None, f"'{entry}' has a '*' inside an octet")
         mask |= 0xFF
         value |= _octet(part, entry)
     return mask, value

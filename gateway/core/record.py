@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.core.iprules import EntryError, parse_entry
+from gateway.core.errors import RuleError
+from gateway.core.iprules import parse_entry
 
 CATEGORIES = ("contacts", "app", "form", "data", "file", "workflow", "crm")
 IMMUTABLE_FIELDS = frozenset({"key", "id", "account", "key_masked", "created_at", "updated_at", "last_used_at"})
@@ -22,16 +23,6 @@ ACCOUNT = re.compile(r"[A-Za-z0-9._@:-]{1,64}")
 
 DEFAULT_NAME = "API Key"
 DEFAULT_ACCOUNT = "default"
-
-
-class ApiError(Exception):
-    """A request the admin API refuses; `code` is the contract's error code, `field` the culprit."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,22 +76,22 @@ def mask_secret(secret: str) -> str:
 
 def _text(value: Any, field: str) -> str:
     if not isinstance(value, str):
-        raise ApiError("invalid_field", f"{field} must be a string", field)
+        raise RuleError(field, f"{field} must be a string")
     text = value.strip()
     if CONTROL.search(text):
-        raise ApiError("invalid_field", f"{field} must not contain control characters", field)
+        raise RuleError(field, f"{field} must not contain control characters")
     if not 1 <= len(text) <= MAX_TEXT:
-        raise ApiError("invalid_field", f"{field} must be 1-{MAX_TEXT} characters", field)
+        raise RuleError(field, f"{field} must be 1-{MAX_TEXT} characters")
     return text
 
 
 def parse_account(value: Any, field: str = "account") -> str:
     """1-64 letters, digits and `.` `_` `-` `@` `:`: the account travels in a header."""
     if not isinstance(value, str):
-        raise ApiError("invalid_field", f"{field} must be a string", field)
+        raise RuleError(field, f"{field} must be a string")
     if not ACCOUNT.fullmatch(value):
         message = f"{field} must be 1-64 characters of letters, digits and . _ - @ :"
-        raise ApiError("invalid_field", message, field)
+        raise RuleError(field, message)
     return value
 
 
@@ -112,7 +103,7 @@ def parse_apps(value: Any) -> tuple[str, ...] | None:
     if value == "all":
         return None
     if not isinstance(value, list):
-        raise ApiError("invalid_field", 'apps must be "all" or a list of app ids', "apps")
+        raise RuleError("apps", 'apps must be "all" or a list of app ids')
     return _unique([_text(item, f"apps[{i}]") for i, item in enumerate(value)])
 
 
@@ -121,19 +112,19 @@ def parse_interfaces(value: Any) -> tuple[str, ...] | None:
         return None
     if not isinstance(value, list):
         message = 'interfaces must be "all" or a list of categories and interface ids'
-        raise ApiError("invalid_field", message, "interfaces")
+        raise RuleError("interfaces", message)
     entries = []
     for i, item in enumerate(value):
         field = f"interfaces[{i}]"
         if not isinstance(item, str):
-            raise ApiError("invalid_field", f"{field} must be a string", field)
+            raise RuleError(field, f"{field} must be a string")
         category, dot, name = item.strip().partition(".")
         if category not in CATEGORIES:
             known = ", ".join(CATEGORIES)
-            raise ApiError("invalid_field", f"{field}: unknown category (known: {known})", field)
+            raise RuleError(field, f"{field}: unknown category (known: {known})")
         if dot and not INTERFACE_NAME.fullmatch(name):
             message = f"{field}: an interface name is letters, digits and '_'"
-            raise ApiError("invalid_field", message, field)
+            raise RuleError(field, message)
         entries.append(item.strip())
     return _unique(entries)
 
@@ -141,39 +132,39 @@ def parse_interfaces(value: Any) -> tuple[str, ...] | None:
 def parse_whitelist(value: Any, limit: int) -> tuple[str, ...]:
     """Trim, validate in order (first bad entry wins), de-duplicate, then count."""
     if not isinstance(value, list):
-        raise ApiError("invalid_field", "ip_whitelist must be a list", "ip_whitelist")
+        raise RuleError("ip_whitelist", "ip_whitelist must be a list")
     entries = []
     for i, item in enumerate(value):
         field = f"ip_whitelist[{i}]"
         if not isinstance(item, str):
-            raise ApiError("invalid_field", f"{field} must be a string", field)
+            raise RuleError(field, f"{field} must be a string")
         entry = item.strip()
         try:
             parse_entry(entry)
-        except EntryError as err:
-            raise ApiError(err.code, f"{field}: {err.message}", field) from None
+        except RuleError as err:
+            raise RuleError(field, f"{field}: {err.message}", err.code) from None
         entries.append(entry)
     unique = _unique(entries)
     if len(unique) > limit:
         message = f"ip_whitelist has {len(unique)} entries; at most {limit} are allowed"
-        raise ApiError("too_many_ips", message, "ip_whitelist")
+        raise RuleError("ip_whitelist", message, "too_many_ips")
     return unique
 
 
 def parse_enabled(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ApiError("invalid_field", "enabled must be true or false", "enabled")
+        raise RuleError("enabled", "enabled must be true or false")
     return value
 
 
 def _check_fields(body: Any, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise ApiError("invalid_json", "the body must be a JSON object")
+        raise RuleError(None, "the body must be a JSON object", "invalid_json")
     for field in body:
         if field in IMMUTABLE_FIELDS and field not in allowed:
-            raise ApiError("immutable_field", f"{field} cannot be set", field)
+            raise RuleError(field, f"{field} cannot be set", "immutable_field")
         if field not in allowed:
-            raise ApiError("invalid_field", f"unknown field {field}", field)
+            raise RuleError(field, f"unknown field {field}")
     return body
 
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from gateway.config import ConfigError, RouteRule, Routes
+from gateway.core.errors import RuleError
 from gateway.core.record import CATEGORIES
 
 PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -20,6 +20,26 @@ APP_SOURCES = ("body", "path", "query", "header")
 HTTP_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 CACHE_ENTRIES = 4096
 CACHED_PATH = 256  # characters; with CACHE_ENTRIES, the memo stays under a few MiB
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """One rule as the config writes it; `compile_routes` checks it and names the bad field."""
+
+    path: str
+    interface: str
+    app_id: str | None = None
+    methods: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Routes:
+    """The `routes` section of the config."""
+
+    preset: str = "jiandaoyun"
+    unknown: str = "deny"
+    max_body_inspect: int = 1048576
+    rules: tuple[RouteRule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +139,7 @@ class RouteTable:
 
     def _add(self, rule: RouteRule, where: str) -> None:
         if not rule.path.startswith("/") or "//" in rule.path:
-            raise ConfigError(f"{where}.path", f"must start with / and have no empty segment: {rule.path!r}")
+            raise RuleError(f"{where}.path", f"must start with / and have no empty segment: {rule.path!r}")
         node = self._root
         params: dict[str, tuple[int, int, int]] = {}
         rest_index = None
@@ -127,20 +147,20 @@ class RouteTable:
         for index, segment in enumerate(segments):
             if segment == "**":
                 if index != len(segments) - 1:
-                    raise ConfigError(f"{where}.path", "** must be the last segment")
+                    raise RuleError(f"{where}.path", "** must be the last segment")
                 rest_index = index
                 break
             names = PARAM.findall(segment)
             if len(names) > 1:
-                raise ConfigError(f"{where}.path", f"one {{name}} per segment at most: {segment!r}")
+                raise RuleError(f"{where}.path", f"one {{name}} per segment at most: {segment!r}")
             if not names:
                 if "{" in segment or "}" in segment or "*" in segment:
-                    raise ConfigError(f"{where}.path", f"bad segment {segment!r}")
+                    raise RuleError(f"{where}.path", f"bad segment {segment!r}")
                 node = node.literal.setdefault(segment, _Node())
                 continue
             name = names[0]
             if name in params or name == "rest":
-                raise ConfigError(f"{where}.path", f"capture {{{name}}} is used twice or reserved")
+                raise RuleError(f"{where}.path", f"capture {{{name}}} is used twice or reserved")
             prefix, _, suffix = PARAM.sub("\0", segment).partition("\0")
             params[name] = (index, len(prefix), len(suffix))
             if prefix or suffix:
@@ -160,11 +180,11 @@ class RouteTable:
             source, dot, key = rule.app_id.partition(".")
             if source not in APP_SOURCES or not dot or not key:
                 message = "expected body.<key>, path.<capture>, query.<name> or header.<Name>"
-                raise ConfigError(f"{where}.app_id", f"{message}, got {rule.app_id!r}")
+                raise RuleError(f"{where}.app_id", f"{message}, got {rule.app_id!r}")
             if source == "path" and key not in params:
-                raise ConfigError(f"{where}.app_id", f"the path has no {{{key}}} capture")
+                raise RuleError(f"{where}.app_id", f"the path has no {{{key}}} capture")
             if source == "header" and not HTTP_TOKEN.fullmatch(key):
-                raise ConfigError(f"{where}.app_id", f"not a header name: {key!r}")
+                raise RuleError(f"{where}.app_id", f"not a header name: {key!r}")
             leaf.app_source, leaf.app_key = source, key.lower() if source == "header" else key
         (node.rest if rest_index is not None else node.leaves).append(leaf)
         category = rule.interface.partition(".")[0]
@@ -176,16 +196,16 @@ class RouteTable:
         category, dot, name = template.partition(".")
         if category not in CATEGORIES or not dot or not name:
             known = ", ".join(CATEGORIES)
-            raise ConfigError(f"{where}.interface", f"expected <category>.<name> with category in {known}")
+            raise RuleError(f"{where}.interface", f"expected <category>.<name> with category in {known}")
         parts: list[str | tuple[str]] = [category + "."]
         for i, piece in enumerate(PARAM.split(name)):
             if i % 2:
                 if piece not in params and not (piece == "rest" and rest_index is not None):
-                    raise ConfigError(f"{where}.interface", f"{{{piece}}} is not captured by the path")
+                    raise RuleError(f"{where}.interface", f"{{{piece}}} is not captured by the path")
                 parts.append((piece,))
             elif piece:
                 if not NAME_PART.fullmatch(piece):
-                    raise ConfigError(f"{where}.interface", "a name is letters, digits, _ and {captures}")
+                    raise RuleError(f"{where}.interface", "a name is letters, digits, _ and {captures}")
                 parts.append(piece)
         return tuple(parts)
 
@@ -195,7 +215,7 @@ class RouteTable:
             return None
         for i, method in enumerate(methods):
             if not HTTP_TOKEN.fullmatch(method):
-                raise ConfigError(f"{where}.methods[{i}]", f"not an HTTP method: {method!r}")
+                raise RuleError(f"{where}.methods[{i}]", f"not an HTTP method: {method!r}")
         return frozenset(m.upper() for m in methods)
 
     def match(self, method: str, path: str) -> RouteMatch | None:

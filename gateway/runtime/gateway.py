@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway.admin.api import build_admin_app
 from gateway.admin.service import KeyService
 from gateway.config import Config
-from gateway.core import sealing as secrets
+from gateway.core import sealing
 from gateway.core.record import iso_time
 from gateway.core.routes import RouteTable, compile_routes
 from gateway.keyring.index import Keyring, Usage
@@ -39,7 +39,7 @@ def read_or_create(path: Path, what: str) -> tuple[str, bool]:
         if value:
             return value, False
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.generate_token()
+    value = sealing.generate_token()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
@@ -81,7 +81,7 @@ class Gateway:
         self.reuse_port = reuse_port
         self.routes: RouteTable = compile_routes(config.routes)
         self.store: Store = open_store(config.database)
-        self.box = secrets.SecretBox(secret_key(config))
+        self.box = sealing.SecretBox(secret_key(config))
         self.keyring = Keyring(self.box.raw_digest)
         self.usage = Usage()
         self.service = KeyService(self.store, self.keyring, self.box, config.limits, self.usage)
