@@ -1,32 +1,22 @@
-"""The data path: one protocol object per client connection, one `Exchange` per request.
+"""One client connection: parses requests with httptools, hands each head to an `Exchange`,
+queues pipelined ones and writes answers strictly in order.
 
-Requests on a connection are answered strictly in order; a pipelined request waits in a
-queue (and reading pauses) until the one before it is answered. Bodies stream both ways:
-when one side's write buffer is full, reading from the other side pauses. Every decision
-is made from memory (keyring, route table); the only await is opening a new upstream
-connection when the pool has no idle one.
+Bodies stream both ways: when one side's write buffer is full, reading from the other side
+pauses. Every decision is made from memory (keyring, route table); the only await is opening
+a new upstream connection when the pool has no idle one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 import httptools
 
-from gateway.config import Config
 from gateway.core import decision as decide
-from gateway.core.decision import KeySnapshot
-from gateway.core.iprules import TrustedProxies, client_ip
-from gateway.core.routes import RouteTable
-from gateway.keyring.index import Keyring, Usage
-from gateway.observe.accesslog import AccessLog, clip
-from gateway.observe.metrics import Metrics
-from gateway.proxy.exchange import PIPELINE, Exchange, ProtocolError
-from gateway.proxy.upstream import UpstreamPool
-from gateway.wire.ambiguous import canonical
+from gateway.core.iprules import client_ip
+from gateway.proxy.exchange import PIPELINE, Exchange
 from gateway.wire.refusals import (
     BAD_REQUEST,
     HEADERS_TOO_LARGE,
@@ -34,9 +24,10 @@ from gateway.wire.refusals import (
     UPGRADE_NOT_SUPPORTED,
     deny_response,
 )
+from gateway.wire.request import FramingError, read_head
 
-log = logging.getLogger("gateway.proxy")
-
+if TYPE_CHECKING:
+    from gateway.proxy.listener import ProxyServer
 
 LINGER = 2.0  # seconds a closing connection keeps draining what the client still sends
 
@@ -46,126 +37,11 @@ class StopReading(Exception):
     serve (the connection is closing, or the last request asked for `Connection: close`)."""
 
 
-class ProxyServer:
-    """Shared state of the data path in one process."""
+class ProtocolError(Exception):
+    """Raised from a parser callback: the request breaks HTTP's rules; answer `deny`."""
 
-    def __init__(
-        self,
-        config: Config,
-        keyring: Keyring,
-        routes: RouteTable,
-        usage: Usage,
-        metrics: Metrics,
-        access: AccessLog,
-    ) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.access = access
-        self.draining = False
-        self._upstream_logged = -1e9
-        self._upstream_failures = 0
-        self.keyring = keyring
-        self.routes = routes
-        self.usage = usage
-        self.pool = UpstreamPool(config.upstream)
-        self.trusted = TrustedProxies(config.trusted_proxies)
-        self.auth_header = canonical(config.auth.header.lower().encode())
-        self.auth_scheme = config.auth.scheme.lower().encode()
-        self.strip_auth = config.auth.strip
-        self.plugin_header = canonical(config.plugins.header.lower().encode())
-        self.unknown_allowed = config.routes.unknown == "allow"
-        self.max_inspect = config.routes.max_body_inspect
-        self.limits = config.limits
-        self.scheme = b"https" if config.listen.tls else b"http"
-        self.preserve_host = config.upstream.preserve_host
-        self.connections: set[ClientConnection] = set()
-        self.now = 0.0
-        self._server: asyncio.base_events.Server | None = None
-        self._ticker: asyncio.Task | None = None
-        self.port = config.listen.port
-
-    async def start(self, reuse_port: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        self.now = loop.time()
-        ssl_context = None
-        if self.config.listen.tls is not None:
-            import ssl
-
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(self.config.listen.tls.cert, self.config.listen.tls.key)
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self),
-            self.config.listen.host,
-            self.config.listen.port,
-            backlog=self.config.listen.backlog,
-            ssl=ssl_context,
-            reuse_port=reuse_port or None,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ticker = asyncio.create_task(self._tick())
-
-    async def _tick(self) -> None:
-        """Coarse clock and timeouts: one sweep over the connections every 250 ms."""
-        loop = asyncio.get_running_loop()
-        while True:
-            self.now = loop.time()
-            for conn in list(self.connections):
-                conn.check_timeouts(self.now)
-            await asyncio.sleep(0.25)
-
-    def record(
-        self,
-        status: int,
-        reason: str,
-        client: str,
-        key: KeySnapshot | None = None,
-        interface: str | None = None,
-        app: str | None = None,
-        latency: float = 0.0,
-        size: int = 0,
-    ) -> None:
-        """Count one outcome, and queue its access-log line (the key's id, never the key)."""
-        self.metrics.count(reason, status)
-        if self.access.enabled:
-            account = key.account if key is not None else None
-            key_id = key.id if key is not None else None
-            entry = (time.time(), client, key_id, account, clip(interface), clip(app), reason, status, latency, size)
-            self.access.record(entry)
-
-    def upstream_failed(self, err: OSError) -> None:
-        """Log an upstream outage once per 10 s, with how many connects failed meanwhile."""
-        self._upstream_failures += 1
-        now = time.monotonic()
-        if now - self._upstream_logged >= 10.0:
-            log.warning(
-                "upstream %s unavailable: %s (%d failed connects)",
-                self.config.upstream.url,
-                err.strerror or err,
-                self._upstream_failures,
-            )
-            self._upstream_logged = now
-            self._upstream_failures = 0
-
-    async def stop(self, timeout: float = 0.0) -> None:
-        """Stop accepting, let in-flight exchanges finish (up to `timeout`), then close.
-
-        Idle keep-alive connections close at once; busy ones close after their answer.
-        """
-        if self._server is not None:
-            self._server.close()
-        self.draining = True
-        for conn in list(self.connections):
-            if conn.current is None and not conn.in_head:
-                conn.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while any(c.current is not None for c in self.connections) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            conn.close()
-        if self._ticker is not None:
-            self._ticker.cancel()
-        self.pool.close()
+    def __init__(self, deny: decide.Deny) -> None:
+        self.deny = deny
 
 
 class ClientConnection(asyncio.Protocol):
@@ -176,6 +52,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
+        self.peer_bytes = b""
         self.peer_ip: int | None = None
         self.peer_trusted = False
         self.current: Exchange | None = None  # the exchange being answered
@@ -201,6 +78,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
+        self.peer_bytes = self.peer.encode()
         self.peer_ip = client_ip(self.peer)
         self.peer_trusted = bool(self.server.trusted) and self.server.trusted.trusts(self.peer)
         self.server.connections.add(self)
@@ -277,12 +155,23 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.in_head = False
         parser = self.parser
-        exchange = Exchange(self, parser.get_method(), self.url, self.headers, parser.should_keep_alive())
-        exchange.scan_headers(parser.get_http_version())
-        if exchange.upgrade:
+        try:
+            head = read_head(
+                parser.get_method(),
+                self.url,
+                parser.get_http_version(),
+                self.headers,
+                parser.should_keep_alive(),
+                self.server.head_rules,
+                self.peer_trusted,
+            )
+        except FramingError:
+            raise ProtocolError(BAD_REQUEST) from None
+        if head.upgrade:
             raise ProtocolError(UPGRADE_NOT_SUPPORTED)
-        if not exchange.keep_alive:
+        if not head.keep_alive:
             self.last_request = True
+        exchange = Exchange(self, head)
         self.parsing = exchange
         if self.current is None:
             self.current = exchange
@@ -302,7 +191,11 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not None:
             exchange.on_request_complete()
 
-    # control
+    # the seam an exchange uses
+    def cork(self) -> None:
+        """Collect writes until `uncork`: a burst of parser callbacks leaves in one send."""
+        self.corked = True
+
     def write(self, data: bytes) -> None:
         """Write now, or collect while corked: one send per burst of callbacks, not one per piece."""
         if self.corked:
@@ -339,7 +232,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange is None or not exchange.response_started:
             self.write(deny_response(deny, True, self.server.config.auth.scheme))
             if exchange is not None:
-                exchange.log(deny.status, deny.reason)
+                exchange.record(deny.status, deny.reason)
             else:
                 self.server.record(deny.status, deny.reason, self.peer)
         self.uncork()
@@ -393,7 +286,7 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not self.current:
             return
         self.current = None
-        if not exchange.keep_alive or not exchange.request_complete or self.server.draining:
+        if not exchange.reusable or self.server.draining:
             self.close()
             return
         if self.queue:
@@ -422,8 +315,8 @@ class ClientConnection(asyncio.Protocol):
             if now - self.last_seen > limits.idle_timeout:
                 self.close()
             return
-        if exchange.upstream is not None and exchange.request_complete and not exchange.response_complete:
-            if now - exchange.upstream_seen > self.server.pool.read_timeout:
-                exchange.on_upstream_timeout()
-        elif not exchange.request_complete and not self.paused and now - self.last_seen > limits.idle_timeout:
+        if (
+            exchange.expired(now, self.last_seen, limits.idle_timeout, self.server.pool.read_timeout)
+            and not self.paused
+        ):
             self.refuse(REQUEST_TIMEOUT)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("closed", "exchange", "headers", "interim", "parser", "pool", "reason", "reused", "transport")
+    __slots__ = ("closed", "exchange", "headers", "interim", "keep", "parser", "pool", "reason", "transport")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -30,7 +30,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
         self.interim = False
-        self.reused = False
+        self.keep = True  # False once the upstream said it closes this connection after its answer
         self.closed = False
 
     # asyncio callbacks
@@ -42,19 +42,16 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is None:  # nothing was asked: an upstream talking out of turn
             self.abort()
             return
-        client = exchange.conn
-        exchange.upstream_seen = client.server.now
-        exchange.response_bytes = True
-        client.corked = True
+        exchange.receiving()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self.closed = True
-            if exchange.upstream is self:
+            if self.exchange is exchange:
                 exchange.on_upstream_lost()
             self.abort()
         finally:
-            client.uncork()
+            exchange.received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -104,10 +101,18 @@ class UpstreamConnection(asyncio.Protocol):
         if exchange is not None:
             exchange.on_response_complete()
 
-    # control
+    # the seam an exchange uses
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def abort(self) -> None:
         self.closed = True
@@ -141,7 +146,6 @@ class UpstreamPool:
         while idle:
             conn = idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                conn.reused = True
                 return conn
         return None
 

@@ -21,7 +21,7 @@ from gateway.core.routes import RouteTable, compile_routes
 from gateway.keyring.index import Keyring, Usage
 from gateway.observe.accesslog import AccessLog
 from gateway.observe.metrics import Metrics, read_snapshots, render
-from gateway.proxy.connection import ProxyServer
+from gateway.proxy.listener import ProxyServer
 from gateway.store import SchemaTooNew, Store, StoreUnavailable, open_store
 
 log = logging.getLogger("gateway")

@@ -1,0 +1,259 @@
+"""A request head as the decision and the upstream need it. Pure: bytes in, facts and bytes out.
+
+`read_head` makes one pass over the client's headers and keeps what later steps ask for;
+it refuses framing that two parsers could split differently (`FramingError`) and marks the
+head `ambiguous` when the upstream could read its key, method or host another way.
+`upstream_head` writes the head the upstream receives.
+"""
+
+from __future__ import annotations
+
+from gateway.wire.ambiguous import METHOD_OVERRIDES, canonical, target_is_ambiguous
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+# Request headers the gateway sets itself (framing, forwarding, identity), compared after
+# `canonical` so that `X_Forwarded_For` goes with `X-Forwarded-For`.
+REQUEST_DROP = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-real-ip",
+}
+NO_TOKENS: frozenset[bytes] = frozenset()
+
+
+class FramingError(Exception):
+    """Where the body ends is unclear (CL with TE, differing CLs, a TE other than `chunked`)."""
+
+
+class HeadRules:
+    """What reading and rewriting a head needs to know of the configuration, as bytes."""
+
+    __slots__ = (
+        "auth_header",
+        "auth_scheme",
+        "plugin_header",
+        "preserve_host",
+        "scheme",
+        "strip_auth",
+        "upstream_host",
+    )
+
+    def __init__(
+        self,
+        auth_header: str,
+        auth_scheme: str,
+        plugin_header: str,
+        strip_auth: bool = True,
+        preserve_host: bool = False,
+        upstream_host: bytes = b"",
+        scheme: bytes = b"http",
+    ) -> None:
+        self.auth_header = canonical(auth_header.lower().encode())
+        self.auth_scheme = auth_scheme.lower().encode()
+        self.plugin_header = canonical(plugin_header.lower().encode())
+        self.strip_auth = strip_auth
+        self.preserve_host = preserve_host
+        self.upstream_host = upstream_host
+        self.scheme = scheme
+
+
+class RequestHead:
+    """The facts of one request head; `names` holds each header's canonical name."""
+
+    __slots__ = (
+        "ambiguous",
+        "chunked",
+        "connection_tokens",
+        "content_encoded",
+        "content_length",
+        "content_types",
+        "expect_continue",
+        "forwarded_for",
+        "forwarded_host",
+        "forwarded_proto",
+        "headers",
+        "host",
+        "keep_alive",
+        "key_sent",
+        "method",
+        "names",
+        "plugin",
+        "presented",
+        "upgrade",
+        "url",
+        "version",
+    )
+
+    def __init__(self, method: bytes, url: bytes, version: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.method = method
+        self.url = url
+        self.version = version
+        self.headers = headers
+        self.names: list[bytes] = []
+        self.keep_alive = True
+        self.ambiguous = target_is_ambiguous(url)
+        self.presented = b""
+        self.key_sent = False
+        self.plugin = False
+        self.host = b""
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.upgrade = False
+        self.connection_tokens: frozenset[bytes] | set[bytes] = NO_TOKENS
+        self.content_types: list[bytes] = []
+        self.content_encoded = False
+        self.forwarded_for: list[bytes] = []
+        self.forwarded_proto = b""
+        self.forwarded_host = b""
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def path(self) -> bytes:
+        return self.url.partition(b"?")[0]
+
+    def values(self, name: bytes) -> list[bytes]:
+        """Every value of a header, by canonical name (`_` and `-` alike)."""
+        return [value for (_, value), canon in zip(self.headers, self.names, strict=True) if canon == name]
+
+
+def tokens(value: bytes) -> set[bytes]:
+    """The lower-cased tokens of a comma-separated header such as Connection."""
+    return {token.strip().lower() for token in value.split(b",")}
+
+
+def presented_key(value: bytes, scheme: bytes) -> bytes:
+    """The key in a key header's value: after the scheme word when one is configured."""
+    if not scheme:
+        return value
+    given, _, rest = value.partition(b" ")
+    if given.lower() != scheme:
+        return b""
+    return rest.strip()
+
+
+def read_head(
+    method: bytes,
+    url: bytes,
+    version: str,
+    headers: list[tuple[bytes, bytes]],
+    keep_alive: bool,
+    rules: HeadRules,
+    trusted: bool,
+) -> RequestHead:
+    """One pass over the headers. `trusted`: the peer is a proxy whose X-Forwarded-* we believe."""
+    head = RequestHead(method, url, version.encode(), headers)
+    head.keep_alive = keep_alive
+    names = head.names
+    lengths: set[bytes] = set()
+    codings = []
+    key_headers = hosts = 0
+    for name, value in headers:
+        lower = name.lower()
+        canon = canonical(lower)
+        names.append(canon)
+        if canon == rules.auth_header:
+            key_headers += 1
+            stripped = value.strip()
+            head.key_sent = bool(stripped)
+            head.presented = presented_key(stripped, rules.auth_scheme)
+        elif lower == b"host":
+            hosts += 1
+            head.host = value
+        elif lower == b"content-length":
+            lengths.add(value.strip())
+        elif lower == b"transfer-encoding":
+            codings.append(value.strip().lower())
+        elif lower == b"connection":
+            head.connection_tokens = head.connection_tokens | tokens(value)
+        elif lower == b"content-type":
+            head.content_types.append(value)
+        elif lower == b"content-encoding":
+            head.content_encoded = True
+        elif canon == rules.plugin_header:
+            head.plugin = True  # present, even empty
+        elif lower == b"x-forwarded-for":
+            head.forwarded_for.append(value)
+        elif lower == b"upgrade":
+            head.upgrade = True
+        elif lower == b"expect":
+            if value.strip().lower() != b"100-continue":
+                raise FramingError
+            head.expect_continue = version == "1.1"
+        elif canon in METHOD_OVERRIDES:
+            if value.strip().upper() != method:
+                head.ambiguous = True
+        elif trusted and lower == b"x-forwarded-proto":
+            head.forwarded_proto = value
+        elif trusted and lower == b"x-forwarded-host":
+            head.forwarded_host = value
+    if key_headers > 1 or hosts > 1:
+        head.ambiguous = True
+    if codings:
+        if lengths or codings != [b"chunked"] or version != "1.1":
+            raise FramingError
+        head.chunked = True
+    elif lengths:
+        if len(lengths) > 1:
+            raise FramingError
+        (text,) = lengths
+        if not text.isdigit():
+            raise FramingError
+        head.content_length = int(text)
+    return head
+
+
+def upstream_head(
+    head: RequestHead, rules: HeadRules, trusted: bool, peer: bytes, client: bytes, identity: bytes
+) -> bytes:
+    """The head the upstream receives: the client's end-to-end headers in order, minus what
+    the gateway sets itself, then forwarding and identity headers and the framing.
+
+    `trusted`: the peer's X-Forwarded-For chain is kept (the peer appended to it); `client`:
+    the client IP the decision used; `identity`: the X-Gateway-* lines of the key.
+    """
+    host = head.host
+    lines = [
+        b"%s %s HTTP/1.1\r\n" % (head.method, head.url),
+        b"Host: %s\r\n" % (host if rules.preserve_host and host else rules.upstream_host),
+    ]
+    append = lines.append
+    key_header = rules.auth_header if rules.strip_auth else None
+    dropped = head.connection_tokens
+    for (name, value), canon in zip(head.headers, head.names, strict=True):
+        if canon in REQUEST_DROP or canon == key_header or canon.startswith(b"x-gateway-") or canon in dropped:
+            continue
+        append(b"%s: %s\r\n" % (name, value))
+    chain = b", ".join(head.forwarded_for) if trusted else b""
+    append(b"X-Forwarded-For: %s\r\n" % (chain + b", " + peer if chain else peer))
+    append(b"X-Real-IP: %s\r\n" % client)
+    append(b"X-Forwarded-Proto: %s\r\n" % (head.forwarded_proto or rules.scheme))
+    if head.forwarded_host or host:
+        append(b"X-Forwarded-Host: %s\r\n" % (head.forwarded_host or host))
+    append(identity)
+    if head.chunked:
+        append(b"Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None:
+        append(b"Content-Length: %d\r\n" % head.content_length)
+    append(b"\r\n")
+    return b"".join(lines)

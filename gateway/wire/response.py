@@ -1,0 +1,79 @@
+"""The client's response head, planned from the upstream's. Pure: the framing rules as code.
+
+The upstream's framing never passes through: hop-by-hop headers are dropped and the body is
+re-framed for the client. A body with a Content-Length keeps it; a chunked or close-delimited
+body goes out chunked to an HTTP/1.1 client and close-delimited to an HTTP/1.0 one; HEAD, 204
+and 304 answers have no body.
+"""
+
+from __future__ import annotations
+
+from gateway.wire.refusals import status_line
+from gateway.wire.request import HOP_BY_HOP, tokens
+
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One piece of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class ResponsePlan:
+    """The head to send and how the body that follows is framed."""
+
+    __slots__ = ("chunked", "close_delimited", "head", "keep_alive")
+
+    def __init__(self, head: bytes, chunked: bool, close_delimited: bool, keep_alive: bool) -> None:
+        self.head = head
+        self.chunked = chunked  # re-chunk each piece of the upstream's body
+        self.close_delimited = close_delimited  # the upstream's body ends when it closes
+        self.keep_alive = keep_alive  # the client connection may serve another request
+
+
+def plan_response(
+    method: bytes,
+    version: bytes,
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    keep_alive: bool,
+) -> ResponsePlan:
+    """`method`, `version`: the client's request; `keep_alive`: whether the client connection
+    may stay open after this answer (its request asked so and was read in full)."""
+    lowers = [name.lower() for name, _ in headers]
+    length: bytes | None = None
+    upstream_chunked = False
+    dropped: set[bytes] = set()
+    for (_, value), lower in zip(headers, lowers, strict=True):
+        if lower == b"content-length":
+            length = value.strip()
+        elif lower == b"transfer-encoding":
+            upstream_chunked = True
+        elif lower == b"connection":
+            dropped |= tokens(value)
+    lines = [status_line(status, reason)]
+    append = lines.append
+    for (name, value), lower in zip(headers, lowers, strict=True):
+        if lower not in RESPONSE_DROP and lower not in dropped:
+            append(b"%s: %s\r\n" % (name, value))
+    chunked = close_delimited = False
+    if method == b"HEAD" or status in (204, 304):  # no body follows
+        if length is not None and status != 204:
+            append(b"Content-Length: %s\r\n" % length)
+    elif length is not None and not upstream_chunked:
+        append(b"Content-Length: %s\r\n" % length)
+    else:
+        close_delimited = not upstream_chunked
+        if version == b"1.1":
+            chunked = True
+            append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            keep_alive = False
+    if not keep_alive:
+        append(b"Connection: close\r\n")
+    elif version == b"1.0":
+        append(b"Connection: keep-alive\r\n")
+    append(b"\r\n")
+    return ResponsePlan(b"".join(lines), chunked, close_delimited, keep_alive)
