@@ -293,7 +293,7 @@ async def test_large_upload_to_a_slow_upstream_is_not_buffered(proxy: Proxy, key
     await asyncio.sleep(1.5)  # the upstream is not reading yet
     gateway = proxy.running.gateway.proxy
     client_conn = next(iter(gateway.connections))
-    upstream_conn = client_conn.current.upstream
+    upstream_conn = client_conn.current.relay.upstream
     assert upstream_conn is not None
     buffered = upstream_conn.transport.get_write_buffer_size() + client_conn.current.body_size
     assert buffered < 8 * MiB, buffered  # the gateway holds a few MiB at most, not the upload

@@ -118,14 +118,13 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def pause_writing(self) -> None:
-        exchange = self.current
-        if exchange is not None:
-            exchange.pause_upstream()
+        """The client reads slower than the upstream sends: stop reading the upstream."""
+        if self.current is not None and self.current.relay is not None:
+            self.current.relay.pause()
 
     def resume_writing(self) -> None:
-        exchange = self.current
-        if exchange is not None:
-            exchange.resume_upstream()
+        if self.current is not None and self.current.relay is not None:
+            self.current.relay.resume()
 
     # httptools callbacks
     def on_message_begin(self) -> None:

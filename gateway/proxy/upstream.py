@@ -1,6 +1,6 @@
 """Keep-alive connections to the upstream, parsed with httptools.
 
-One `UpstreamConnection` carries one exchange at a time; the pool hands out idle ones
+One `UpstreamConnection` carries one relay at a time; the pool hands out idle ones
 newest first (they are the least likely to have been closed by the upstream).
 """
 
@@ -16,17 +16,17 @@ import httptools
 from gateway.config import Upstream
 
 if TYPE_CHECKING:
-    from gateway.proxy.exchange import Exchange
+    from gateway.proxy.relay import Relay
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("closed", "exchange", "headers", "interim", "keep", "parser", "pool", "reason", "transport")
+    __slots__ = ("closed", "headers", "interim", "keep", "parser", "pool", "reason", "relay", "transport")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
+        self.relay: Relay | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
         self.interim = False
@@ -38,35 +38,35 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        exchange = self.exchange
-        if exchange is None:  # nothing was asked: an upstream talking out of turn
+        relay = self.relay
+        if relay is None:  # nothing was asked: an upstream talking out of turn
             self.abort()
             return
-        exchange.receiving()
+        relay.receiving()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
             self.closed = True
-            if self.exchange is exchange:
-                exchange.on_upstream_lost()
+            if self.relay is relay:
+                relay.on_upstream_lost()
             self.abort()
         finally:
-            exchange.received()
+            relay.received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.on_upstream_lost()
+        relay = self.relay
+        if relay is not None:
+            relay.on_upstream_lost()
 
     def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.upstream_full()
+        if self.relay is not None:
+            self.relay.upstream_full()
 
     def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.upstream_drained()
+        if self.relay is not None:
+            self.relay.upstream_drained()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -84,24 +84,24 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 200:
             self.interim = True  # 1xx: not forwarded; the final answer follows
             return
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.on_response_head(status, self.reason, self.headers, self.parser.should_keep_alive())
+        relay = self.relay
+        if relay is not None:
+            relay.on_response_head(status, self.reason, self.headers, self.parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.on_response_body(body)
+        relay = self.relay
+        if relay is not None:
+            relay.on_response_body(body)
 
     def on_message_complete(self) -> None:
         if self.interim:
             self.interim = False
             return
-        exchange = self.exchange
-        if exchange is not None:
-            exchange.on_response_complete()
+        relay = self.relay
+        if relay is not None:
+            relay.on_response_complete()
 
-    # the seam an exchange uses
+    # the seam a relay uses
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
@@ -116,7 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
-        self.exchange = None
+        self.relay = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -162,7 +162,7 @@ class UpstreamPool:
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
-        conn.exchange = None
+        conn.relay = None
         if conn.closed or len(self.idle) >= self.max_idle:
             conn.abort()
             return

@@ -1,0 +1,199 @@
+"""The upstream side of one allowed request: get a connection, send the request, stream the
+answer back to the client.
+
+A `Relay` is made by an `Exchange` once the decision allows the request. It takes an idle
+pooled connection or opens one, writes the upstream head and whatever body is in hand, and
+then receives the `UpstreamConnection`'s callbacks. It reports back through three calls:
+`exchange.answered()` (the answer went out in full), `exchange.refuse(deny)` (no answer came)
+and `exchange.record()`. A request is sent a second time only when `replay` allows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from gateway.core import decision as decide
+from gateway.proxy.upstream import UpstreamConnection
+from gateway.wire.request import upstream_head
+from gateway.wire.response import LAST_CHUNK, ResponsePlan, chunk, plan_response
+
+if TYPE_CHECKING:
+    from gateway.proxy.exchange import Exchange
+
+UPSTREAM_FULL = 2  # a reason for the client connection to stop reading (see proxy.exchange)
+
+
+class Relay:
+    __slots__ = ("connecting", "exchange", "paused", "plan", "replay", "reused", "seen", "sent_at", "spoke", "upstream")
+
+    def __init__(self, exchange: Exchange, replay: bool) -> None:
+        self.exchange = exchange
+        self.replay = replay  # the request may go again on a fresh connection
+        self.upstream: UpstreamConnection | None = None
+        self.connecting: asyncio.Task | None = None
+        self.reused = False  # the connection came from the idle pool
+        self.spoke = False  # a byte of an answer arrived
+        self.paused = False  # reading from the upstream is paused (the client reads slowly)
+        self.seen = exchange.conn.server.now  # the upstream's last sign of life
+        self.sent_at = 0.0
+        self.plan: ResponsePlan | None = None
+
+    def start(self) -> None:
+        upstream = self.exchange.conn.server.pool.take_idle()
+        if upstream is not None:
+            self.reused = True
+            self.attach(upstream)
+        else:
+            self.connecting = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        server = self.exchange.conn.server
+        try:
+            upstream = await server.pool.connect()
+        except OSError as err:  # TimeoutError included
+            self.connecting = None
+            if not isinstance(err, TimeoutError):
+                server.upstream_failed(err)
+            self.exchange.refuse(
+                decide.UPSTREAM_TIMEOUT if isinstance(err, TimeoutError) else decide.UPSTREAM_UNAVAILABLE
+            )
+            return
+        self.connecting = None
+        if self.exchange.relay is not self:  # the client went away meanwhile
+            server.pool.release(upstream)
+            return
+        self.reused = False
+        self.attach(upstream)
+
+    def attach(self, upstream: UpstreamConnection) -> None:
+        exchange = self.exchange
+        conn = exchange.conn
+        server = conn.server
+        self.upstream = upstream
+        upstream.relay = self
+        self.seen = server.now
+        self.sent_at = time.monotonic()
+        head = exchange.head
+        identity = exchange.key.identity_headers  # type: ignore[union-attr]
+        client = exchange.client.encode()
+        parts = [upstream_head(head, server.head_rules, conn.peer_trusted, conn.peer_bytes, client, identity)]
+        if exchange.body:
+            parts.extend([chunk(piece) for piece in exchange.body] if head.chunked else exchange.body)
+            if not self.replay:
+                exchange.body = []
+        if exchange.request_complete and head.chunked:
+            parts.append(LAST_CHUNK)
+        upstream.write(b"".join(parts))
+        exchange.body_sent()
+
+    # the request body, as the client sends it
+    def send_body(self, data: bytes) -> None:
+        if self.upstream is not None:
+            self.upstream.write(chunk(data) if self.exchange.head.chunked else data)
+
+    def request_sent(self) -> None:
+        self.seen = self.exchange.conn.server.now
+        if self.upstream is not None and self.exchange.head.chunked:
+            self.upstream.write(LAST_CHUNK)
+
+    # the answer, called by the upstream connection
+    def receiving(self) -> None:
+        """A burst of upstream bytes begins: the answer is under way; collect client writes."""
+        self.seen = self.exchange.conn.server.now
+        self.spoke = True
+        self.exchange.conn.cork()
+
+    def received(self) -> None:
+        self.exchange.conn.uncork()
+
+    def on_response_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], upstream_keep_alive: bool
+    ) -> None:
+        exchange = self.exchange
+        exchange.response_started = True
+        exchange.status = status
+        exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
+        head = exchange.head
+        plan = plan_response(head.method, head.version, status, reason, headers, exchange.reusable)
+        self.plan = plan
+        exchange.keep_alive = plan.keep_alive
+        exchange.conn.write(plan.head)
+        if head.method == b"HEAD":
+            self.on_response_complete(reusable=False)  # the parser would wait for a body that never comes
+        elif not upstream_keep_alive and self.upstream is not None:
+            self.upstream.keep = False
+
+    def on_response_body(self, data: bytes) -> None:
+        exchange = self.exchange
+        if not exchange.response_complete:
+            exchange.bytes_out += len(data)
+            exchange.conn.write(chunk(data) if self.plan.chunked else data)  # type: ignore[union-attr]
+
+    def on_response_complete(self, reusable: bool = True) -> None:
+        exchange = self.exchange
+        if exchange.response_complete:
+            return
+        if self.plan is not None and self.plan.chunked:
+            exchange.conn.write(LAST_CHUNK)
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            self.resume(upstream)
+            upstream.relay = None
+            if reusable and upstream.keep and exchange.request_complete and not upstream.closed:
+                exchange.conn.server.pool.release(upstream)
+            else:
+                upstream.abort()
+        exchange.answered()
+
+    def on_upstream_lost(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        exchange = self.exchange
+        if upstream is None or exchange.response_complete:
+            return
+        upstream.relay = None
+        if not exchange.response_started:
+            if self.reused and self.replay and not self.spoke:
+                self.connecting = asyncio.ensure_future(self._connect())  # stale pooled connection: once more
+            else:
+                exchange.refuse(decide.UPSTREAM_UNAVAILABLE)
+        elif self.plan is not None and self.plan.close_delimited:
+            self.on_response_complete()
+        else:
+            exchange.record(exchange.status, "upstream_aborted")
+            exchange.conn.abort()  # truncated: the client must see a broken response, not a short one
+
+    def check_timeout(self, now: float, read_timeout: float) -> None:
+        if self.upstream is not None and now - self.seen > read_timeout:
+            upstream, self.upstream = self.upstream, None
+            upstream.abort()
+            self.exchange.refuse(decide.UPSTREAM_TIMEOUT)
+
+    # flow control: the upstream's writes follow the client's reads, and back
+    def upstream_full(self) -> None:
+        self.exchange.conn.pause_reading(UPSTREAM_FULL)
+
+    def upstream_drained(self) -> None:
+        self.exchange.conn.resume_reading(UPSTREAM_FULL)
+
+    def pause(self) -> None:
+        if self.upstream is not None and not self.paused:
+            self.paused = True
+            self.upstream.pause_reading()
+
+    def resume(self, upstream: UpstreamConnection | None = None) -> None:
+        upstream = upstream or self.upstream
+        if upstream is not None and self.paused:
+            self.paused = False
+            upstream.resume_reading()
+
+    def cancel(self) -> None:
+        """The client is gone or the exchange refused: drop the upstream side."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.relay = None
+            upstream.abort()

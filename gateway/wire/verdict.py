@@ -1,0 +1,70 @@
+"""The verdict on a request: the head's facts put to the core decision, in the contract's
+order (ambiguity first, then the key and scope checks, then what reading the body needs).
+Pure: the data path looks up the route and the key, and acts on what this returns.
+"""
+
+from __future__ import annotations
+
+from gateway.core import decision as decide
+from gateway.core.decision import Decision, KeySnapshot
+from gateway.core.routes import RouteMatch
+from gateway.wire.ambiguous import AMBIGUOUS, body_app_id, header_app_id, is_json_media_type, query_app_id
+from gateway.wire.request import RequestHead
+
+
+class Verdict:
+    """What to do (Deny, ALLOW or NEED_BODY) and the app id the decision read, for the log."""
+
+    __slots__ = ("app_id", "decision")
+
+    def __init__(self, decision: Decision, app_id: str | None = None) -> None:
+        self.decision = decision
+        self.app_id = app_id
+
+
+AMBIGUOUS_VERDICT = Verdict(decide.AMBIGUOUS_REQUEST)
+
+
+def app_id_in_head(head: RequestHead, route: RouteMatch) -> object:
+    """The app id where the route says the head holds it: a str, None, or AMBIGUOUS."""
+    if route.app_source == "path":
+        return route.app_id
+    if route.app_source == "query":
+        return query_app_id(head.url.partition(b"?")[2].decode("latin-1"), route.app_key or "")
+    if route.app_source == "header":
+        return header_app_id(head.values((route.app_key or "").replace("_", "-").encode()))
+    return None
+
+
+def judge_head(
+    head: RequestHead,
+    route: RouteMatch | None,
+    key: KeySnapshot | None,
+    ip: int | None,
+    unknown_allowed: bool,
+    max_inspect: int,
+) -> Verdict:
+    """Decide what the head alone can decide. NEED_BODY: read at most `max_inspect` bytes
+    of the body, then `judge_body`."""
+    if head.ambiguous:
+        return AMBIGUOUS_VERDICT
+    app_id = app_id_in_head(head, route) if route is not None else None
+    if app_id is AMBIGUOUS:
+        return AMBIGUOUS_VERDICT
+    found = app_id if isinstance(app_id, str) else None
+    decision = decide.authorize(key, head.key_sent, ip, head.plugin, route, found, unknown_allowed)
+    if decision is decide.NEED_BODY:
+        if head.content_length is not None and head.content_length > max_inspect:
+            decision = decide.BODY_TOO_LARGE
+        elif head.has_body and (head.content_encoded or not is_json_media_type(head.content_types)):
+            decision = decide.UNSUPPORTED_MEDIA_TYPE
+    return Verdict(decision, found)
+
+
+def judge_body(body: bytes, route: RouteMatch, key: KeySnapshot) -> Verdict:
+    """The app check once the whole (inspected) body is in hand."""
+    app_id = body_app_id(body, route.app_key or "")
+    if app_id is AMBIGUOUS:
+        return AMBIGUOUS_VERDICT
+    found = app_id if isinstance(app_id, str) else None
+    return Verdict(decide.authorize_app(key, found), found)

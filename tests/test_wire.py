@@ -1,0 +1,189 @@
+"""The HTTP rules as pure code, as tables: reading a request head, writing the upstream's
+head, planning the client's response head, walking X-Forwarded-For."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.wire.forwarded import TrustedProxies
+from gateway.wire.refusals import status_line
+from gateway.wire.request import FramingError, HeadRules, RequestHead, read_head, upstream_head
+from gateway.wire.response import LAST_CHUNK, chunk, plan_response
+
+RULES = HeadRules("Authorization", "Bearer", "X-Plugin-Id", upstream_host=b"up:9000")
+
+
+def head_of(*headers: tuple[bytes, bytes], method: bytes = b"POST", version: str = "1.1", **kw) -> RequestHead:
+    return read_head(method, kw.get("url", b"/a"), version, list(headers), True, RULES, kw.get("trusted", False))
+
+
+@pytest.mark.parametrize(
+    ("headers", "version", "length", "chunked"),
+    [
+        ([], "1.1", None, False),
+        ([(b"Content-Length", b"5")], "1.1", 5, False),
+        ([(b"Content-Length", b" 5 ")], "1.1", 5, False),
+        ([(b"Content-Length", b"5"), (b"content-length", b"5")], "1.1", 5, False),
+        ([(b"Content-Length", b"0005")], "1.1", 5, False),
+        ([(b"Transfer-Encoding", b"chunked")], "1.1", None, True),
+        ([(b"Transfer-Encoding", b"Chunked")], "1.1", None, True),
+    ],
+)
+def test_framing_that_is_clear(headers, version, length, chunked) -> None:
+    head = head_of(*headers, version=version)
+    assert (head.content_length, head.chunked) == (length, chunked)
+
+
+@pytest.mark.parametrize(
+    ("headers", "version"),
+    [
+        ([(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")], "1.1"),
+        ([(b"Content-Length", b"5"), (b"Content-Length", b"6")], "1.1"),
+        ([(b"Content-Length", b"-5")], "1.1"),
+        ([(b"Content-Length", b"5a")], "1.1"),
+        ([(b"Transfer-Encoding", b"gzip, chunked")], "1.1"),
+        ([(b"Transfer-Encoding", b"chunked"), (b"Transfer-Encoding", b"chunked")], "1.1"),
+        ([(b"Transfer-Encoding", b"identity")], "1.1"),
+        ([(b"Transfer-Encoding", b"chunked")], "1.0"),
+        ([(b"Expect", b"200-ok")], "1.1"),
+    ],
+)
+def test_framing_that_two_parsers_could_split_differently(headers, version) -> None:
+    with pytest.raises(FramingError):
+        head_of(*headers, version=version)
+
+
+@pytest.mark.parametrize(
+    ("headers", "presented", "key_sent", "ambiguous"),
+    [
+        ([(b"Authorization", b"Bearer abc")], b"abc", True, False),
+        ([(b"authorization", b"bearer   abc  ")], b"abc", True, False),
+        ([(b"Authorization", b"Basic abc")], b"", True, False),
+        ([(b"Authorization", b"abc")], b"", True, False),
+        ([(b"Authorization", b"  ")], b"", False, False),
+        ([(b"Authorization", b"Bearer a"), (b"Authorization", b"Bearer a")], b"a", True, True),
+        ([(b"Host", b"a"), (b"Host", b"b")], b"", False, True),
+        ([(b"X-HTTP-Method-Override", b"DELETE")], b"", False, True),
+        ([(b"X_Method_Override", b"post")], b"", False, False),
+        ([(b"X-HTTP-Method", b"")], b"", False, True),
+    ],
+)
+def test_key_and_ambiguity(headers, presented, key_sent, ambiguous) -> None:
+    head = head_of(*headers)
+    assert (head.presented, head.key_sent, head.ambiguous) == (presented, key_sent, ambiguous)
+
+
+def test_facts_read_in_one_pass() -> None:
+    head = head_of(
+        (b"Host", b"api.example"),
+        (b"X_Plugin_Id", b""),
+        (b"Content-Type", b"application/json"),
+        (b"Content-Encoding", b"gzip"),
+        (b"Connection", b"keep-alive, X-Hop"),
+        (b"Expect", b"100-continue"),
+        (b"X-Forwarded-For", b"1.1.1.1"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X_App_Id", b"A1"),
+        (b"X-App-Id", b"A2"),
+        trusted=False,
+    )
+    assert head.host == b"api.example" and head.plugin and head.expect_continue
+    assert head.content_types == [b"application/json"] and head.content_encoded
+    assert head.connection_tokens == {b"keep-alive", b"x-hop"}
+    assert head.forwarded_for == [b"1.1.1.1"] and head.forwarded_proto == b""  # untrusted: not believed
+    assert head.values(b"x-app-id") == [b"A1", b"A2"]
+    assert head_of((b"X-Forwarded-Proto", b"https"), trusted=True).forwarded_proto == b"https"
+
+
+def test_upstream_head_drops_what_the_gateway_sets_and_keeps_order() -> None:
+    head = head_of(
+        (b"Host", b"api.example"),
+        (b"Authorization", b"Bearer abc"),
+        (b"X-One", b"1"),
+        (b"X_Real_IP", b"6.6.6.6"),
+        (b"Forwarded", b"for=x"),
+        (b"X-Gateway-Account", b"evil"),
+        (b"Connection", b"X-Hop"),
+        (b"X-Hop", b"h"),
+        (b"Keep-Alive", b"5"),
+        (b"X-Two", b"2"),
+        (b"Content-Length", b"3"),
+        url=b"/a?b=1",
+    )
+    raw = upstream_head(head, RULES, False, b"10.0.0.9", b"10.0.0.9", b"X-Gateway-Account: acme\r\n")
+    assert raw == (
+        b"POST /a?b=1 HTTP/1.1\r\nHost: up:9000\r\nX-One: 1\r\nX-Two: 2\r\n"
+        b"X-Forwarded-For: 10.0.0.9\r\nX-Real-IP: 10.0.0.9\r\nX-Forwarded-Proto: http\r\n"
+        b"X-Forwarded-Host: api.example\r\nX-Gateway-Account: acme\r\nContent-Length: 3\r\n\r\n"
+    )
+
+
+def test_upstream_head_from_a_trusted_proxy_keeps_its_chain() -> None:
+    head = head_of((b"X-Forwarded-For", b"1.1.1.1, 2.2.2.2"), (b"Transfer-Encoding", b"chunked"), trusted=True)
+    raw = upstream_head(head, RULES, True, b"10.0.0.1", b"2.2.2.2", b"")
+    assert b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.1\r\n" in raw
+    assert b"X-Real-IP: 2.2.2.2\r\n" in raw and raw.endswith(b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+CL = [(b"Content-Length", b"5")]
+TE = [(b"Transfer-Encoding", b"chunked")]
+
+
+@pytest.mark.parametrize(
+    ("method", "version", "status", "headers", "keep", "framing", "chunked", "close_delimited", "keep_after"),
+    [
+        (b"GET", b"1.1", 200, CL, True, b"Content-Length: 5\r\n", False, False, True),
+        (b"GET", b"1.1", 200, TE, True, b"Transfer-Encoding: chunked\r\n", True, False, True),
+        (b"GET", b"1.1", 200, CL + TE, True, b"Transfer-Encoding: chunked\r\n", True, False, True),
+        (b"GET", b"1.1", 200, [], True, b"Transfer-Encoding: chunked\r\n", True, True, True),
+        (b"GET", b"1.0", 200, [], True, b"Connection: close\r\n", False, True, False),
+        (b"GET", b"1.0", 200, TE, True, b"Connection: close\r\n", False, False, False),
+        (b"GET", b"1.0", 200, CL, True, b"Content-Length: 5\r\nConnection: keep-alive\r\n", False, False, True),
+        (b"HEAD", b"1.1", 200, CL, True, b"Content-Length: 5\r\n", False, False, True),
+        (b"HEAD", b"1.1", 200, TE, True, b"", False, False, True),
+        (b"GET", b"1.1", 204, CL, True, b"", False, False, True),
+        (b"GET", b"1.1", 304, CL, True, b"Content-Length: 5\r\n", False, False, True),
+        (b"GET", b"1.1", 304, [], True, b"", False, False, True),
+        (b"GET", b"1.1", 200, CL, False, b"Content-Length: 5\r\nConnection: close\r\n", False, False, False),
+    ],
+)
+def test_response_framing(method, version, status, headers, keep, framing, chunked, close_delimited, keep_after):
+    plan = plan_response(method, version, status, b"", [(b"X-A", b"1"), *headers], keep)
+    assert plan.head == status_line(status) + b"X-A: 1\r\n" + framing + b"\r\n"
+    assert (plan.chunked, plan.close_delimited, plan.keep_alive) == (chunked, close_delimited, keep_after)
+
+
+def test_response_drops_hop_by_hop_and_connection_tokens() -> None:
+    headers = [
+        (b"Connection", b"close, X-Secret"),
+        (b"X-Secret", b"s"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Proxy-Authenticate", b"x"),
+        (b"Upgrade", b"h2c"),
+        (b"X-Kept", b"k"),
+        (b"Content-Length", b"2"),
+    ]
+    plan = plan_response(b"GET", b"1.1", 200, b"OK", headers, True)
+    assert plan.head == b"HTTP/1.1 200 OK\r\nX-Kept: k\r\nContent-Length: 2\r\n\r\n"
+
+
+def test_chunks() -> None:
+    assert chunk(b"hello") == b"5\r\nhello\r\n"
+    assert chunk(b"x" * 255) == b"ff\r\n" + b"x" * 255 + b"\r\n"
+    assert LAST_CHUNK == b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("chain", "client"),
+    [
+        ("1.1.1.1", "1.1.1.1"),
+        ("1.1.1.1, 10.0.0.2", "1.1.1.1"),
+        ("1.1.1.1, 2.2.2.2, 10.0.0.2", "2.2.2.2"),
+        ("10.0.0.3, 10.0.0.2", "10.0.0.3"),
+        ("1.1.1.1, garbage, 10.0.0.2", "10.0.0.2"),
+        ("garbage", "10.0.0.1"),
+        ("::ffff:10.0.0.2, ::1", "::1"),
+    ],
+)
+def test_forwarded_for_walk(chain: str, client: str) -> None:
+    assert TrustedProxies(["10.0.0.0/8"]).client("10.0.0.1", chain) == client
