@@ -221,7 +221,9 @@ class KeyService:
             if ids is None:  # the log was pruned past our position: start over
                 await self._load_keyring()
             elif ids:
-                found = {key.id: key for key in await self.store.get_keys(ids)}
+                found: dict[str, Key] = {}
+                for start in range(0, len(ids), LOAD_BATCH):  # bounded statement size on both backends
+                    found.update((key.id, key) for key in await self.store.get_keys(ids[start : start + LOAD_BATCH]))
                 for key_id in ids:
                     key = found.get(key_id)
                     if key is None:

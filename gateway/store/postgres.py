@@ -22,19 +22,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from gateway.core.record import Key
-from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew, StoreUnavailable
-from gateway.store.rows import (
-    AUDIT_COLUMNS,
-    CHANGE_BOUNDS,
-    CHANGES_KEPT,
-    COLUMNS,
-    INSERT_COLUMNS,
-    changes_after,
-    encode,
-    insert_values,
-    row_to_audit,
-    row_to_key,
-)
+from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew, StoreUnavailable, sql
+from gateway.store.rows import CHANGES_KEPT, changes_after, encode, insert_values, row_to_audit, row_to_key
+from gateway.store.sql import numbered
 
 log = logging.getLogger("gateway.store")
 SCHEMA_VERSION = 1
@@ -75,10 +65,6 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
-
-
-def _placeholders(count: int) -> str:
-    return ",".join(f"${i}" for i in range(1, count + 1))
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -233,33 +219,27 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
             yield conn
 
-    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def _fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
         async with self._connection() as conn:
-            return await conn.fetch(sql, *args)
+            return await conn.fetch(numbered(statement), *args)
 
     @staticmethod
     async def _log_change(conn: asyncpg.Connection, key_id: str) -> None:
-        seq = await conn.fetchval("INSERT INTO changes (key_id, at) VALUES ($1, $2) RETURNING seq", key_id, time.time())
+        seq = await conn.fetchval(numbered(sql.LOG_CHANGE), key_id, time.time())
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
         if seq % 1000 == 0:
-            await conn.execute("DELETE FROM changes WHERE seq <= $1", seq - CHANGES_KEPT)
+            await conn.execute(numbered(sql.PRUNE_CHANGES), seq - CHANGES_KEPT)
 
     @staticmethod
     async def _audit(conn: asyncpg.Connection, entry: Audit) -> None:
-        await conn.execute(
-            "INSERT INTO audit (at, action, key_id, changes) VALUES ($1, $2, $3, $4)",
-            entry.at,
-            entry.action,
-            entry.key_id,
-            json.dumps(entry.changes),
-        )
+        await conn.execute(numbered(sql.INSERT_AUDIT), entry.at, entry.action, entry.key_id, json.dumps(entry.changes))
 
     # the interface
     async def check_secret(self, fingerprint: str) -> bool:
         async with self._writing() as conn:
-            stored = await conn.fetchval("SELECT value FROM meta WHERE name = 'secret'")
+            stored = await conn.fetchval(sql.SECRET)
             if stored is None:
-                await conn.execute("INSERT INTO meta VALUES ('secret', $1)", fingerprint)
+                await conn.execute(numbered(sql.SET_SECRET), fingerprint)
         return stored is None or stored == fingerprint
 
     async def create_key(self, key: Key, sealed: str, limit: int, audit: Audit | None = None) -> None:
@@ -268,57 +248,44 @@ class PostgresStore:
     async def create_keys(self, items: list[tuple[Key, str]], limit: int, audit: Sequence[Audit] = ()) -> None:
         async with self._writing() as conn:
             for key, sealed in items:
-                count = await conn.fetchval("SELECT count(*) FROM keys WHERE account = $1", key.account)
+                count = await conn.fetchval(numbered(sql.COUNT_IN_ACCOUNT), key.account)
                 if count >= limit:
                     raise KeyLimitReached(key.account)
-                await conn.execute(
-                    f"INSERT INTO keys ({INSERT_COLUMNS}) VALUES ({_placeholders(12)})",
-                    *insert_values(key, sealed, bool),
-                )
+                await conn.execute(numbered(sql.INSERT_KEY), *insert_values(key, sealed))
                 await self._log_change(conn, key.id)
             for entry in audit:
                 await self._audit(conn, entry)
 
     async def get_key(self, key_id: str) -> Key | None:
-        rows = await self._fetch(f"SELECT {COLUMNS} FROM keys WHERE id = $1", key_id)
+        rows = await self._fetch(sql.GET_KEY, key_id)
         return row_to_key(rows[0]) if rows else None
 
     async def get_keys(self, key_ids: list[str]) -> list[Key]:
-        rows = await self._fetch(f"SELECT {COLUMNS} FROM keys WHERE id = ANY($1::text[])", key_ids)
+        rows = await self._fetch(sql.get_keys(len(key_ids)), *key_ids)
         return [row_to_key(row) for row in rows]
 
     async def get_sealed(self, key_id: str) -> str | None:
-        rows = await self._fetch("SELECT sealed FROM keys WHERE id = $1", key_id)
+        rows = await self._fetch(sql.GET_SEALED, key_id)
         return rows[0][0] if rows else None
 
     async def list_keys(self, account: str | None, after: str | None, limit: int) -> list[Key]:
         if account is None:
-            rows = await self._fetch(
-                f"SELECT {COLUMNS} FROM keys WHERE id > $1 ORDER BY id LIMIT $2", after or "", limit
-            )
+            rows = await self._fetch(sql.LIST_KEYS, after or "", limit)
         else:
-            rows = await self._fetch(
-                f"SELECT {COLUMNS} FROM keys WHERE id > $1 AND account = $2 ORDER BY id LIMIT $3",
-                after or "",
-                account,
-                limit,
-            )
+            rows = await self._fetch(sql.LIST_ACCOUNT_KEYS, after or "", account, limit)
         return [row_to_key(row) for row in rows]
 
     async def count_keys(self) -> dict[str, int]:
-        rows = await self._fetch("SELECT account, count(*) FROM keys GROUP BY account")
+        rows = await self._fetch(sql.COUNT_BY_ACCOUNT)
         return {row[0]: row[1] for row in rows}
 
     async def update_key(
         self, key_id: str, changes: dict[str, Any], updated_at: str, audit: Audit | None = None
     ) -> Key | None:
-        fields = {name: encode(name, value, bool) for name, value in changes.items()}
+        fields = {name: encode(name, value) for name, value in changes.items()}
         fields["updated_at"] = updated_at
-        assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=1))
         async with self._writing() as conn:
-            status = await conn.execute(
-                f"UPDATE keys SET {assignments} WHERE id = ${len(fields) + 1}", *fields.values(), key_id
-            )
+            status = await conn.execute(numbered(sql.update_key(list(fields))), *fields.values(), key_id)
             updated = status.endswith(" 1")
             if updated:
                 await self._log_change(conn, key_id)
@@ -328,7 +295,7 @@ class PostgresStore:
 
     async def delete_key(self, key_id: str, audit: Audit | None = None) -> bool:
         async with self._writing() as conn:
-            status = await conn.execute("DELETE FROM keys WHERE id = $1", key_id)
+            status = await conn.execute(numbered(sql.DELETE_KEY), key_id)
             deleted = status.endswith(" 1")
             if deleted:
                 await self._log_change(conn, key_id)
@@ -340,19 +307,15 @@ class PostgresStore:
         if not usage:
             return
         async with self._connection(transaction=True) as conn:
-            await conn.executemany(
-                "UPDATE keys SET request_count = request_count + $1,"
-                " last_used_at = greatest(coalesce(last_used_at, ''), $2) WHERE id = $3",
-                [(count, last_used, key_id) for key_id, (last_used, count) in usage.items()],
-            )
+            await conn.executemany(numbered(sql.RECORD_USAGE), sql.usage_rows(usage))
 
     async def latest_change(self) -> int:
-        rows = await self._fetch("SELECT coalesce(max(seq), 0) FROM changes")
+        rows = await self._fetch(sql.LATEST_CHANGE)
         return int(rows[0][0])
 
     async def changes_since(self, seq: int) -> Changes:
-        rows = await self._fetch("SELECT seq, key_id, at FROM changes WHERE seq > $1 ORDER BY seq", seq)
-        (bounds,) = await self._fetch(CHANGE_BOUNDS)
+        rows = await self._fetch(sql.CHANGES_AFTER, seq)
+        (bounds,) = await self._fetch(sql.CHANGE_BOUNDS)
         return changes_after(seq, rows, *bounds)
 
     async def add_audit(self, entry: Audit) -> None:
@@ -361,16 +324,7 @@ class PostgresStore:
 
     async def list_audit(self, key_id: str | None, after: int | None, limit: int) -> list[Audit]:
         if key_id is None:
-            rows = await self._fetch(
-                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
-                after or 0,
-                limit,
-            )
+            rows = await self._fetch(sql.LIST_AUDIT, after or 0, limit)
         else:
-            rows = await self._fetch(
-                f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > $1 AND key_id = $2 ORDER BY seq LIMIT $3",
-                after or 0,
-                key_id,
-                limit,
-            )
+            rows = await self._fetch(sql.LIST_KEY_AUDIT, after or 0, key_id, limit)
         return [row_to_audit(row) for row in rows]

@@ -19,15 +19,15 @@ JSON_FIELDS = ("apps", "interfaces", "ip_whitelist")
 CHANGES_KEPT = 100_000  # change-log rows kept; a process further behind reloads everything
 
 
-def encode(field: str, value: Any, bool_type: type = int) -> Any:
+def encode(field: str, value: Any) -> Any:
     if field in JSON_FIELDS:
         return None if value is None else json.dumps(list(value))
     if field == "enabled":
-        return bool_type(value)
+        return bool(value)
     return value
 
 
-def insert_values(key: Key, sealed: str, bool_type: type = int) -> tuple[Any, ...]:
+def insert_values(key: Key, sealed: str) -> tuple[Any, ...]:
     """The values for INSERT_COLUMNS."""
     return (
         key.id,
@@ -36,7 +36,7 @@ def insert_values(key: Key, sealed: str, bool_type: type = int) -> tuple[Any, ..
         key.digest,
         sealed,
         key.key_masked,
-        bool_type(key.enabled),
+        bool(key.enabled),
         encode("apps", key.apps),
         encode("interfaces", key.interfaces),
         encode("ip_whitelist", key.ip_whitelist),
@@ -65,7 +65,6 @@ def row_to_key(row: Any) -> Key:
 
 
 AUDIT_COLUMNS = "seq, at, action, key_id, changes"
-CHANGE_BOUNDS = "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM changes"
 
 
 def row_to_audit(row: Any) -> Audit:

@@ -17,19 +17,8 @@ from typing import Any
 import aiosqlite
 
 from gateway.core.record import Key
-from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew
-from gateway.store.rows import (
-    AUDIT_COLUMNS,
-    CHANGE_BOUNDS,
-    CHANGES_KEPT,
-    COLUMNS,
-    INSERT_COLUMNS,
-    changes_after,
-    encode,
-    insert_values,
-    row_to_audit,
-    row_to_key,
-)
+from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew, sql
+from gateway.store.rows import CHANGES_KEPT, changes_after, encode, insert_values, row_to_audit, row_to_key
 
 SCHEMA_VERSION = 3
 POLL_SECONDS = 0.25
@@ -132,9 +121,9 @@ class SQLiteStore:
 
     async def check_secret(self, fingerprint: str) -> bool:
         async with self._transaction() as db:
-            rows = await db.execute_fetchall("SELECT value FROM meta WHERE name = 'secret'")
+            rows = await db.execute_fetchall(sql.SECRET)
             if not rows:
-                await db.execute("INSERT INTO meta VALUES ('secret', ?)", (fingerprint,))
+                await db.execute(sql.SET_SECRET, (fingerprint,))
         return not rows or rows[0][0] == fingerprint
 
     async def create_key(self, key: Key, sealed: str, limit: int, audit: Audit | None = None) -> None:
@@ -149,41 +138,35 @@ class SQLiteStore:
                 await self._audit(db, entry)
 
     async def _insert(self, db: aiosqlite.Connection, key: Key, sealed: str, limit: int) -> None:
-        rows = await db.execute_fetchall("SELECT count(*) FROM keys WHERE account = ?", (key.account,))
+        rows = await db.execute_fetchall(sql.COUNT_IN_ACCOUNT, (key.account,))
         if rows[0][0] >= limit:
             raise KeyLimitReached(key.account)
-        await db.execute(
-            f"INSERT INTO keys ({INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            insert_values(key, sealed),
-        )
+        await db.execute(sql.INSERT_KEY, insert_values(key, sealed))
         await self._log_change(db, key.id)
 
     @staticmethod
     async def _log_change(db: aiosqlite.Connection, key_id: str) -> None:
-        cursor = await db.execute("INSERT INTO changes (key_id, at) VALUES (?, ?)", (key_id, time.time()))
-        seq = cursor.lastrowid or 0
+        ((seq,),) = await db.execute_fetchall(sql.LOG_CHANGE, (key_id, time.time()))
         if seq % 1000 == 0:
-            await db.execute("DELETE FROM changes WHERE seq <= ?", (seq - CHANGES_KEPT,))
+            await db.execute(sql.PRUNE_CHANGES, (seq - CHANGES_KEPT,))
 
     async def get_key(self, key_id: str) -> Key | None:
-        rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys WHERE id = ?", (key_id,))
+        rows = await self.db.execute_fetchall(sql.GET_KEY, (key_id,))
         return row_to_key(rows[0]) if rows else None
 
     async def get_sealed(self, key_id: str) -> str | None:
-        rows = await self.db.execute_fetchall("SELECT sealed FROM keys WHERE id = ?", (key_id,))
+        rows = await self.db.execute_fetchall(sql.GET_SEALED, (key_id,))
         return rows[0][0] if rows else None
 
     async def list_keys(self, account: str | None, after: str | None, limit: int) -> list[Key]:
-        where, params = ["id > ?"], [after or ""]
-        if account is not None:
-            where.append("account = ?")
-            params.append(account)
-        sql = f"SELECT {COLUMNS} FROM keys WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
-        rows = await self.db.execute_fetchall(sql, (*params, limit))
+        if account is None:
+            rows = await self.db.execute_fetchall(sql.LIST_KEYS, (after or "", limit))
+        else:
+            rows = await self.db.execute_fetchall(sql.LIST_ACCOUNT_KEYS, (after or "", account, limit))
         return [row_to_key(row) for row in rows]
 
     async def count_keys(self) -> dict[str, int]:
-        rows = await self.db.execute_fetchall("SELECT account, count(*) FROM keys GROUP BY account")
+        rows = await self.db.execute_fetchall(sql.COUNT_BY_ACCOUNT)
         return {account: count for account, count in rows}
 
     async def update_key(
@@ -191,9 +174,8 @@ class SQLiteStore:
     ) -> Key | None:
         fields = {name: encode(name, value) for name, value in changes.items()}
         fields["updated_at"] = updated_at
-        assignments = ", ".join(f"{name} = ?" for name in fields)
         async with self._transaction() as db:
-            cursor = await db.execute(f"UPDATE keys SET {assignments} WHERE id = ?", (*fields.values(), key_id))
+            cursor = await db.execute(sql.update_key(list(fields)), (*fields.values(), key_id))
             if cursor.rowcount:
                 await self._log_change(db, key_id)
                 if audit:
@@ -202,7 +184,7 @@ class SQLiteStore:
 
     async def delete_key(self, key_id: str, audit: Audit | None = None) -> bool:
         async with self._transaction() as db:
-            cursor = await db.execute("DELETE FROM keys WHERE id = ?", (key_id,))
+            cursor = await db.execute(sql.DELETE_KEY, (key_id,))
             if cursor.rowcount:
                 await self._log_change(db, key_id)
                 if audit:
@@ -211,51 +193,35 @@ class SQLiteStore:
 
     @staticmethod
     async def _audit(db: aiosqlite.Connection, entry: Audit) -> None:
-        await db.execute(
-            "INSERT INTO audit (at, action, key_id, changes) VALUES (?, ?, ?, ?)",
-            (entry.at, entry.action, entry.key_id, json.dumps(entry.changes)),
-        )
+        await db.execute(sql.INSERT_AUDIT, (entry.at, entry.action, entry.key_id, json.dumps(entry.changes)))
 
     async def add_audit(self, entry: Audit) -> None:
         async with self._transaction() as db:
             await self._audit(db, entry)
 
     async def list_audit(self, key_id: str | None, after: int | None, limit: int) -> list[Audit]:
-        where, params = ["seq > ?"], [after or 0]
-        if key_id is not None:
-            where.append("key_id = ?")
-            params.append(key_id)
-        rows = await self.db.execute_fetchall(
-            f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-            (*params, limit),
-        )
+        if key_id is None:
+            rows = await self.db.execute_fetchall(sql.LIST_AUDIT, (after or 0, limit))
+        else:
+            rows = await self.db.execute_fetchall(sql.LIST_KEY_AUDIT, (after or 0, key_id, limit))
         return [row_to_audit(row) for row in rows]
 
     async def get_keys(self, key_ids: list[str]) -> list[Key]:
-        marks = ",".join("?" * len(key_ids))
-        rows = await self.db.execute_fetchall(f"SELECT {COLUMNS} FROM keys WHERE id IN ({marks})", key_ids)
+        rows = await self.db.execute_fetchall(sql.get_keys(len(key_ids)), key_ids)
         return [row_to_key(row) for row in rows]
 
     async def changes_since(self, seq: int) -> Changes:
-        rows = await self.db.execute_fetchall("SELECT seq, key_id, at FROM changes WHERE seq > ? ORDER BY seq", (seq,))
-        (bounds,) = await self.db.execute_fetchall(CHANGE_BOUNDS)
+        rows = await self.db.execute_fetchall(sql.CHANGES_AFTER, (seq,))
+        (bounds,) = await self.db.execute_fetchall(sql.CHANGE_BOUNDS)
         return changes_after(seq, rows, *bounds)
 
     async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None:
         if not usage:
             return
-        statements = [
-            (
-                "UPDATE keys SET request_count = request_count + ?,"
-                " last_used_at = max(coalesce(last_used_at, ''), ?) WHERE id = ?",
-                (count, last_used, key_id),
-            )
-            for key_id, (last_used, count) in usage.items()
-        ]
-        await self._write(statements)
+        await self._write([(sql.RECORD_USAGE, row) for row in sql.usage_rows(usage)])
 
     async def latest_change(self) -> int:
-        rows = await self.db.execute_fetchall("SELECT coalesce(max(seq), 0) FROM changes")
+        rows = await self.db.execute_fetchall(sql.LATEST_CHANGE)
         return int(rows[0][0])
 
     async def wait_for_change(self) -> str:
