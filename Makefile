@@ -17,11 +17,13 @@ run: $(BIN)/gateway
 test: $(BIN)/gateway
 	$(BIN)/ruff check gateway tests examples bench
 	$(BIN)/ruff format --check gateway tests examples bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/gateway
 	$(BIN)/ruff check gateway tests examples bench
 	$(BIN)/ruff format --check gateway tests examples bench
+	$(BIN)/lint-imports
 
 format: $(BIN)/gateway
 	$(BIN)/ruff check --fix gateway tests examples bench

@@ -27,7 +27,7 @@ from gateway.wire.refusals import (
 from gateway.wire.request import FramingError, read_head
 
 if TYPE_CHECKING:
-    from gateway.proxy.listener import ProxyServer
+    from gateway.proxy.shared import Shared
 
 LINGER = 2.0  # seconds a closing connection keeps draining what the client still sends
 
@@ -47,7 +47,7 @@ class ProtocolError(Exception):
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, queues pipelined ones, writes answers in order."""
 
-    def __init__(self, server: ProxyServer) -> None:
+    def __init__(self, server: Shared) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)

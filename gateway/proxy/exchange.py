@@ -9,20 +9,17 @@ sequences them. Its phases and the moves between them are the table `PHASES`.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from gateway.core import decision as decide
 from gateway.core.decision import KeySnapshot
 from gateway.core.iprules import client_ip
 from gateway.core.routes import RouteMatch
 from gateway.proxy.relay import UPSTREAM_FULL, Relay
+from gateway.proxy.seams import Client
 from gateway.wire.ambiguous import IDEMPOTENT
 from gateway.wire.refusals import CONTINUE, deny_response
 from gateway.wire.request import RequestHead
 from gateway.wire.verdict import judge_body, judge_head
-
-if TYPE_CHECKING:
-    from gateway.proxy.connection import ClientConnection
 
 # Reasons to stop reading from a client; reading resumes when none is left.
 PIPELINE, BUFFER_FULL = 1, 4
@@ -60,7 +57,7 @@ class Exchange:
         "status",
     )
 
-    def __init__(self, conn: ClientConnection, head: RequestHead) -> None:
+    def __init__(self, conn: Client, head: RequestHead) -> None:
         self.conn = conn
         self.head = head
         self.keep_alive = head.keep_alive

@@ -1,30 +1,19 @@
-"""The proxy port: one `ProxyServer` per process holds what every connection shares (the
-keyring, the route table, the upstream pool, metrics) and sweeps timeouts four times a second.
-"""
+"""The proxy port: accept connections, sweep timeouts four times a second, drain on stop."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 
 from gateway.config import Config
-from gateway.core.decision import KeySnapshot
 from gateway.core.routes import RouteTable
 from gateway.keyring.index import Keyring, Usage
-from gateway.observe.accesslog import AccessLog, clip
+from gateway.observe.accesslog import AccessLog
 from gateway.observe.metrics import Metrics
 from gateway.proxy.connection import ClientConnection
-from gateway.proxy.upstream import UpstreamPool
-from gateway.wire.forwarded import TrustedProxies
-from gateway.wire.request import HeadRules
-
-log = logging.getLogger("gateway.proxy")
+from gateway.proxy.shared import Shared
 
 
-class ProxyServer:
-    """Shared state of the data path in one process."""
-
+class ProxyServer(Shared):
     def __init__(
         self,
         config: Config,
@@ -34,31 +23,8 @@ class ProxyServer:
         metrics: Metrics,
         access: AccessLog,
     ) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.access = access
-        self.draining = False
-        self._upstream_logged = -1e9
-        self._upstream_failures = 0
-        self.keyring = keyring
-        self.routes = routes
-        self.usage = usage
-        self.pool = UpstreamPool(config.upstream)
-        self.trusted = TrustedProxies(config.trusted_proxies)
-        self.head_rules = HeadRules(
-            config.auth.header,
-            config.auth.scheme,
-            config.plugins.header,
-            strip_auth=config.auth.strip,
-            preserve_host=config.upstream.preserve_host,
-            upstream_host=self.pool.host_header,
-            scheme=b"https" if config.listen.tls else b"http",
-        )
-        self.unknown_allowed = config.routes.unknown == "allow"
-        self.max_inspect = config.routes.max_body_inspect
-        self.limits = config.limits
-        self.connections: set[ClientConnection] = set()
-        self.now = 0.0
+        super().__init__(config, keyring, routes, usage, metrics, access)
+        self.connections: set[ClientConnection] = set()  # type: ignore[assignment]
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task | None = None
         self.port = config.listen.port
@@ -91,39 +57,6 @@ class ProxyServer:
             for conn in list(self.connections):
                 conn.check_timeouts(self.now)
             await asyncio.sleep(0.25)
-
-    def record(
-        self,
-        status: int,
-        reason: str,
-        client: str,
-        key: KeySnapshot | None = None,
-        interface: str | None = None,
-        app: str | None = None,
-        latency: float = 0.0,
-        size: int = 0,
-    ) -> None:
-        """Count one outcome, and queue its access-log line (the key's id, never the key)."""
-        self.metrics.count(reason, status)
-        if self.access.enabled:
-            account = key.account if key is not None else None
-            key_id = key.id if key is not None else None
-            entry = (time.time(), client, key_id, account, clip(interface), clip(app), reason, status, latency, size)
-            self.access.record(entry)
-
-    def upstream_failed(self, err: OSError) -> None:
-        """Log an upstream outage once per 10 s, with how many connects failed meanwhile."""
-        self._upstream_failures += 1
-        now = time.monotonic()
-        if now - self._upstream_logged >= 10.0:
-            log.warning(
-                "upstream %s unavailable: %s (%d failed connects)",
-                self.config.upstream.url,
-                err.strerror or err,
-                self._upstream_failures,
-            )
-            self._upstream_logged = now
-            self._upstream_failures = 0
 
     async def stop(self, timeout: float = 0.0) -> None:
         """Stop accepting, let in-flight exchanges finish (up to `timeout`), then close.

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from gateway.core import decision as decide
+from gateway.proxy.seams import Requester
 from gateway.proxy.upstream import UpstreamConnection
 from gateway.wire.request import upstream_head
 from gateway.wire.response import LAST_CHUNK, ResponsePlan, chunk, plan_response
-
-if TYPE_CHECKING:
-    from gateway.proxy.exchange import Exchange
 
 UPSTREAM_FULL = 2  # a reason for the client connection to stop reading (see proxy.exchange)
 
@@ -28,7 +25,7 @@ UPSTREAM_FULL = 2  # a reason for the client connection to stop reading (see pro
 class Relay:
     __slots__ = ("connecting", "exchange", "paused", "plan", "replay", "reused", "seen", "sent_at", "spoke", "upstream")
 
-    def __init__(self, exchange: Exchange, replay: bool) -> None:
+    def __init__(self, exchange: Requester, replay: bool) -> None:
         self.exchange = exchange
         self.replay = replay  # the request may go again on a fresh connection
         self.upstream: UpstreamConnection | None = None

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httptools
 
 from gateway.config import Upstream
-
-if TYPE_CHECKING:
-    from gateway.proxy.relay import Relay
+from gateway.proxy.seams import Receiver
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -26,7 +23,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.relay: Relay | None = None
+        self.relay: Receiver | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
         self.interim = False

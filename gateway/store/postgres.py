@@ -22,7 +22,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from gateway.core.record import Key
-from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew, StoreUnavailable, sql
+from gateway.store import sql
+from gateway.store.base import Audit, Changes, KeyLimitReached, SchemaTooNew, StoreUnavailable
 from gateway.store.rows import CHANGES_KEPT, changes_after, encode, insert_values, row_to_audit, row_to_key
 from gateway.store.sql import numbered
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from gateway.core.record import Key
-from gateway.store import Audit, Changes
+from gateway.store.base import Audit, Changes
 
 COLUMNS = (
     "id, account, name, digest, key_masked, enabled, apps, interfaces, ip_whitelist,"

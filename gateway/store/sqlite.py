@@ -17,7 +17,8 @@ from typing import Any
 import aiosqlite
 
 from gateway.core.record import Key
-from gateway.store import Audit, Changes, KeyLimitReached, SchemaTooNew, sql
+from gateway.store import sql
+from gateway.store.base import Audit, Changes, KeyLimitReached, SchemaTooNew
 from gateway.store.rows import CHANGES_KEPT, changes_after, encode, insert_values, row_to_audit, row_to_key
 
 SCHEMA_VERSION = 3
