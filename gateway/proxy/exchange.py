@@ -150,9 +150,23 @@ class Exchange:
         self.relay = Relay(self, replay)
         self.relay.start()
 
-    def body_sent(self) -> None:
-        """The relay sent what was held: the rest of the body streams, so reading may resume."""
+    def body_sent(self, keep: bool) -> list[bytes]:
+        """The relay takes the body held so far (kept for a replay if `keep`); the rest
+        streams, so reading may resume."""
+        held = self.body
+        if not keep:
+            self.body = []
         self.conn.resume_reading(BUFFER_FULL)
+        return held
+
+    def answering(self, status: int, keep_alive: bool) -> None:
+        """The upstream's answer begins; after it the connection stays open only if `keep_alive`."""
+        self.response_started = True
+        self.status = status
+        self.keep_alive = keep_alive
+
+    def delivering(self, size: int) -> None:
+        self.bytes_out += size
 
     def answered(self) -> None:
         """The relay delivered the upstream's answer in full."""

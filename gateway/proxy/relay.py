@@ -76,14 +76,12 @@ class Relay:
         identity = exchange.key.identity_headers  # type: ignore[union-attr]
         client = exchange.client.encode()
         parts = [upstream_head(head, server.head_rules, conn.peer_trusted, conn.peer_bytes, client, identity)]
-        if exchange.body:
-            parts.extend([chunk(piece) for piece in exchange.body] if head.chunked else exchange.body)
-            if not self.replay:
-                exchange.body = []
+        held = exchange.body_sent(keep=self.replay)  # what arrived while deciding and connecting
+        if held:
+            parts.extend([chunk(piece) for piece in held] if head.chunked else held)
         if exchange.request_complete and head.chunked:
             parts.append(LAST_CHUNK)
         upstream.write(b"".join(parts))
-        exchange.body_sent()
 
     # the request body, as the client sends it
     def send_body(self, data: bytes) -> None:
@@ -109,13 +107,11 @@ class Relay:
         self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], upstream_keep_alive: bool
     ) -> None:
         exchange = self.exchange
-        exchange.response_started = True
-        exchange.status = status
         exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
         head = exchange.head
         plan = plan_response(head.method, head.version, status, reason, headers, exchange.reusable)
         self.plan = plan
-        exchange.keep_alive = plan.keep_alive
+        exchange.answering(status, plan.keep_alive)
         exchange.conn.write(plan.head)
         if head.method == b"HEAD":
             self.on_response_complete(reusable=False)  # the parser would wait for a body that never comes
@@ -125,7 +121,7 @@ class Relay:
     def on_response_body(self, data: bytes) -> None:
         exchange = self.exchange
         if not exchange.response_complete:
-            exchange.bytes_out += len(data)
+            exchange.delivering(len(data))
             exchange.conn.write(chunk(data) if self.plan.chunked else data)  # type: ignore[union-attr]
 
     def on_response_complete(self, reusable: bool = True) -> None:
