@@ -93,9 +93,8 @@ class Exchange:
         if conn.peer_trusted and head.forwarded_for:
             self.client = server.trusted.client(self.client, b",".join(head.forwarded_for).decode("latin-1"))
             ip = client_ip(self.client)
-        verdict = judge_head(head, self.route, self.key, ip, server.unknown_allowed, server.max_inspect)
-        self.app_id = verdict.app_id
-        self.act(verdict.decision)
+        decision, self.app_id = judge_head(head, self.route, self.key, ip, server.unknown_allowed, server.max_inspect)
+        self.act(decision)
 
     def act(self, decision: decide.Decision) -> None:
         if isinstance(decision, decide.Deny):
@@ -134,9 +133,8 @@ class Exchange:
 
     def inspect_body(self) -> None:
         assert self.route is not None and self.key is not None
-        verdict = judge_body(b"".join(self.body), self.route, self.key)
-        self.app_id = verdict.app_id
-        self.act(verdict.decision)
+        decision, self.app_id = judge_body(b"".join(self.body), self.route, self.key)
+        self.act(decision)
 
     # forwarding
     def forward(self) -> None:

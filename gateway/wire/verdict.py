@@ -11,18 +11,9 @@ from gateway.core.routes import RouteMatch
 from gateway.wire.ambiguous import AMBIGUOUS, body_app_id, header_app_id, is_json_media_type, query_app_id
 from gateway.wire.request import RequestHead
 
-
-class Verdict:
-    """What to do (Deny, ALLOW or NEED_BODY) and the app id the decision read, for the log."""
-
-    __slots__ = ("app_id", "decision")
-
-    def __init__(self, decision: Decision, app_id: str | None = None) -> None:
-        self.decision = decision
-        self.app_id = app_id
-
-
-AMBIGUOUS_VERDICT = Verdict(decide.AMBIGUOUS_REQUEST)
+# What to do (a Deny, ALLOW or NEED_BODY) and the app id the decision read (for the log).
+Verdict = tuple[Decision, str | None]
+AMBIGUOUS_VERDICT: Verdict = (decide.AMBIGUOUS_REQUEST, None)
 
 
 def app_id_in_head(head: RequestHead, route: RouteMatch) -> object:
@@ -58,7 +49,7 @@ def judge_head(
             decision = decide.BODY_TOO_LARGE
         elif head.has_body and (head.content_encoded or not is_json_media_type(head.content_types)):
             decision = decide.UNSUPPORTED_MEDIA_TYPE
-    return Verdict(decision, found)
+    return decision, found
 
 
 def judge_body(body: bytes, route: RouteMatch, key: KeySnapshot) -> Verdict:
@@ -67,4 +58,4 @@ def judge_body(body: bytes, route: RouteMatch, key: KeySnapshot) -> Verdict:
     if app_id is AMBIGUOUS:
         return AMBIGUOUS_VERDICT
     found = app_id if isinstance(app_id, str) else None
-    return Verdict(decide.authorize_app(key, found), found)
+    return decide.authorize_app(key, found), found
