@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.config import Config
-from gateway.core.routes import RouteTable
-from gateway.keyring.index import Keyring, Usage
-from gateway.observe.accesslog import AccessLog
-from gateway.observe.metrics import Metrics
 from gateway.proxy.connection import ClientConnection
 from gateway.proxy.shared import Shared
 
 
 class ProxyServer(Shared):
-    def __init__(
-        self,
-        config: Config,
-        keyring: Keyring,
-        routes: RouteTable,
-        usage: Usage,
-        metrics: Metrics,
-        access: AccessLog,
-    ) -> None:
-        super().__init__(config, keyring, routes, usage, metrics, access)
-        self.connections: set[ClientConnection] = set()  # type: ignore[assignment]
-        self._server: asyncio.base_events.Server | None = None
-        self._ticker: asyncio.Task | None = None
-        self.port = config.listen.port
+    """The shared state plus the listening socket and the timeout sweep."""
 
     async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()

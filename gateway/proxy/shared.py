@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from gateway.config import Config
 from gateway.core.decision import KeySnapshot
@@ -57,7 +58,11 @@ class Shared:
         self.unknown_allowed = config.routes.unknown == "allow"
         self.max_inspect = config.routes.max_body_inspect
         self.limits = config.limits
-        self.connections: set[asyncio.Protocol] = set()  # every open client connection
+        self.connections: set[Any] = set()  # every open client connection
+        # the listener's socket and timer (see proxy.listener)
+        self._server: asyncio.base_events.Server | None = None
+        self._ticker: asyncio.Task | None = None
+        self.port = config.listen.port
         self.now = 0.0
 
     def record(
