@@ -2,38 +2,62 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.example.yaml
+# Debian packages the tests need (installing them needs root: CI and containers run as root)
+APT := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-deps lint format bench clean clean-data
 
-$(BIN)/gateway: pyproject.toml
+# `make run` installs what running needs; `make test` adds the test tools to the same venv.
+$(VENV)/.run: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,postgres]'
-	touch $(BIN)/gateway
+	$(BIN)/pip install --quiet -e '.[postgres]'
+	touch $@
 
-run: $(BIN)/gateway
+$(VENV)/.test: pyproject.toml $(VENV)/.run
+	$(BIN)/pip install --quiet -e '.[test,postgres]'
+	touch $@
+
+run: $(VENV)/.run
 	$(BIN)/gateway serve --config $(CONFIG)
 
-test: $(BIN)/gateway
+# Chromium for the console tests; PostgreSQL's binaries when no server answers at
+# 127.0.0.1:5432 (the tests then start a throwaway one of their own).
+test-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		echo "installing Debian's chromium for the console tests ..."; \
+		$(APT) update -qq && $(APT) install -y -qq chromium >/dev/null; fi
+	@if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "installing Debian's postgresql for a throwaway test server ..."; \
+		$(APT) update -qq && $(APT) install -y -qq postgresql >/dev/null; fi
+
+test: $(VENV)/.test test-deps
 	$(BIN)/ruff check gateway tests examples bench
 	$(BIN)/ruff format --check gateway tests examples bench
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/gateway
+lint: $(VENV)/.test
 	$(BIN)/ruff check gateway tests examples bench
 	$(BIN)/ruff format --check gateway tests examples bench
 	$(BIN)/lint-imports
 
-format: $(BIN)/gateway
+format: $(VENV)/.test
 	$(BIN)/ruff check --fix gateway tests examples bench
 	$(BIN)/ruff format gateway tests examples bench
 
-bench: $(BIN)/gateway
+bench: $(VENV)/.test
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/propagation.py --backend postgres
 	$(BIN)/python bench/propagation.py --backend sqlite
 
+# Keeps data/ (the database and the secret key that decrypts it): see clean-data.
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .grimp_cache .import_linter_cache test-output
+
+clean-data:
+	@echo "data/ holds the key database AND the secret key that decrypts it: without the secret key"
+	@echo "every API key is lost for good. Back it up first (docs/operations.md)."
+	@if [ "$(CONFIRM)" != "yes" ]; then echo "Run 'make clean-data CONFIRM=yes' to delete data/."; exit 1; fi
+	rm -rf data

@@ -118,6 +118,9 @@ class Config:
         return path.parent if path is not None else Path("data")
 
 
+# Docker and Kubernetes secrets: the value is the file's content (one trailing newline ignored)
+FILE_OVERRIDES = {"GATEWAY_ADMIN_TOKEN_FILE": "GATEWAY_ADMIN_TOKEN", "GATEWAY_SECRET_KEY_FILE": "GATEWAY_SECRET_KEY"}
+MIN_SECRET_KEY = 16
 ENV_OVERRIDES = {
     "GATEWAY_UPSTREAM": ("upstream", "url"),
     "GATEWAY_DATABASE": ("database",),
@@ -270,12 +273,45 @@ def _validate(config: Config) -> None:
                 raise RuleError(f"listen.tls.{name}", "file not found")
 
 
-def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
-    """Build a Config from parsed YAML plus the environment."""
+def _read_secret_files(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment with each GATEWAY_*_FILE replaced by the value it names."""
+    env = dict(env)
+    for file_var, var in FILE_OVERRIDES.items():
+        if file_var not in env:
+            continue
+        if var in env:
+            raise RuleError(file_var, f"set {var} or {file_var}, not both")
+        try:
+            text = Path(env[file_var]).read_text()
+        except OSError as err:
+            raise RuleError(file_var, f"cannot read {env[file_var]}: {err.strerror}") from None
+        value = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+        if not value:
+            raise RuleError(file_var, f"{env[file_var]} is empty")
+        env[var] = value
+    return env
+
+
+def _anchor(config: Config, base: Path) -> Config:
+    """Relative paths in the config are relative to the config file's folder."""
+    path = config.sqlite_path
+    if path is not None and path.parts and not path.is_absolute():  # an empty path is an error later
+        config = dataclasses.replace(config, database=f"sqlite:///{base / path}")
+    tls = config.listen.tls
+    if tls is not None:
+        cert, key = (str(base / p) if not Path(p).is_absolute() else p for p in (tls.cert, tls.key))
+        config = dataclasses.replace(config, listen=dataclasses.replace(config.listen, tls=Tls(cert, key)))
+    return config
+
+
+def parse_config(raw: Any, env: Mapping[str, str], base: Path | None = None) -> Config:
+    """Build a Config from parsed YAML plus the environment; `base` anchors relative paths
+    (the config file's folder; the working directory when there is no file)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise RuleError("config", "the file must contain a mapping at the top level")
+    env = _read_secret_files(env)
     raw = _interpolate(raw, "", env)
     for var, where in ENV_OVERRIDES.items():
         if var in env:
@@ -286,7 +322,10 @@ def parse_config(raw: Any, env: Mapping[str, str]) -> Config:
     raw_secret = raw.pop("secret_key", "")
     config = _build(Config, raw, "")
     config = dataclasses.replace(config, secret_key=str(raw_secret))
+    if config.secret_key and len(config.secret_key) < MIN_SECRET_KEY:
+        raise RuleError("GATEWAY_SECRET_KEY", f"must be at least {MIN_SECRET_KEY} characters")
 
+    config = _anchor(config, base or Path.cwd())
     _validate(config)
     compile_routes(config.routes)
     return config
@@ -310,4 +349,4 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise RuleError("config", f"{chosen} is not valid YAML{where}") from None
-    return parse_config(raw, env)
+    return parse_config(raw, env, Path(chosen).resolve().parent if chosen is not None else None)

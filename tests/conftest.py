@@ -22,6 +22,7 @@ from yarl import URL
 from gateway.config import Config, parse_config
 from gateway.core.record import Key
 from gateway.runtime.gateway import Gateway
+from tests.pgserver import postgres_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key-0123456789abcdef"
@@ -51,7 +52,7 @@ def make_key(**fields: Any) -> Key:
     return Key(**(base | fields))
 
 
-POSTGRES = os.environ.get("GATEWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES = postgres_url()  # the machine's, or a throwaway server started for this session
 
 
 def drop_schema(schema: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,7 @@ def test_defaults() -> None:
     assert (config.admin.host, config.admin.port, config.admin.token) == ("127.0.0.1", 8081, "")
     assert config.upstream.url == "http://127.0.0.1:9000"
     assert (config.upstream.connect_timeout, config.upstream.read_timeout) == (5.0, 60.0)
-    assert config.database == "sqlite:///./data/gateway.db"
+    assert config.database == f"sqlite:///{Path.cwd() / 'data' / 'gateway.db'}"  # no file: the working directory
     assert (config.auth.header, config.auth.scheme, config.auth.strip) == ("Authorization", "Bearer", True)
     assert config.trusted_proxies == ()
     assert config.plugins.header == "X-Plugin-Id"
@@ -62,8 +64,50 @@ def test_env_overrides_win() -> None:
 
 
 def test_relative_and_absolute_sqlite_paths() -> None:
-    assert str(parse_config({"database": "sqlite:///./data/g.db"}, {}).sqlite_path) == "data/g.db"
-    assert str(parse_config({"database": "sqlite:////var/lib/g.db"}, {}).sqlite_path) == "/var/lib/g.db"
+    base = Path("/etc/gateway")
+    assert str(parse_config({"database": "sqlite:///./data/g.db"}, {}, base).sqlite_path) == "/etc/gateway/data/g.db"
+    assert str(parse_config({"database": "sqlite:///g.db"}, {}, base).sqlite_path) == "/etc/gateway/g.db"
+    assert str(parse_config({"database": "sqlite:////var/lib/g.db"}, {}, base).sqlite_path) == "/var/lib/g.db"
+    from_env = parse_config({}, {"GATEWAY_DATABASE": "sqlite:///d/g.db"}, base)
+    assert str(from_env.sqlite_path) == "/etc/gateway/d/g.db"
+
+
+def test_relative_paths_follow_the_config_file_not_the_working_directory(tmp_path: Path) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "cert.pem").write_text("x")
+    (folder / "key.pem").write_text("x")
+    path = folder / "gateway.yaml"
+    path.write_text("database: sqlite:///./state/g.db\nlisten: {tls: {cert: cert.pem, key: key.pem}}\n")
+    config = load_config(str(path), {})
+    assert config.sqlite_path == folder / "state" / "g.db"
+    assert config.listen.tls is not None and config.listen.tls.cert == str(folder / "cert.pem")
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("file-token\n")
+    (tmp_path / "key").write_text("k" * 20 + "\r\n")
+    env = {"GATEWAY_ADMIN_TOKEN_FILE": str(tmp_path / "token"), "GATEWAY_SECRET_KEY_FILE": str(tmp_path / "key")}
+    config = parse_config({}, env)
+    assert (config.admin.token, config.secret_key) == ("file-token", "k" * 20)
+    (tmp_path / "two").write_text("a\n\n")
+    assert parse_config({}, {"GATEWAY_ADMIN_TOKEN_FILE": str(tmp_path / "two")}).admin.token == "a\n"
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"GATEWAY_SECRET_KEY": "short"}, "GATEWAY_SECRET_KEY"),
+        ({"GATEWAY_SECRET_KEY_FILE": "/nonexistent/key"}, "GATEWAY_SECRET_KEY_FILE"),
+        ({"GATEWAY_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "GATEWAY_ADMIN_TOKEN_FILE"),
+        ({"GATEWAY_ADMIN_TOKEN_FILE": "/dev/null"}, "GATEWAY_ADMIN_TOKEN_FILE"),
+        ({"GATEWAY_ADMIN_TOKEN_FILE": "/dev/null", "GATEWAY_ADMIN_TOKEN": "t"}, "GATEWAY_ADMIN_TOKEN_FILE"),
+    ],
+)
+def test_secret_errors_name_the_variable(env: dict, field: str) -> None:
+    with pytest.raises(RuleError) as caught:
+        parse_config({}, env)
+    assert caught.value.field == field and str(caught.value).startswith(f"{field}: ")
 
 
 @pytest.mark.parametrize(
@@ -139,6 +183,14 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert "not valid YAML" in result.stderr and "Traceback" not in result.stderr
     result = _check(tmp_path / "missing.yaml")
     assert result.returncode == 1 and "cannot read" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(good)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "GATEWAY_SECRET_KEY": "too-short"},
+    )
+    assert result.returncode == 1  # what serve would refuse, check-config refuses too
+    assert result.stderr.strip() == "gateway: config error: GATEWAY_SECRET_KEY: must be at least 16 characters"
 
 
 def test_serve_with_bad_config_is_one_line(tmp_path: Path) -> None:
@@ -151,3 +203,29 @@ def test_serve_with_bad_config_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "gateway: config error: upstream.url: expected http://host:port or https://host, got 'nope'"
     ]
+
+
+@pytest.mark.parametrize("section", ["listen", "admin"])
+def test_a_port_in_use_names_its_field(tmp_path: Path, section: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = {"listen": 0, "admin": 0, section: busy}
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            f"listen: {{host: 127.0.0.1, port: {ports['listen']}}}\n"
+            f"admin: {{host: 127.0.0.1, port: {ports['admin']}, token: t}}\n"
+            "database: sqlite:///data/g.db\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        )
+    assert result.returncode == 1
+    assert f"gateway: {section}.port: 127.0.0.1:{busy} is already in use" in result.stderr.splitlines()
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "data" / "g.db").exists()  # relative to the config file, not the working directory

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -77,9 +78,10 @@ async def test_limit_holds_across_replicas(schema_url, start_gateway, upstream, 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_outage_serves_from_memory_and_resyncs(schema_url, start_gateway, upstream, tmp_path, caplog) -> None:
     schema, url = schema_url
-    relay = TcpRelay("127.0.0.1", 5432)
+    server = urlsplit(POSTGRES)
+    relay = TcpRelay(server.hostname or "127.0.0.1", server.port or 5432)
     await relay.start()
-    relayed = url.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    relayed = url.replace(server.netloc.split("@")[-1], f"127.0.0.1:{relay.port}")
     try:
         a = await replica(start_gateway, upstream, tmp_path, relayed, "a")
         b = await replica(start_gateway, upstream, tmp_path, relayed, "b")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from aiohttp import web
@@ -58,9 +60,7 @@ def admin_token(config: Config) -> tuple[str, Path | None]:
 
 
 def secret_key(config: Config) -> str:
-    if config.secret_key:
-        if len(config.secret_key) < 16:
-            raise StartupError("secret_key: GATEWAY_SECRET_KEY must be at least 16 characters")
+    if config.secret_key:  # its length was checked with the config
         return config.secret_key
     path = config.data_dir / "secret.key"
     value, created = read_or_create(path, "secret key")
@@ -105,8 +105,8 @@ class Gateway:
             )
         self.change_seq = await self.service.reload()
         if self.serve_admin:
-            await self._start_admin()
-        await self.proxy.start(reuse_port=self.reuse_port)
+            await self._bind("admin", self._start_admin())
+        await self._bind("listen", self.proxy.start(reuse_port=self.reuse_port))
         self.access.start()
         self._tasks.append(asyncio.create_task(self._flush_usage_forever()))
         if self.reuse_port and self.worker != 0:
@@ -121,6 +121,16 @@ class Gateway:
             self.admin_port,
             len(self.keyring),
         )
+
+    async def _bind(self, section: str, starting: Awaitable[None]) -> None:
+        """Open a listening port; a port in use or an address we cannot bind names its config field."""
+        where = getattr(self.config, section)
+        try:
+            await starting
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise StartupError(f"{section}.port: {where.host}:{where.port} is already in use") from None
+            raise StartupError(f"{section}.host: cannot listen on {where.host}:{where.port}: {err.strerror}") from None
 
     async def _start_admin(self) -> None:
         app = build_admin_app(self.service, self.routes, self.token, self.config.admin.max_body, self.render_metrics)
