@@ -93,17 +93,25 @@ class AdminClient:
             with urllib.request.urlopen(request, timeout=30) as response:
                 raw = response.read()
         except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                error = json.loads(raw)["error"]
-                field = f" ({error['field']})" if error.get("field") else ""
-                message = f"{error['code']}: {error['message']}{field}"
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {err.code}"
-            raise SystemExit(f"gateway: {message}") from None
+            raise SystemExit(f"gateway: {self._explain(err.code, err.read())}") from None
         except urllib.error.URLError as err:
             raise SystemExit(f"gateway: cannot reach the admin API at {self.url}: {err.reason}") from None
         return json.loads(raw) if raw else None
+
+    def _explain(self, status: int, raw: bytes) -> str:
+        """One line from an error answer: the admin API's `{"error": ...}`, or a hint."""
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            error = answer["error"]
+            message = f"{error.get('code')}: {error.get('message')}"
+            field = error.get("field")
+            return f"{message} ({field})" if field and field not in message else message
+        if isinstance(answer, dict) and "reason" in answer:  # the data path's refusal shape
+            return f"HTTP {status} from {self.url}: that is the proxy port, not the admin API (--admin-url)"
+        return f"HTTP {status} from {self.url}"
 
 
 def _token(args: argparse.Namespace) -> str:
@@ -121,10 +129,9 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def _admin_url(args: argparse.Namespace) -> str:
-    if args.admin_url:
-        return args.admin_url
-    if os.environ.get("GATEWAY_ADMIN_URL"):
-        return os.environ["GATEWAY_ADMIN_URL"]
+    given = args.admin_url or os.environ.get("GATEWAY_ADMIN_URL")
+    if given:
+        return given if "://" in given else f"http://{given}"  # 127.0.0.1:8081 means http
     config = _load(args.config)
     host = "127.0.0.1" if config.admin.host in ("0.0.0.0", "::", "") else config.admin.host
     return f"http://{host}:{config.admin.port}"
@@ -180,6 +187,36 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+def _whitelist_edit(client: AdminClient, args: argparse.Namespace, body: dict[str, Any]) -> None:
+    """`update`: --ip replaces the whole whitelist (said on stderr); --add-ip / --remove-ip edit it."""
+    if args.ip is not None and (args.add_ip or args.remove_ip):
+        raise SystemExit("gateway: use --ip (replace the whole whitelist) or --add-ip/--remove-ip, not both")
+    if args.ip is not None:
+        print(f"replacing the whole whitelist with {len(body['ip_whitelist'])} entries", file=sys.stderr)
+    elif args.add_ip or args.remove_ip:
+        current = client.call("GET", f"/api/v1/keys/{args.id}")["ip_whitelist"]
+        removed = set(args.remove_ip or [])
+        missing = removed - set(current)
+        if missing:
+            raise SystemExit(f"gateway: not in the whitelist: {', '.join(sorted(missing))}")
+        body["ip_whitelist"] = [ip for ip in current if ip not in removed] + [
+            ip for ip in args.add_ip or [] if ip not in current
+        ]
+
+
+def _confirm_delete(client: AdminClient, args: argparse.Namespace) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise SystemExit("gateway: deleting a key cannot be undone; pass --yes to confirm")
+    key = client.call("GET", f"/api/v1/keys/{args.id}")
+    last = key.get("last_used_at") or "never"
+    print(f"Delete {key['id']} ({key['name']}, account {key['account']}, last used {last})?", file=sys.stderr)
+    print("Clients using it are refused at once. Type 'yes' to delete: ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() != "yes":
+        raise SystemExit("gateway: not deleted")
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     client = AdminClient(_admin_url(args), _token(args))
     action = args.action
@@ -214,12 +251,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(json.dumps(result) if args.json else result["key"])
         return 0
     elif action == "update":
-        result = client.call("PATCH", f"/api/v1/keys/{args.id}", _fields(args))
+        body = _fields(args)
+        _whitelist_edit(client, args, body)
+        result = client.call("PATCH", f"/api/v1/keys/{args.id}", body)
     elif action in ("enable", "disable"):
         result = client.call("PATCH", f"/api/v1/keys/{args.id}", {"enabled": action == "enable"})
     elif action == "copy":
         result = client.call("POST", f"/api/v1/keys/{args.id}/copy")
     else:  # delete
+        _confirm_delete(client, args)
         client.call("DELETE", f"/api/v1/keys/{args.id}")
         print(json.dumps({"deleted": args.id}) if args.json else f"deleted {args.id}")
         return 0
@@ -228,6 +268,35 @@ def cmd_keys(args: argparse.Namespace) -> int:
     else:
         _print_key(result)
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """The audit trail, oldest first: every admin write and reveal."""
+    client = AdminClient(_admin_url(args), _token(args))
+    query = f"?limit={args.limit}" + (f"&key_id={urllib.request.quote(args.key)}" if args.key else "")
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = client.call("GET", "/api/v1/audit" + query + (f"&cursor={cursor}" if cursor else ""))
+        items.extend(page["items"])
+        cursor = page["next_cursor"]
+        if not cursor or not args.all:
+            break
+    if args.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    for item in items:
+        changed = ", ".join(sorted(item["changes"])) if item["changes"] else ""
+        print(f"{item['at']}  {item['action']:<8} {item['key_id']}  {changed}".rstrip())
+    return 0
+
+
+def _admin_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """The options of every admin command, accepted before or after the subcommand."""
+    parser.add_argument("--admin-url", default=default, help="admin API URL (default: from the config)")
+    parser.add_argument("--token", default=default, help="admin token (default: $GATEWAY_ADMIN_TOKEN or the file)")
+    parser.add_argument("--config", default=default, help="config used to find the admin URL and token file")
+    parser.add_argument("--json", action="store_true", default=default or False, help="print JSON for scripts")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,35 +312,52 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="YAML config to check")
     check.set_defaults(func=cmd_check_config)
 
+    # the same options on the subcommands, where they only count when given
+    after = argparse.ArgumentParser(add_help=False)
+    _admin_options(after, argparse.SUPPRESS)
     keys = commands.add_parser("keys", help="manage API keys through the admin API")
-    keys.add_argument("--admin-url", help="admin API URL (default: from the config)")
-    keys.add_argument("--token", help="admin token (default: $GATEWAY_ADMIN_TOKEN or the token file)")
-    keys.add_argument("--config", help="config used to find the admin URL and token file")
-    keys.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _admin_options(keys, None)
     actions = keys.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="list keys")
+    listing = actions.add_parser("list", help="list keys", parents=[after])
     listing.add_argument("--account")
     for name in ("create", "update"):
-        sub = actions.add_parser(name, help=f"{name} a key")
+        sub = actions.add_parser(name, help=f"{name} a key", parents=[after])
         if name == "update":
             sub.add_argument("id")
+            sub.add_argument("--add-ip", action="append", help="add a whitelist entry (repeat)")
+            sub.add_argument("--remove-ip", action="append", help="remove a whitelist entry (repeat)")
         else:
             sub.add_argument("--account")
             sub.add_argument("--disabled", action="store_true", help="create it disabled")
         sub.add_argument("--name")
         sub.add_argument("--apps", help='"all" or comma-separated app ids ("" for none)')
         sub.add_argument("--interfaces", help='"all" or comma-separated categories / interface ids')
-        sub.add_argument("--ip", action="append", help="whitelist entry (repeat; --ip '' clears)")
+        replaces = "replaces the whole whitelist; " if name == "update" else ""
+        sub.add_argument("--ip", action="append", help=f"whitelist entry ({replaces}repeat; --ip '' for none)")
     for name in ("show", "reveal", "enable", "disable", "copy", "delete"):
-        actions.add_parser(name, help=f"{name} a key").add_argument("id")
+        sub = actions.add_parser(name, help=f"{name} a key", parents=[after])
+        sub.add_argument("id")
+        if name == "delete":
+            sub.add_argument("--yes", action="store_true", help="do not ask (needed when not on a terminal)")
     keys.set_defaults(func=cmd_keys)
+
+    audit = commands.add_parser("audit", help="read the audit trail (admin writes and reveals)")
+    _admin_options(audit, None)
+    audit.add_argument("--key", help="only this key's entries")
+    audit.add_argument("--limit", type=int, default=100, help="entries per page (1-500)")
+    audit.add_argument("--all", action="store_true", help="every page, not only the first")
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # `gateway keys list | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

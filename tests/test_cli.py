@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tests.conftest import Process
@@ -51,7 +52,10 @@ def test_cli_round_trip(spawn, tmp_path: Path) -> None:
     assert json.loads(enabled.stdout)["enabled"] is True
     copied = json.loads(gw(proc, *tok, "--json", "copy", key["id"]).stdout)
     assert copied["name"] == "Renamed" and copied["key"] != key["key"]
-    deleted = gw(proc, *tok, "delete", key["id"])
+    unconfirmed = gw(proc, *tok, "delete", key["id"])  # not a terminal: it must be told --yes
+    assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr
+    assert gw(proc, *tok, "show", key["id"]).returncode == 0
+    deleted = gw(proc, *tok, "delete", key["id"], "--yes")
     assert deleted.returncode == 0
     gone = gw(proc, *tok, "show", key["id"])
     assert gone.returncode == 1 and gone.stderr.strip().startswith("gateway: not_found:")
@@ -61,7 +65,8 @@ def test_cli_errors_exit_1_with_the_api_message(spawn) -> None:
     proc = spawn()
     bad = gw(proc, "--token", proc.token, "create", "--ip", "::1")
     assert bad.returncode == 1
-    assert bad.stderr.strip().startswith("gateway: ipv6_not_supported:") and "(ip_whitelist[0])" in bad.stderr
+    assert bad.stderr.strip().startswith("gateway: ipv6_not_supported:")
+    assert bad.stderr.count("ip_whitelist[0]") == 1  # the field is named once
     unauthorized = gw(proc, "--token", "wrong", "list")
     assert unauthorized.returncode == 1 and "unauthorized" in unauthorized.stderr
     unreachable = subprocess.run(
@@ -72,3 +77,85 @@ def test_cli_errors_exit_1_with_the_api_message(spawn) -> None:
     )
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
     assert "Traceback" not in bad.stderr + unauthorized.stderr + unreachable.stderr
+
+
+def cli(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=30,
+        input=stdin,
+    )
+
+
+def test_options_on_either_side_and_urls_without_a_scheme(spawn) -> None:
+    proc = spawn()
+    bare = proc.admin_url.removeprefix("http://")
+    created = cli("keys", "create", "--name", "after", "--json", "--token", proc.token, "--admin-url", bare)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    listed = cli("keys", "--admin-url", proc.admin_url, "list", "--token", proc.token, "--json")
+    assert [k["id"] for k in json.loads(listed.stdout)] == [key["id"]]
+    wrong_port = cli("keys", "list", "--admin-url", proc.proxy_url, "--token", proc.token)
+    assert wrong_port.returncode == 1 and "proxy port, not the admin API" in wrong_port.stderr
+
+
+def test_whitelist_edits_and_a_closed_pipe(spawn) -> None:
+    proc = spawn()
+    admin = ["--admin-url", proc.admin_url, "--token", proc.token]
+    key = json.loads(cli("keys", "create", *admin, "--json", "--ip", "10.0.0.1", "--ip", "10.0.0.2").stdout)
+    added = cli("keys", "update", key["id"], *admin, "--json", "--add-ip", "10.0.0.3", "--remove-ip", "10.0.0.1")
+    assert json.loads(added.stdout)["ip_whitelist"] == ["10.0.0.2", "10.0.0.3"] and added.stderr == ""
+    replaced = cli("keys", "update", key["id"], *admin, "--json", "--ip", "192.168.1.*")
+    assert json.loads(replaced.stdout)["ip_whitelist"] == ["192.168.1.*"]
+    assert "replacing the whole whitelist" in replaced.stderr
+    absent = cli("keys", "update", key["id"], *admin, "--remove-ip", "1.1.1.1")
+    assert absent.returncode == 1 and "not in the whitelist: 1.1.1.1" in absent.stderr
+    for n in range(200):  # more JSON than a pipe holds, so the writer meets a closed pipe
+        request = urllib.request.Request(
+            proc.admin_url + "/api/v1/keys",
+            data=json.dumps({"name": f"bulk {n}"}).encode(),
+            headers={"Authorization": f"Bearer {proc.token}", "Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(request, timeout=10).read()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    piped = subprocess.run(
+        f"{sys.executable} -m gateway keys list --json --admin-url {proc.admin_url} --token {proc.token} | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert piped.stdout == "[\n  {\n    " and "Traceback" not in piped.stderr and "Broken" not in piped.stderr
+
+
+def test_migrate_from_another_directory_uses_the_config_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "gateway.yaml").write_text("database: sqlite:///./state/gateway.db\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = cli("migrate", "--config", str(folder / "gateway.yaml"), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert (folder / "state" / "gateway.db").is_file() and list(elsewhere.iterdir()) == []
+
+
+def test_audit_command(spawn) -> None:
+    proc = spawn()
+    admin = ["--admin-url", proc.admin_url, "--token", proc.token]
+    key = json.loads(cli("keys", "create", *admin, "--json", "--name", "audited").stdout)
+    cli("keys", "update", key["id"], *admin, "--name", "renamed")
+    cli("keys", "reveal", key["id"], *admin)
+    table = cli("audit", *admin)
+    assert table.returncode == 0, table.stderr
+    actions = [line.split()[1] for line in table.stdout.splitlines()]
+    assert actions == ["create", "update", "reveal"]
+    assert "name" in table.stdout.splitlines()[1]
+    only = json.loads(cli("audit", *admin, "--key", key["id"], "--json", "--all").stdout)
+    assert [entry["action"] for entry in only] == ["create", "update", "reveal"]
+    assert all(entry["key_id"] == key["id"] for entry in only)
