@@ -430,9 +430,38 @@ async def test_interfaces_catalogue(admin: Admin) -> None:
     assert status == 200
     categories = {c["id"]: c["interfaces"] for c in body["categories"]}
     assert list(categories) == ["contacts", "app", "form", "data", "file", "workflow", "crm"]
-    assert "data.{action}" in categories["data"] and "data.create" in categories["data"]
+    assert categories["data"] == [
+        "data.list",
+        "data.get",
+        "data.create",
+        "data.update",
+        "data.delete",
+        "data.batch_create",
+        "data.batch_update",
+        "data.batch_delete",
+    ]  # the data actions by id, not a data.{action} template
     assert "app.list" in categories["app"] and "contacts.{rest}" in categories["contacts"]
     assert categories["crm"] == []
+
+
+@pytest.mark.parametrize(
+    ("interfaces", "status"),
+    [
+        (["data.lst"], 422),
+        (["data.list", "data.batch_delete"], 201),
+        (["app.nope"], 422),
+        (["workflow.task_approve", "contacts.user_list"], 201),  # produced by {rest} templates
+        (["workflow.approval_comments", "form.widget_list", "file.get_upload_token"], 201),
+        (["crm.leads"], 422),  # no route produces it: a key scoped to it could call nothing
+        (["crm", "data"], 201),  # categories are always valid
+    ],
+)
+async def test_interface_ids_must_be_in_the_catalogue(admin: Admin, interfaces: list[str], status: int) -> None:
+    answer_status, body = await admin.call("POST", "/api/v1/keys", {"interfaces": interfaces})
+    assert answer_status == status, body
+    if status == 422:
+        assert body["error"]["code"] == "invalid_field" and body["error"]["field"].startswith("interfaces[")
+        assert "catalogue" in body["error"]["message"]
 
 
 async def test_wrong_method_and_unknown_path_are_json(admin: Admin) -> None:

@@ -136,7 +136,7 @@ CASES = [
     ("app in body: read it", snapshot(apps=("app1",)), True, IP, False, DATA_BODY, None, False, a.NEED_BODY),
     ("app in path allowed", snapshot(apps=("app1",)), True, IP, False, DATA_PATH, "app1", False, a.ALLOW),
     ("app in path refused", snapshot(apps=("app2",)), True, IP, False, DATA_PATH, "app1", False, a.APP_NOT_ALLOWED),
-    ("app in query missing", snapshot(apps=("app1",)), True, IP, False, DATA_QUERY, None, False, a.APP_NOT_ALLOWED),
+    ("app in query missing", snapshot(apps=("app1",)), True, IP, False, DATA_QUERY, None, False, a.NO_APP_ID),
     ("empty apps", snapshot(apps=()), True, IP, False, DATA_PATH, "app1", False, a.APP_NOT_ALLOWED),
     ("account-level route, listed apps", snapshot(apps=("app1",)), True, IP, False, WORKFLOW, None, False, a.ALLOW),
     (
@@ -167,7 +167,7 @@ def test_decision(key, key_sent, ip, plugin, route, app_id, unknown_allowed, exp
     [
         (("a",), "a", a.ALLOW),
         (("a",), "b", a.APP_NOT_ALLOWED),
-        (("a",), None, a.APP_NOT_ALLOWED),
+        (("a",), None, a.NO_APP_ID),
         (None, None, a.ALLOW),
     ],
 )

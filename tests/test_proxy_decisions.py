@@ -314,3 +314,17 @@ async def test_ipv6_clients_never_match_a_whitelist(start_proxy) -> None:
             seen = await response.json()
             assert response.status == 200
     assert ["X-Forwarded-For", "::1"] in seen["headers"]
+
+
+async def test_refusal_messages_say_what_is_wrong(proxy: Proxy) -> None:
+    key = await proxy.admin.create(apps=["A1"])
+    status, body = await proxy.json("POST", V5_LIST, headers={"Authorization": key["key"]}, json={"app_id": "A1"})
+    assert (status, body["reason"]) == (401, "invalid_key")
+    assert body["msg"] == "API key is invalid: the header must read 'Authorization: Bearer <key>'"
+    status, body = await proxy.json("POST", V5_LIST, key="x" * 32, json={"app_id": "A1"})
+    assert (status, body["reason"], body["msg"]) == (401, "invalid_key", "API key is invalid")
+    status, body = await proxy.json("POST", V5_LIST, key=key["key"], json={"entry_id": "E"})
+    assert (status, body["reason"]) == (403, "app_not_allowed")
+    assert body["msg"] == "no app id was found where this interface carries it"
+    status, body = await proxy.json("POST", V5_LIST, key=key["key"], json={"app_id": "A2"})
+    assert (status, body["reason"], body["msg"]) == (403, "app_not_allowed", "the key may not use this app")

@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from gateway.config import Limits
@@ -64,7 +65,16 @@ def parse_limit(text: str | None) -> int:
 
 
 class KeyService:
-    def __init__(self, store: Store, keyring: Keyring, box: sealing.SecretBox, limits: Limits, usage: Usage) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keyring: Keyring,
+        box: sealing.SecretBox,
+        limits: Limits,
+        usage: Usage,
+        known_interface: Callable[[str], bool],
+    ) -> None:
+        self.known_interface = known_interface  # the route table's catalogue
         self.store = store
         self.keyring = keyring
         self.box = box
@@ -117,7 +127,7 @@ class KeyService:
         return key, secret
 
     async def create(self, body: Any) -> tuple[Key, str]:
-        fields = parse_changes(body, self.limits.ips_per_key, creating=True)
+        fields = parse_changes(body, self.limits.ips_per_key, creating=True, known=self.known_interface)
         async with self._lock:
             return await self._insert(fields)
 
@@ -138,7 +148,7 @@ class KeyService:
         return [self._with_usage(key) for key in keys], next_cursor
 
     async def update(self, key_id: str, body: Any) -> Key:
-        changes = parse_changes(body, self.limits.ips_per_key, creating=False)
+        changes = parse_changes(body, self.limits.ips_per_key, creating=False, known=self.known_interface)
         async with self._lock:
             key = await self.get(key_id)
             before = _visible(key)

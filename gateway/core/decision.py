@@ -81,6 +81,7 @@ PLUGIN_NOT_ALLOWED = Deny(403, 8302, "plugin_not_allowed", "plugin calls may not
 UNKNOWN_INTERFACE = Deny(404, 1, "unknown_interface", "no interface matches this path")
 INTERFACE_NOT_ALLOWED = Deny(403, 8302, "interface_not_allowed", "the key may not call this interface")
 APP_NOT_ALLOWED = Deny(403, 8302, "app_not_allowed", "the key may not use this app")
+NO_APP_ID = Deny(403, 8302, "app_not_allowed", "no app id was found where this interface carries it")
 BODY_TOO_LARGE = Deny(413, 413, "body_too_large", "the body is too large to inspect for the app id")
 UNSUPPORTED_MEDIA_TYPE = Deny(
     415,
@@ -156,11 +157,17 @@ def authorize(
         return ALLOW
     if route.app_source == "body":
         return NEED_BODY
-    return ALLOW if app_id in key.apps else APP_NOT_ALLOWED
+    return authorize_app(key, app_id)
 
 
 def authorize_app(key: KeySnapshot, app_id: str | None) -> Decision:
     """The app check once the body gave (or failed to give) the app id."""
     if key.apps is None or (app_id is not None and app_id in key.apps):
         return ALLOW
-    return APP_NOT_ALLOWED
+    return NO_APP_ID if app_id is None else APP_NOT_ALLOWED
+
+
+def malformed_key(header: str, scheme: str) -> Deny:
+    """The refusal when the key header is there but not in the configured form."""
+    form = f"{header}: {scheme} <key>" if scheme else f"{header}: <key>"
+    return Deny(401, 8301, "invalid_key", f"API key is invalid: the header must read '{form}'")

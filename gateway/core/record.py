@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -107,7 +108,8 @@ def parse_apps(value: Any) -> tuple[str, ...] | None:
     return _unique([_text(item, f"apps[{i}]") for i, item in enumerate(value)])
 
 
-def parse_interfaces(value: Any) -> tuple[str, ...] | None:
+def parse_interfaces(value: Any, known: Callable[[str], bool] = lambda _: True) -> tuple[str, ...] | None:
+    """`known`: whether the route table's catalogue has this category or interface id."""
     if value == "all":
         return None
     if not isinstance(value, list):
@@ -120,10 +122,13 @@ def parse_interfaces(value: Any) -> tuple[str, ...] | None:
             raise RuleError(field, f"{field} must be a string")
         category, dot, name = item.strip().partition(".")
         if category not in CATEGORIES:
-            known = ", ".join(CATEGORIES)
-            raise RuleError(field, f"{field}: unknown category (known: {known})")
+            categories = ", ".join(CATEGORIES)
+            raise RuleError(field, f"{field}: unknown category (known: {categories})")
         if dot and not INTERFACE_NAME.fullmatch(name):
             message = f"{field}: an interface name is letters, digits and '_'"
+            raise RuleError(field, message)
+        if dot and not known(item.strip()):
+            message = f"{field}: {item.strip()!r} is not in the interface catalogue (GET /api/v1/interfaces)"
             raise RuleError(field, message)
         entries.append(item.strip())
     return _unique(entries)
@@ -168,7 +173,9 @@ def _check_fields(body: Any, allowed: frozenset[str]) -> dict[str, Any]:
     return body
 
 
-def parse_changes(body: Any, ips_limit: int, *, creating: bool) -> dict[str, Any]:
+def parse_changes(
+    body: Any, ips_limit: int, *, creating: bool, known: Callable[[str], bool] = lambda _: True
+) -> dict[str, Any]:
     """Validate a create or PATCH body into normalized field values."""
     allowed = EDITABLE_FIELDS | {"account"} if creating else EDITABLE_FIELDS
     body = _check_fields(body, allowed)
@@ -180,7 +187,7 @@ def parse_changes(body: Any, ips_limit: int, *, creating: bool) -> dict[str, Any
     if "apps" in body:
         changes["apps"] = parse_apps(body["apps"])
     if "interfaces" in body:
-        changes["interfaces"] = parse_interfaces(body["interfaces"])
+        changes["interfaces"] = parse_interfaces(body["interfaces"], known)
     if "ip_whitelist" in body:
         changes["ip_whitelist"] = parse_whitelist(body["ip_whitelist"], ips_limit)
     if "enabled" in body:

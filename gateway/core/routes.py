@@ -100,6 +100,16 @@ PRESET: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
+# The preset's data actions are listed by id, not as the `data.{action}` template, so an
+# interface scope naming `data.lst` is refused instead of allowing nothing.
+PRESET_IDS: dict[str, tuple[str, ...]] = {"data.{action}": tuple(dict.fromkeys(_DATA_OPS.values()))}
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """`workflow.{rest}` -> a pattern for the ids it can produce (captures: word characters)."""
+    return re.compile("".join(r"\w+" if i % 2 else re.escape(part) for i, part in enumerate(PARAM.split(template))))
+
+
 def preset_rules(name: str) -> tuple[RouteRule, ...]:
     if name != "jiandaoyun":
         return ()
@@ -133,11 +143,20 @@ class RouteTable:
     def __init__(self, rules: tuple[RouteRule, ...]) -> None:
         self._root = _Node()
         self.catalogue: dict[str, list[str]] = {c: [] for c in CATEGORIES}
+        self._accepted: list[re.Pattern[str]] = []
         self._cache: dict[tuple[str, str], RouteMatch | None] = {}
         for i, rule in enumerate(rules):
             self._add(rule, f"routes.rules[{i}]")
 
-    def _add(self, rule: RouteRule, where: str) -> None:
+    def accepts(self, interface: str) -> bool:
+        """Whether a key's interface scope may name this id: a category, a listed interface id,
+        or an id a listed template (`workflow.{rest}`) produces."""
+        if interface in CATEGORIES:
+            return True
+        return any(pattern.fullmatch(interface) for pattern in self._accepted)
+
+    def _add(self, rule: RouteRule, where: str, catalogue_ids: dict[str, tuple[str, ...]] | None = None) -> None:
+        catalogue_ids = catalogue_ids or {}
         if not rule.path.startswith("/") or "//" in rule.path:
             raise RuleError(f"{where}.path", f"must start with / and have no empty segment: {rule.path!r}")
         node = self._root
@@ -188,8 +207,10 @@ class RouteTable:
             leaf.app_source, leaf.app_key = source, key.lower() if source == "header" else key
         (node.rest if rest_index is not None else node.leaves).append(leaf)
         category = rule.interface.partition(".")[0]
-        if rule.interface not in self.catalogue[category]:
-            self.catalogue[category].append(rule.interface)
+        for listed in catalogue_ids.get(rule.interface, (rule.interface,)):
+            if listed not in self.catalogue[category]:
+                self.catalogue[category].append(listed)
+                self._accepted.append(_template_pattern(listed))
 
     @staticmethod
     def _template(template: str, params: dict, rest_index: int | None, where: str) -> tuple:
@@ -281,5 +302,5 @@ def compile_routes(routes: Routes) -> RouteTable:
     """User rules first (they win over an identical preset path), then the preset."""
     table = RouteTable(routes.rules)
     for rule in preset_rules(routes.preset):
-        table._add(rule, "routes.preset")
+        table._add(rule, "routes.preset", PRESET_IDS)
     return table

@@ -93,7 +93,9 @@ class Exchange:
         if conn.peer_trusted and head.forwarded_for:
             self.client = server.trusted.client(self.client, b",".join(head.forwarded_for).decode("latin-1"))
             ip = client_ip(self.client)
-        decision, self.app_id = judge_head(head, self.route, self.key, ip, server.unknown_allowed, server.max_inspect)
+        decision, self.app_id = judge_head(
+            head, self.route, self.key, ip, server.unknown_allowed, server.max_inspect, server.head_rules.malformed_key
+        )
         self.act(decision)
 
     def act(self, decision: decide.Decision) -> None:

@@ -8,6 +8,7 @@ head `ambiguous` when the upstream could read its key, method or host another wa
 
 from __future__ import annotations
 
+from gateway.core.decision import malformed_key
 from gateway.wire.ambiguous import METHOD_OVERRIDES, canonical, target_is_ambiguous
 
 HOP_BY_HOP = frozenset(
@@ -48,6 +49,7 @@ class HeadRules:
     __slots__ = (
         "auth_header",
         "auth_scheme",
+        "malformed_key",
         "plugin_header",
         "preserve_host",
         "scheme",
@@ -72,6 +74,7 @@ class HeadRules:
         self.preserve_host = preserve_host
         self.upstream_host = upstream_host
         self.scheme = scheme
+        self.malformed_key = malformed_key(auth_header, auth_scheme)
 
 
 class RequestHead:

@@ -6,7 +6,7 @@ Pure: the data path looks up the route and the key, and acts on what this return
 from __future__ import annotations
 
 from gateway.core import decision as decide
-from gateway.core.decision import Decision, KeySnapshot
+from gateway.core.decision import Decision, Deny, KeySnapshot
 from gateway.core.routes import RouteMatch
 from gateway.wire.ambiguous import AMBIGUOUS, body_app_id, header_app_id, is_json_media_type, query_app_id
 from gateway.wire.request import RequestHead
@@ -34,6 +34,7 @@ def judge_head(
     ip: int | None,
     unknown_allowed: bool,
     max_inspect: int,
+    malformed_key: Deny = decide.INVALID_KEY,
 ) -> Verdict:
     """Decide what the head alone can decide. NEED_BODY: read at most `max_inspect` bytes
     of the body, then `judge_body`."""
@@ -44,7 +45,9 @@ def judge_head(
         return AMBIGUOUS_VERDICT
     found = app_id if isinstance(app_id, str) else None
     decision = decide.authorize(key, head.key_sent, ip, head.plugin, route, found, unknown_allowed)
-    if decision is decide.NEED_BODY:
+    if decision is decide.INVALID_KEY and not head.presented:  # a key header without the scheme
+        decision = malformed_key
+    elif decision is decide.NEED_BODY:
         if head.content_length is not None and head.content_length > max_inspect:
             decision = decide.BODY_TOO_LARGE
         elif head.has_body and (head.content_encoded or not is_json_media_type(head.content_types)):
