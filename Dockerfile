@@ -6,6 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
+COPY examples ./examples
 RUN pip install --no-cache-dir ".[postgres]" \
  && useradd --system --uid 10001 --home-dir /data gateway \
  && mkdir -p /data && chown gateway /data

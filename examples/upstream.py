@@ -1,6 +1,6 @@
 """A sample upstream for trying the gateway: answers every path with what it received.
 
-.venv/bin/python examples/upstream.py [port]     # default 9000
+.venv/bin/python examples/upstream.py [port] [host]     # default 9000 on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ async def echo(request: web.Request) -> web.Response:
 def main() -> None:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]) if len(sys.argv) > 1 else 9000)
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 9000
+    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"  # 0.0.0.0 in a container
+    web.run_app(app, host=host, port=port)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,3 @@
 """API-key authorization gateway: a reverse proxy that checks keys, scopes and client IPs."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
