@@ -21,6 +21,8 @@ KEY_FIELDS = {
     "apps",
     "interfaces",
     "ip_whitelist",
+    "expires_at",
+    "previous_expires_at",
     "created_at",
     "updated_at",
     "last_used_at",
@@ -169,7 +171,9 @@ async def test_invalid_fields(admin: Admin, body: dict, field: str) -> None:
     assert answer["error"]["message"]
 
 
-@pytest.mark.parametrize("field", ["key", "id", "key_masked", "created_at", "updated_at", "last_used_at"])
+@pytest.mark.parametrize(
+    "field", ["key", "id", "key_masked", "created_at", "updated_at", "last_used_at", "previous_expires_at"]
+)
 async def test_immutable_fields_on_create(admin: Admin, field: str) -> None:
     status, body = await admin.call("POST", "/api/v1/keys", {field: "x"})
     assert status == 422

@@ -13,8 +13,10 @@ from gateway.core.errors import RuleError
 from gateway.core.iprules import parse_entry
 
 CATEGORIES = ("contacts", "app", "form", "data", "file", "workflow", "crm")
-IMMUTABLE_FIELDS = frozenset({"key", "id", "account", "key_masked", "created_at", "updated_at", "last_used_at"})
-EDITABLE_FIELDS = frozenset({"name", "apps", "interfaces", "ip_whitelist", "enabled"})
+IMMUTABLE_FIELDS = frozenset(
+    {"key", "id", "account", "key_masked", "created_at", "updated_at", "last_used_at", "previous_expires_at"}
+)
+EDITABLE_FIELDS = frozenset({"name", "apps", "interfaces", "ip_whitelist", "enabled", "expires_at"})
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9_]+")
 MAX_TEXT = 100
 # C0 and C1 controls, the line and paragraph separators, and lone surrogates (which no
@@ -43,6 +45,13 @@ class Key:
     updated_at: str
     last_used_at: str | None = None
     request_count: int = 0
+    expires_at: str | None = None  # refused as key_expired from then on
+    previous_digest: str | None = None  # the secret before the last rotation, still accepted ...
+    previous_expires_at: str | None = None  # ... until then
+
+    def previous_live(self, now: float) -> bool:
+        """Whether the secret before the last rotation is still accepted."""
+        return self.previous_expires_at is not None and parse_time(self.previous_expires_at) > now
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -58,6 +67,8 @@ class Key:
             "updated_at": self.updated_at,
             "last_used_at": self.last_used_at,
             "request_count": self.request_count,
+            "expires_at": self.expires_at,
+            "previous_expires_at": self.previous_expires_at if self.previous_live(time.time()) else None,
         }
 
 
@@ -71,11 +82,35 @@ def utc_now() -> str:
     return iso_time(time.time())
 
 
+def parse_time(text: str) -> float:
+    """Epoch seconds of a stored timestamp (as `iso_time` writes them)."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def parse_expiry(value: Any, now: float, field: str = "expires_at") -> str | None:
+    """null, or an RFC 3339 time with its offset, in the future; kept as `iso_time` writes it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise RuleError(field, f"{field} must be null or an RFC 3339 time such as 2027-01-31T00:00:00Z")
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise RuleError(field, f"{field} must be null or an RFC 3339 time such as 2027-01-31T00:00:00Z") from None
+    if moment.tzinfo is None:
+        raise RuleError(field, f"{field} needs a time zone (Z or +08:00)")
+    seconds = moment.timestamp()
+    if seconds <= now:
+        raise RuleError(field, f"{field} must be in the future")
+    return iso_time(seconds)
+
+
 def mask_secret(secret: str) -> str:
     return f"{secret[:4]}****{secret[-4:]}"
 
 
-def _text(value: Any, field: str) -> str:
+def text_field(value: Any, field: str) -> str:
+    """A name-like field: a string, 1-100 characters after trimming, nothing invisible."""
     if not isinstance(value, str):
         raise RuleError(field, f"{field} must be a string")
     text = value.strip()
@@ -105,7 +140,7 @@ def parse_apps(value: Any) -> tuple[str, ...] | None:
         return None
     if not isinstance(value, list):
         raise RuleError("apps", 'apps must be "all" or a list of app ids')
-    return _unique([_text(item, f"apps[{i}]") for i, item in enumerate(value)])
+    return _unique([text_field(item, f"apps[{i}]") for i, item in enumerate(value)])
 
 
 def parse_interfaces(value: Any, known: Callable[[str], bool] = lambda _: True) -> tuple[str, ...] | None:
@@ -181,7 +216,7 @@ def parse_changes(
     body = _check_fields(body, allowed)
     changes: dict[str, Any] = {}
     if "name" in body:
-        changes["name"] = _text(body["name"], "name")
+        changes["name"] = text_field(body["name"], "name")
     if "account" in body:
         changes["account"] = parse_account(body["account"])
     if "apps" in body:
@@ -192,4 +227,6 @@ def parse_changes(
         changes["ip_whitelist"] = parse_whitelist(body["ip_whitelist"], ips_limit)
     if "enabled" in body:
         changes["enabled"] = parse_enabled(body["enabled"])
+    if "expires_at" in body:
+        changes["expires_at"] = parse_expiry(body["expires_at"], time.time())
     return changes

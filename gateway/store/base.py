@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.core.record import Key
+from gateway.core.tokens import Token
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,18 @@ class Audit:
     key_id: str
     changes: dict[str, Any]
     seq: int = 0
+    actor: str = "root"  # the admin token that acted: its id, or "root"
+    account: str | None = None  # the key's account, so account-scoped readers see their own
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.seq, "at": self.at, "action": self.action, "key_id": self.key_id, "changes": self.changes}
+        return {
+            "id": self.seq,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "key_id": self.key_id,
+            "changes": self.changes,
+        }
 
 
 class KeyLimitReached(Exception):
@@ -61,7 +71,14 @@ class Store(Protocol):
     async def create_key(self, key: Key, sealed: str, limit: int, audit: Audit | None = None) -> None: ...
     async def create_keys(self, items: list[tuple[Key, str]], limit: int, audit: Sequence[Audit] = ()) -> None: ...
     async def add_audit(self, entry: Audit) -> None: ...
-    async def list_audit(self, key_id: str | None, after: int | None, limit: int) -> list[Audit]: ...
+    async def list_audit(
+        self, key_id: str | None, after: int | None, limit: int, account: str | None = None
+    ) -> list[Audit]: ...
+    async def create_token(self, token: Token) -> None: ...
+    async def list_tokens(self, account: str | None) -> list[Token]: ...
+    async def token_by_digest(self, digest: str) -> Token | None: ...
+    async def delete_token(self, token_id: str, account: str | None) -> bool: ...
+    async def touch_token(self, token_id: str, at: str) -> None: ...
     async def get_keys(self, key_ids: list[str]) -> list[Key]: ...
     async def changes_since(self, seq: int) -> Changes: ...
     async def latest_change(self) -> int: ...

@@ -22,13 +22,23 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from gateway.core.record import Key
+from gateway.core.tokens import Token
 from gateway.store import sql
 from gateway.store.base import Audit, Changes, KeyLimitReached, SchemaTooNew, StoreUnavailable
-from gateway.store.rows import CHANGES_KEPT, changes_after, encode, insert_values, row_to_audit, row_to_key
+from gateway.store.rows import (
+    CHANGES_KEPT,
+    changes_after,
+    encode,
+    insert_values,
+    row_to_audit,
+    row_to_key,
+    row_to_token,
+    token_values,
+)
 from gateway.store.sql import numbered
 
 log = logging.getLogger("gateway.store")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHANNEL = "gateway_changes"
 WRITE_LOCK = 7_412_001  # advisory lock ids: any constant unlikely to clash with the application's
 MIGRATION_LOCK = 7_412_002
@@ -64,6 +74,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX audit_by_key ON audit (key_id, seq)",
     ),
+    # v2: key expiry and rotation, admin tokens, who acted in the audit trail
+    2: sql.LIFECYCLE_SCHEMA,
 }
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
@@ -233,7 +245,8 @@ class PostgresStore:
 
     @staticmethod
     async def _audit(conn: asyncpg.Connection, entry: Audit) -> None:
-        await conn.execute(numbered(sql.INSERT_AUDIT), entry.at, entry.action, entry.key_id, json.dumps(entry.changes))
+        values = (entry.at, entry.action, entry.key_id, json.dumps(entry.changes), entry.actor, entry.account)
+        await conn.execute(numbered(sql.INSERT_AUDIT), *values)
 
     # the interface
     async def check_secret(self, fingerprint: str) -> bool:
@@ -310,6 +323,33 @@ class PostgresStore:
         async with self._connection(transaction=True) as conn:
             await conn.executemany(numbered(sql.RECORD_USAGE), sql.usage_rows(usage))
 
+    async def create_token(self, token: Token) -> None:
+        async with self._connection() as conn:
+            await conn.execute(numbered(sql.INSERT_TOKEN), *token_values(token))
+
+    async def list_tokens(self, account: str | None) -> list[Token]:
+        if account is None:
+            rows = await self._fetch(sql.LIST_TOKENS)
+        else:
+            rows = await self._fetch(sql.LIST_ACCOUNT_TOKENS, account)
+        return [row_to_token(row) for row in rows]
+
+    async def token_by_digest(self, digest: str) -> Token | None:
+        rows = await self._fetch(sql.TOKEN_BY_DIGEST, digest)
+        return row_to_token(rows[0]) if rows else None
+
+    async def delete_token(self, token_id: str, account: str | None) -> bool:
+        async with self._connection() as conn:
+            if account is None:
+                status = await conn.execute(numbered(sql.DELETE_TOKEN), token_id)
+            else:
+                status = await conn.execute(numbered(sql.DELETE_ACCOUNT_TOKEN), token_id, account)
+        return status.endswith(" 1")
+
+    async def touch_token(self, token_id: str, at: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute(numbered(sql.TOUCH_TOKEN), at, token_id)
+
     async def latest_change(self) -> int:
         rows = await self._fetch(sql.LATEST_CHANGE)
         return int(rows[0][0])
@@ -323,9 +363,9 @@ class PostgresStore:
         async with self._connection() as conn:
             await self._audit(conn, entry)
 
-    async def list_audit(self, key_id: str | None, after: int | None, limit: int) -> list[Audit]:
-        if key_id is None:
-            rows = await self._fetch(sql.LIST_AUDIT, after or 0, limit)
-        else:
-            rows = await self._fetch(sql.LIST_KEY_AUDIT, after or 0, key_id, limit)
+    async def list_audit(
+        self, key_id: str | None, after: int | None, limit: int, account: str | None = None
+    ) -> list[Audit]:
+        params = [after or 0, *([key_id] if key_id else []), *([account] if account else []), limit]
+        rows = await self._fetch(sql.list_audit(bool(key_id), bool(account)), *params)
         return [row_to_audit(row) for row in rows]

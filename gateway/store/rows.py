@@ -6,15 +6,18 @@ import json
 from typing import Any
 
 from gateway.core.record import Key
+from gateway.core.tokens import Token
 from gateway.store.base import Audit, Changes
 
 COLUMNS = (
     "id, account, name, digest, key_masked, enabled, apps, interfaces, ip_whitelist,"
-    " created_at, updated_at, last_used_at, request_count"
+    " created_at, updated_at, last_used_at, request_count, expires_at, previous_digest, previous_expires_at"
 )
 INSERT_COLUMNS = (
-    "id, account, name, digest, sealed, key_masked, enabled, apps, interfaces, ip_whitelist, created_at, updated_at"
+    "id, account, name, digest, sealed, key_masked, enabled, apps, interfaces, ip_whitelist, created_at, updated_at,"
+    " expires_at"
 )
+TOKEN_COLUMNS = "id, name, account, permissions, digest, created_at, last_used_at"
 JSON_FIELDS = ("apps", "interfaces", "ip_whitelist")
 CHANGES_KEPT = 100_000  # change-log rows kept; a process further behind reloads everything
 
@@ -42,6 +45,7 @@ def insert_values(key: Key, sealed: str) -> tuple[Any, ...]:
         encode("ip_whitelist", key.ip_whitelist),
         key.created_at,
         key.updated_at,
+        key.expires_at,
     )
 
 
@@ -61,14 +65,27 @@ def row_to_key(row: Any) -> Key:
         updated_at=row[10],
         last_used_at=row[11],
         request_count=row[12],
+        expires_at=row[13],
+        previous_digest=row[14],
+        previous_expires_at=row[15],
     )
 
 
-AUDIT_COLUMNS = "seq, at, action, key_id, changes"
+def token_values(token: Token) -> tuple[Any, ...]:
+    """The values for TOKEN_COLUMNS."""
+    permissions = json.dumps(list(token.permissions))
+    return (token.id, token.name, token.account, permissions, token.digest, token.created_at, token.last_used_at)
+
+
+def row_to_token(row: Any) -> Token:
+    return Token(row[0], row[1], row[2], tuple(json.loads(row[3])), row[4], row[5], row[6])
+
+
+AUDIT_COLUMNS = "seq, at, action, key_id, changes, actor, account"
 
 
 def row_to_audit(row: Any) -> Audit:
-    return Audit(row[1], row[2], row[3], json.loads(row[4]), row[0])
+    return Audit(row[1], row[2], row[3], json.loads(row[4]), row[0], row[5], row[6])
 
 
 def changes_after(seq: int, rows: Any, oldest: int, latest: int) -> Changes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from gateway.store.rows import AUDIT_COLUMNS, COLUMNS, INSERT_COLUMNS
+from gateway.store.rows import AUDIT_COLUMNS, COLUMNS, INSERT_COLUMNS, TOKEN_COLUMNS
 
 
 def marks(count: int) -> str:
@@ -45,9 +45,41 @@ PRUNE_CHANGES = "DELETE FROM changes WHERE seq <= ?"
 LATEST_CHANGE = "SELECT coalesce(max(seq), 0) FROM changes"
 CHANGES_AFTER = "SELECT seq, key_id, at FROM changes WHERE seq > ? ORDER BY seq"
 CHANGE_BOUNDS = "SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM changes"
-INSERT_AUDIT = "INSERT INTO audit (at, action, key_id, changes) VALUES (?, ?, ?, ?)"
-LIST_AUDIT = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
-LIST_KEY_AUDIT = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE seq > ? AND key_id = ? ORDER BY seq LIMIT ?"
+INSERT_AUDIT = "INSERT INTO audit (at, action, key_id, changes, actor, account) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def list_audit(by_key: bool, by_account: bool) -> str:
+    where = "seq > ?" + (" AND key_id = ?" if by_key else "") + (" AND account = ?" if by_account else "")
+    return f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {where} ORDER BY seq LIMIT ?"
+
+
+INSERT_TOKEN = f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ({marks(TOKEN_COLUMNS.count(',') + 1)})"
+LIST_TOKENS = f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY id"
+LIST_ACCOUNT_TOKENS = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE account = ? ORDER BY id"
+TOKEN_BY_DIGEST = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE digest = ?"
+DELETE_TOKEN = "DELETE FROM tokens WHERE id = ?"
+DELETE_ACCOUNT_TOKEN = "DELETE FROM tokens WHERE id = ? AND account = ?"
+TOUCH_TOKEN = "UPDATE tokens SET last_used_at = ? WHERE id = ?"
+
+# Expiry, rotation and admin tokens, the same statements for both backends' migrations.
+LIFECYCLE_SCHEMA = (
+    "ALTER TABLE keys ADD COLUMN expires_at TEXT",
+    "ALTER TABLE keys ADD COLUMN previous_digest TEXT",
+    "ALTER TABLE keys ADD COLUMN previous_expires_at TEXT",
+    "CREATE UNIQUE INDEX keys_by_previous_digest ON keys (previous_digest)",
+    "ALTER TABLE audit ADD COLUMN actor TEXT NOT NULL DEFAULT 'root'",
+    "ALTER TABLE audit ADD COLUMN account TEXT",
+    "CREATE INDEX audit_by_account ON audit (account, seq)",
+    """CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        account TEXT,
+        permissions TEXT NOT NULL,
+        digest TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT
+    )""",
+)
 
 
 def get_keys(count: int) -> str:

@@ -17,11 +17,21 @@ from typing import Any
 import aiosqlite
 
 from gateway.core.record import Key
+from gateway.core.tokens import Token
 from gateway.store import sql
 from gateway.store.base import Audit, Changes, KeyLimitReached, SchemaTooNew
-from gateway.store.rows import CHANGES_KEPT, changes_after, encode, insert_values, row_to_audit, row_to_key
+from gateway.store.rows import (
+    CHANGES_KEPT,
+    changes_after,
+    encode,
+    insert_values,
+    row_to_audit,
+    row_to_key,
+    row_to_token,
+    token_values,
+)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 POLL_SECONDS = 0.25
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -58,6 +68,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
         "CREATE INDEX audit_by_key ON audit (key_id, seq)",
     ),
+    # v4: key expiry and rotation, admin tokens, who acted in the audit trail
+    4: sql.LIFECYCLE_SCHEMA,
 }
 
 
@@ -194,17 +206,18 @@ class SQLiteStore:
 
     @staticmethod
     async def _audit(db: aiosqlite.Connection, entry: Audit) -> None:
-        await db.execute(sql.INSERT_AUDIT, (entry.at, entry.action, entry.key_id, json.dumps(entry.changes)))
+        values = (entry.at, entry.action, entry.key_id, json.dumps(entry.changes), entry.actor, entry.account)
+        await db.execute(sql.INSERT_AUDIT, values)
 
     async def add_audit(self, entry: Audit) -> None:
         async with self._transaction() as db:
             await self._audit(db, entry)
 
-    async def list_audit(self, key_id: str | None, after: int | None, limit: int) -> list[Audit]:
-        if key_id is None:
-            rows = await self.db.execute_fetchall(sql.LIST_AUDIT, (after or 0, limit))
-        else:
-            rows = await self.db.execute_fetchall(sql.LIST_KEY_AUDIT, (after or 0, key_id, limit))
+    async def list_audit(
+        self, key_id: str | None, after: int | None, limit: int, account: str | None = None
+    ) -> list[Audit]:
+        params = [after or 0, *([key_id] if key_id else []), *([account] if account else []), limit]
+        rows = await self.db.execute_fetchall(sql.list_audit(bool(key_id), bool(account)), params)
         return [row_to_audit(row) for row in rows]
 
     async def get_keys(self, key_ids: list[str]) -> list[Key]:
@@ -220,6 +233,30 @@ class SQLiteStore:
         if not usage:
             return
         await self._write([(sql.RECORD_USAGE, row) for row in sql.usage_rows(usage)])
+
+    async def create_token(self, token: Token) -> None:
+        await self._write([(sql.INSERT_TOKEN, token_values(token))])
+
+    async def list_tokens(self, account: str | None) -> list[Token]:
+        if account is None:
+            rows = await self.db.execute_fetchall(sql.LIST_TOKENS)
+        else:
+            rows = await self.db.execute_fetchall(sql.LIST_ACCOUNT_TOKENS, (account,))
+        return [row_to_token(row) for row in rows]
+
+    async def token_by_digest(self, digest: str) -> Token | None:
+        rows = await self.db.execute_fetchall(sql.TOKEN_BY_DIGEST, (digest,))
+        return row_to_token(rows[0]) if rows else None
+
+    async def delete_token(self, token_id: str, account: str | None) -> bool:
+        if account is None:
+            (count,) = await self._write([(sql.DELETE_TOKEN, (token_id,))])
+        else:
+            (count,) = await self._write([(sql.DELETE_ACCOUNT_TOKEN, (token_id, account))])
+        return count > 0
+
+    async def touch_token(self, token_id: str, at: str) -> None:
+        await self._write([(sql.TOUCH_TOKEN, (at, token_id))])
 
     async def latest_change(self) -> int:
         rows = await self.db.execute_fetchall(sql.LATEST_CHANGE)
