@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from gateway.core import decision as a
@@ -181,6 +183,7 @@ def test_answers_match_the_contract() -> None:
         "ambiguous_request": (400, 400),
         "missing_key": (401, 8301),
         "invalid_key": (401, 8301),
+        "key_expired": (401, 8301),
         "key_disabled": (403, 8302),
         "ip_not_allowed": (403, 8302),
         "plugin_not_allowed": (403, 8302),
@@ -192,3 +195,24 @@ def test_answers_match_the_contract() -> None:
         "upstream_unavailable": (502, 502),
         "upstream_timeout": (504, 504),
     }
+
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("fields", "now", "expected"),
+    [
+        ({"expires_at": NOW + 1}, NOW, a.ALLOW),
+        ({"expires_at": NOW}, NOW, a.KEY_EXPIRED),
+        ({"expires_at": NOW - 1, "enabled": False}, NOW, a.KEY_EXPIRED),  # expiry before status
+        ({"retired_at": NOW + 1}, NOW, a.ALLOW),
+        ({"retired_at": NOW}, NOW, a.INVALID_KEY),  # a rotated-out secret after its grace period
+        ({"retired_at": NOW - 1, "expires_at": NOW - 1}, NOW, a.INVALID_KEY),
+        ({"retired_at": NOW + 1, "expires_at": NOW - 1}, NOW, a.KEY_EXPIRED),
+    ],
+)
+def test_expiry_and_rotation(fields, now, expected) -> None:
+    key = dataclasses.replace(snapshot(), **fields)
+    route = RouteMatch("app.list", None, None, None)
+    assert a.authorize(key, True, IP, False, route, None, False, now) is expected

@@ -61,7 +61,16 @@ def test_values_that_cannot_be_keys_are_neither_hashed_nor_cached() -> None:
 
     ring = Keyring(digest)
     ring.put(key(1))
-    for junk in (b"x" * 30_000, b"short", value(1) + b"x", value(1)[:-1] + b"-", "Ä".encode().ljust(32, b"x")):
+    junk_values = (
+        b"x" * 30_000,
+        b"short",
+        value(1) + b"-",  # the 32 after a prefix must be letters and digits
+        value(1)[:-1] + b"-",
+        "Ä".encode().ljust(32, b"x"),
+        b"!" + value(1),  # a prefix is letters, digits, _ and -
+        b"p" * 17 + value(1),  # and at most 16 of them
+    )
+    for junk in junk_values:
         assert ring.lookup(junk) is None
     assert hashed == []
     assert ring.lookup(value(2)) is None  # well-shaped but unknown: hashed, and not kept

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from gateway.core.iprules import Whitelist
-from gateway.core.record import Key
+from gateway.core.record import Key, parse_time
 from gateway.core.routes import RouteMatch
 
 
@@ -20,6 +21,8 @@ class KeySnapshot:
     interfaces: frozenset[str] | None
     whitelist: Whitelist | None  # None when the whitelist is empty: any IP, plugins allowed
     identity_headers: bytes  # X-Gateway-Key-Id / X-Gateway-Account lines for the upstream
+    expires_at: float | None = None  # epoch seconds: key_expired from then on
+    retired_at: float | None = None  # a rotated-out secret: invalid_key from then on
 
     @classmethod
     def of(cls, key: Key, shared: Interner | None = None) -> KeySnapshot:
@@ -33,7 +36,12 @@ class KeySnapshot:
             interfaces=shared.scope(key.interfaces),
             whitelist=shared.whitelist(key.ip_whitelist),
             identity_headers=headers,
+            expires_at=parse_time(key.expires_at) if key.expires_at else None,
         )
+
+    def retired(self, at: str) -> KeySnapshot:
+        """The same key reached through its previous secret, accepted until `at`."""
+        return dataclasses.replace(self, retired_at=parse_time(at))
 
 
 class Interner:
@@ -75,6 +83,7 @@ class Deny:
 AMBIGUOUS_REQUEST = Deny(400, 400, "ambiguous_request", "the request could be read in more than one way")
 MISSING_KEY = Deny(401, 8301, "missing_key", "API key is missing")
 INVALID_KEY = Deny(401, 8301, "invalid_key", "API key is invalid")
+KEY_EXPIRED = Deny(401, 8301, "key_expired", "API key has expired")
 KEY_DISABLED = Deny(403, 8302, "key_disabled", "API key is disabled")
 IP_NOT_ALLOWED = Deny(403, 8302, "ip_not_allowed", "client IP is not in the key's whitelist")
 PLUGIN_NOT_ALLOWED = Deny(403, 8302, "plugin_not_allowed", "plugin calls may not use a key with an IP whitelist")
@@ -95,6 +104,7 @@ ALL_DENIALS = (
     AMBIGUOUS_REQUEST,
     MISSING_KEY,
     INVALID_KEY,
+    KEY_EXPIRED,
     KEY_DISABLED,
     IP_NOT_ALLOWED,
     PLUGIN_NOT_ALLOWED,
@@ -129,10 +139,16 @@ def authorize(
     route: RouteMatch | None,
     app_id: str | None,
     unknown_allowed: bool = False,
+    now: float = 0.0,
 ) -> Decision:
-    """Decide in the contract's order. `app_id` is the id from path/query/header, if any."""
+    """Decide in the contract's order. `app_id` is the id from path/query/header, if any;
+    `now` (epoch seconds) is compared with the key's expiry and a previous secret's end."""
     if key is None:
         return INVALID_KEY if key_sent else MISSING_KEY
+    if key.retired_at is not None and now >= key.retired_at:
+        return INVALID_KEY
+    if key.expires_at is not None and now >= key.expires_at:
+        return KEY_EXPIRED
     if not key.enabled:
         return KEY_DISABLED
     if key.whitelist is not None:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets as _random
 import string
 import time
@@ -20,15 +21,22 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 ALPHABET = string.ascii_letters + string.digits
 SECRET_LENGTH = 32
 ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+MAX_PREFIX = 16
+PREFIX = re.compile(rb"[A-Za-z0-9_-]{0,16}")  # keys.prefix: what secret scanners can spot
 
 
-def generate_secret() -> str:
-    """A new API key value: 32 characters from [A-Za-z0-9], about 190 bits."""
-    return "".join(_random.choice(ALPHABET) for _ in range(SECRET_LENGTH))
+def generate_secret(prefix: str = "") -> str:
+    """A new API key value: the prefix, then 32 characters from [A-Za-z0-9] (about 190 bits)."""
+    return prefix + "".join(_random.choice(ALPHABET) for _ in range(SECRET_LENGTH))
 
 
 def generate_token() -> str:
     return _random.token_urlsafe(32)
+
+
+def generate_token_id() -> str:
+    """`t_` + 26 base32 characters, time-sortable like key ids."""
+    return "t_" + generate_id()[2:]
 
 
 def generate_id() -> str:
@@ -45,9 +53,12 @@ def generate_id() -> str:
 
 
 def could_be_secret(value: bytes) -> bool:
-    """Whether a presented value has the shape of a secret this gateway issues. Anything else
-    is refused without hashing or caching it, so junk values cost no memory."""
-    return len(value) == SECRET_LENGTH and value.isalnum()  # bytes.isalnum is ASCII-only
+    """Whether a presented value has the shape of a secret this gateway issues: an optional
+    prefix (`keys.prefix`, any earlier one too) and 32 letters and digits. Anything else is
+    refused without hashing or caching it, so junk values cost no memory."""
+    if not SECRET_LENGTH <= len(value) <= SECRET_LENGTH + MAX_PREFIX:
+        return False
+    return value[-SECRET_LENGTH:].isalnum() and PREFIX.fullmatch(value[:-SECRET_LENGTH]) is not None
 
 
 def is_id(text: str) -> bool:

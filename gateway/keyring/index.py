@@ -26,8 +26,12 @@ class Rebuild:
         self.shared = Interner()
 
     def add(self, keys: Iterable[Key]) -> None:
+        now = time.time()
         for key in keys:
-            self.by_digest[bytes.fromhex(key.digest)] = KeySnapshot.of(key, self.shared)
+            snapshot = KeySnapshot.of(key, self.shared)
+            self.by_digest[bytes.fromhex(key.digest)] = snapshot
+            if key.previous_digest and key.previous_live(now):
+                self.by_digest[bytes.fromhex(key.previous_digest)] = snapshot.retired(key.previous_expires_at or "")
 
 
 class Keyring:
@@ -35,7 +39,7 @@ class Keyring:
         self._digest = digest
         self._hot_size = hot_size
         self._by_digest: dict[bytes, KeySnapshot] = {}
-        self._digest_of_id: dict[str, bytes] = {}
+        self._digests_of_id: dict[str, tuple[bytes, ...]] = {}  # a key's digests: current, previous
         # presented value -> snapshot: hot clients skip the HMAC and the big index. Only
         # values of real keys enter it (never misses, so junk cannot evict them); it is
         # bounded in entries, and every entry is one secret long. Emptied on every change,
@@ -47,17 +51,19 @@ class Keyring:
         return len(self._by_digest)
 
     def put(self, key: Key) -> None:
-        digest = bytes.fromhex(key.digest)
-        old = self._digest_of_id.get(key.id)
-        if old is not None and old != digest:
+        for old in self._digests_of_id.pop(key.id, ()):
             self._by_digest.pop(old, None)
-        self._by_digest[digest] = KeySnapshot.of(key, self._shared)
-        self._digest_of_id[key.id] = digest
+        snapshot = KeySnapshot.of(key, self._shared)
+        digests = [bytes.fromhex(key.digest)]
+        self._by_digest[digests[0]] = snapshot
+        if key.previous_digest and key.previous_live(time.time()):
+            digests.append(bytes.fromhex(key.previous_digest))
+            self._by_digest[digests[1]] = snapshot.retired(key.previous_expires_at or "")
+        self._digests_of_id[key.id] = tuple(digests)
         self._hot.clear()
 
     def remove(self, key_id: str) -> None:
-        digest = self._digest_of_id.pop(key_id, None)
-        if digest is not None:
+        for digest in self._digests_of_id.pop(key_id, ()):
             self._by_digest.pop(digest, None)
         self._hot.clear()
 
@@ -68,7 +74,10 @@ class Keyring:
 
     def install(self, fresh: Rebuild) -> None:
         """Swap in a keyring built off to the side (one assignment each: no half state)."""
-        self._digest_of_id = {snap.id: digest for digest, snap in fresh.by_digest.items()}
+        digests: dict[str, list[bytes]] = {}
+        for digest, snapshot in fresh.by_digest.items():  # current first: it was added first
+            digests.setdefault(snapshot.id, []).append(digest)
+        self._digests_of_id = {key_id: tuple(found) for key_id, found in digests.items()}
         self._by_digest = fresh.by_digest
         self._shared = fresh.shared
         self._hot = {}

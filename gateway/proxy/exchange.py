@@ -94,7 +94,14 @@ class Exchange:
             self.client = server.trusted.client(self.client, b",".join(head.forwarded_for).decode("latin-1"))
             ip = client_ip(self.client)
         decision, self.app_id = judge_head(
-            head, self.route, self.key, ip, server.unknown_allowed, server.max_inspect, server.head_rules.malformed_key
+            head,
+            self.route,
+            self.key,
+            ip,
+            server.unknown_allowed,
+            server.max_inspect,
+            server.head_rules.malformed_key,
+            time.time(),
         )
         self.act(decision)
 

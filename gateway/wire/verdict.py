@@ -35,6 +35,7 @@ def judge_head(
     unknown_allowed: bool,
     max_inspect: int,
     malformed_key: Deny = decide.INVALID_KEY,
+    now: float = 0.0,
 ) -> Verdict:
     """Decide what the head alone can decide. NEED_BODY: read at most `max_inspect` bytes
     of the body, then `judge_body`."""
@@ -44,7 +45,7 @@ def judge_head(
     if app_id is AMBIGUOUS:
         return AMBIGUOUS_VERDICT
     found = app_id if isinstance(app_id, str) else None
-    decision = decide.authorize(key, head.key_sent, ip, head.plugin, route, found, unknown_allowed)
+    decision = decide.authorize(key, head.key_sent, ip, head.plugin, route, found, unknown_allowed, now)
     if decision is decide.INVALID_KEY and not head.presented:  # a key header without the scheme
         decision = malformed_key
     elif decision is decide.NEED_BODY:
