@@ -79,6 +79,11 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Keys:
+    prefix: str = ""  # new secrets start with it (e.g. "gk_"), so secret scanners can spot them
+
+
+@dataclass(frozen=True)
 class Log:
     access: bool = True
 
@@ -96,6 +101,7 @@ class Config:
     routes: Routes = field(default_factory=Routes)
     workers: str = "1"
     log: Log = field(default_factory=Log)
+    keys: Keys = field(default_factory=Keys)
     shutdown_timeout: float = 30.0
     secret_key: str = ""
 
@@ -263,6 +269,8 @@ def _validate(config: Config) -> None:
         raise RuleError("routes.unknown", f"expected deny or allow, got {config.routes.unknown!r}")
     if config.routes.preset not in ("jiandaoyun", "none"):
         raise RuleError("routes.preset", f"expected jiandaoyun or none, got {config.routes.preset!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{0,16}", config.keys.prefix):
+        raise RuleError("keys.prefix", "at most 16 letters, digits, _ and -")
     if config.routes.max_body_inspect < 0:
         raise RuleError("routes.max_body_inspect", "must be 0 or more")
     if config.workers != "auto" and not (config.workers.isdigit() and int(config.workers) >= 1):

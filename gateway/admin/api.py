@@ -16,12 +16,14 @@ from gateway.admin.service import KeyService
 from gateway.core.errors import RuleError
 from gateway.core.record import CATEGORIES
 from gateway.core.routes import RouteTable
+from gateway.core.tokens import PERMISSIONS, ROOT, Principal
 from gateway.store import STORE_ERRORS
 
 log = logging.getLogger("gateway.admin")
 STATUS_OF = {
     "invalid_json": 400,
     "unauthorized": 401,
+    "forbidden": 403,
     "not_found": 404,
     "method_not_allowed": 405,
     "key_limit_reached": 409,
@@ -44,6 +46,7 @@ SERVICE = web.AppKey("service", KeyService)
 METRICS = web.AppKey("metrics", Callable[[], Awaitable[bytes]])
 ROUTES = web.AppKey("routes", RouteTable)
 TOKEN = web.AppKey("token", bytes)
+PRINCIPAL = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -54,17 +57,39 @@ def error_response(code: str, message: str, field: str | None = None) -> web.Res
     return web.json_response({"error": error}, status=STATUS_OF.get(code, 422))
 
 
-def _authorized(request: web.Request) -> bool:
+def _presented(request: web.Request) -> str:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), request.app[TOKEN])
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def _principal(request: web.Request) -> Principal | None:
+    """Who calls: the root token (constant-time comparison), or a stored token by its digest."""
+    presented = _presented(request)
+    if not presented:
+        return None
+    if hmac.compare_digest(presented.encode(), request.app[TOKEN]):
+        return ROOT
+    return await request.app[SERVICE].authenticate(presented)
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Token check first, then every failure becomes the contract's JSON error."""
-    if request.path not in OPEN_PATHS and not request.path.startswith("/console/") and not _authorized(request):
-        return error_response("unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
+    """The one place that checks who may call what: the token, then the route's permission
+    (the PERMISSIONS table); account scoping follows the principal into the service. Every
+    failure becomes the contract's JSON error."""
     try:
+        if request.path in OPEN_PATHS or request.path.startswith("/console/"):
+            return await handler(request)
+        principal = await _principal(request)
+        if principal is None:
+            return error_response("unauthorized", "a valid admin token is required (Authorization: Bearer ...)")
+        route = request.match_info.route
+        needed = ROUTE_PERMISSIONS.get((request.method, route.resource.canonical if route.resource else ""))
+        if needed is not None:
+            principal.require(needed)
+            if needed == "metrics:read" and principal.account is not None:
+                raise RuleError(None, "metrics cover every account: they need a token without an account", "forbidden")
+        request[PRINCIPAL] = principal
         return await handler(request)
     except RuleError as err:
         return error_response(err.code, err.message, err.field)
@@ -102,45 +127,78 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     body = await read_json(request)
-    key, secret = await request.app[SERVICE].create(body)
+    key, secret = await request.app[SERVICE].create(body, request[PRINCIPAL])
     return _key_response(key, secret, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     query = request.query
-    keys, cursor = await request.app[SERVICE].list(query.get("account"), query.get("cursor"), query.get("limit"))
+    keys, cursor = await request.app[SERVICE].list(
+        query.get("account"), query.get("cursor"), query.get("limit"), request[PRINCIPAL]
+    )
     return web.json_response({"items": [key.to_json() for key in keys], "next_cursor": cursor})
 
 
 async def get_key(request: web.Request) -> web.Response:
-    return _key_response(await request.app[SERVICE].get(request.match_info["id"]))
+    return _key_response(await request.app[SERVICE].get(request.match_info["id"], request[PRINCIPAL]))
 
 
 async def reveal_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
-    secret = await request.app[SERVICE].reveal(key_id)
+    secret = await request.app[SERVICE].reveal(key_id, request[PRINCIPAL])
     return web.json_response({"id": key_id, "key": secret}, headers={"Cache-Control": "no-store"})
 
 
 async def update_key(request: web.Request) -> web.Response:
     body = await read_json(request)
-    return _key_response(await request.app[SERVICE].update(request.match_info["id"], body))
+    return _key_response(await request.app[SERVICE].update(request.match_info["id"], body, request[PRINCIPAL]))
 
 
 async def copy_key(request: web.Request) -> web.Response:
-    key, secret = await request.app[SERVICE].copy(request.match_info["id"])
+    key, secret = await request.app[SERVICE].copy(request.match_info["id"], request[PRINCIPAL])
     return _key_response(key, secret, status=201)
 
 
+async def rotate_key(request: web.Request) -> web.Response:
+    body = await read_json(request) if await request.read() else None
+    key, secret = await request.app[SERVICE].rotate(request.match_info["id"], body, request[PRINCIPAL])
+    return _key_response(key, secret)
+
+
 async def delete_key(request: web.Request) -> web.Response:
-    await request.app[SERVICE].delete(request.match_info["id"])
+    await request.app[SERVICE].delete(request.match_info["id"], request[PRINCIPAL])
     return web.Response(status=204)
 
 
 async def audit(request: web.Request) -> web.Response:
     query = request.query
-    entries, cursor = await request.app[SERVICE].audit(query.get("key_id"), query.get("cursor"), query.get("limit"))
+    entries, cursor = await request.app[SERVICE].audit(
+        query.get("key_id"), query.get("cursor"), query.get("limit"), request[PRINCIPAL]
+    )
     return web.json_response({"items": [entry.to_json() for entry in entries], "next_cursor": cursor})
+
+
+async def create_token(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    token, secret = await request.app[SERVICE].create_token(body, request[PRINCIPAL])
+    return web.json_response({**token.to_json(), "token": secret}, status=201, headers={"Cache-Control": "no-store"})
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    tokens = await request.app[SERVICE].list_tokens(request[PRINCIPAL])
+    return web.json_response({"items": [token.to_json() for token in tokens]})
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    await request.app[SERVICE].revoke_token(request.match_info["id"], request[PRINCIPAL])
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    """Who this token is and what it may do: the console shows only what it can use."""
+    principal = request[PRINCIPAL]
+    permissions = [p for p in PERMISSIONS if principal.may(p)]
+    return web.json_response({"actor": principal.id, "account": principal.account, "permissions": permissions})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -187,20 +245,33 @@ def build_admin_app(
     app[METRICS] = render_metrics
     app[ROUTES] = routes
     app[TOKEN] = token.encode()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_post("/api/v1/keys", create_key)
-    app.router.add_get("/api/v1/keys", list_keys)
-    app.router.add_get("/api/v1/keys/{id}", get_key)
-    app.router.add_patch("/api/v1/keys/{id}", update_key)
-    app.router.add_delete("/api/v1/keys/{id}", delete_key)
-    app.router.add_get("/api/v1/keys/{id}/secret", reveal_key)
-    app.router.add_post("/api/v1/keys/{id}/copy", copy_key)
-    app.router.add_get("/api/v1/interfaces", interfaces)
-    app.router.add_get("/api/v1/audit", audit)
-    app.router.add_get("/api/v1/openapi.json", openapi)
-    app.router.add_get("/api/v1/settings", settings)
+    for method, path, handler, _ in ROUTE_TABLE:
+        app.router.add_route(method, path, handler)
     app.router.add_get("/", console_index)
     app.router.add_static("/console/", CONSOLE, show_index=False, follow_symlinks=False)
     app.on_response_prepare.append(security_headers)
-    app.router.add_get("/metrics", metrics)
     return app
+
+
+# Every admin route and the permission it needs (None: any valid token; /healthz: no token).
+ROUTE_TABLE: tuple[tuple[str, str, Handler, str | None], ...] = (
+    ("GET", "/healthz", healthz, None),
+    ("POST", "/api/v1/keys", create_key, "keys:write"),
+    ("GET", "/api/v1/keys", list_keys, "keys:read"),
+    ("GET", "/api/v1/keys/{id}", get_key, "keys:read"),
+    ("PATCH", "/api/v1/keys/{id}", update_key, "keys:write"),
+    ("DELETE", "/api/v1/keys/{id}", delete_key, "keys:write"),
+    ("GET", "/api/v1/keys/{id}/secret", reveal_key, "keys:reveal"),
+    ("POST", "/api/v1/keys/{id}/copy", copy_key, "keys:write"),
+    ("POST", "/api/v1/keys/{id}/rotate", rotate_key, "keys:write"),
+    ("GET", "/api/v1/interfaces", interfaces, "keys:read"),
+    ("GET", "/api/v1/settings", settings, "keys:read"),
+    ("GET", "/api/v1/audit", audit, "audit:read"),
+    ("POST", "/api/v1/tokens", create_token, "tokens:manage"),
+    ("GET", "/api/v1/tokens", list_tokens, "tokens:manage"),
+    ("DELETE", "/api/v1/tokens/{id}", revoke_token, "tokens:manage"),
+    ("GET", "/api/v1/me", me, None),
+    ("GET", "/api/v1/openapi.json", openapi, None),
+    ("GET", "/metrics", metrics, "metrics:read"),
+)
+ROUTE_PERMISSIONS = {(method, path): permission for method, path, _, permission in ROUTE_TABLE}

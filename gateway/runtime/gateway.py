@@ -84,7 +84,9 @@ class Gateway:
         self.box = sealing.SecretBox(secret_key(config))
         self.keyring = Keyring(self.box.raw_digest)
         self.usage = Usage()
-        self.service = KeyService(self.store, self.keyring, self.box, config.limits, self.usage, self.routes.accepts)
+        self.service = KeyService(
+            self.store, self.keyring, self.box, config.limits, self.usage, self.routes.accepts, config.keys.prefix
+        )
         self.token, self.token_path = admin_token(config)
         self._runner: web.AppRunner | None = None
         self._usage_failing = False
