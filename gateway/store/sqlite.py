@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -89,13 +90,30 @@ class SQLiteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self.db.execute("PRAGMA busy_timeout = 10000")
-        await self.db.execute("PRAGMA journal_mode = WAL")
+        await self._wal()
         await self.db.execute("PRAGMA synchronous = FULL")
         try:
             await self._migrate()
         except BaseException:
             await self.close()  # an open connection's thread would keep the process alive
             raise
+        # Other processes' commits count from now: one landing before the first poll (while
+        # the keyring loads) must not be taken as the starting point and missed.
+        rows = await self.db.execute_fetchall("PRAGMA data_version")
+        self._marker = int(rows[0][0])
+
+    async def _wal(self) -> None:
+        """Switch to WAL. Workers opening a new file together can find it locked: the busy
+        timeout does not cover a journal-mode change, so wait here (up to 10 s) instead."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await self.db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
