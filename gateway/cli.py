@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any
 
 from gateway.config import Config, load_config
 from gateway.core.errors import RuleError
+from gateway.core.record import iso_time
 
 
 def _load(path: str | None) -> Config:
@@ -184,7 +186,27 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
         body["interfaces"] = _scope(args.interfaces)
     if args.ip is not None:
         body["ip_whitelist"] = [ip for ip in args.ip if ip]
+    if args.expires is not None:
+        body["expires_at"] = None if args.expires in ("", "never") else _expiry(args.expires)
     return body
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _seconds(text: str, flag: str) -> int:
+    """`90s`, `15m`, `1h`, `30d`, `2w` (or a plain number of seconds)."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in UNITS else (text, "s")
+    if not number.isdigit():
+        raise SystemExit(f"gateway: {flag}: expected a duration such as 30d, 12h or 90m, got {text!r}")
+    return int(number) * UNITS[unit]
+
+
+def _expiry(text: str) -> str:
+    """A duration from now, or an RFC 3339 time as it is."""
+    if text[:1].isdigit() and text[-1] in UNITS and text[:-1].isdigit():
+        return iso_time(time.time() + _seconds(text, "--expires"))
+    return text
 
 
 def _whitelist_edit(client: AdminClient, args: argparse.Namespace, body: dict[str, Any]) -> None:
@@ -254,6 +276,9 @@ def cmd_keys(args: argparse.Namespace) -> int:
         body = _fields(args)
         _whitelist_edit(client, args, body)
         result = client.call("PATCH", f"/api/v1/keys/{args.id}", body)
+    elif action == "rotate":
+        body = {"grace_seconds": _seconds(args.grace, "--grace")}
+        result = client.call("POST", f"/api/v1/keys/{args.id}/rotate", body)
     elif action in ("enable", "disable"):
         result = client.call("PATCH", f"/api/v1/keys/{args.id}", {"enabled": action == "enable"})
     elif action == "copy":
@@ -267,6 +292,33 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         _print_key(result)
+    return 0
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    """Admin tokens: create (the secret is printed once), list, revoke."""
+    client = AdminClient(_admin_url(args), _token(args))
+    if args.action == "create":
+        body = {"name": args.name, "account": args.account, "permissions": args.permission or []}
+        result = client.call("POST", "/api/v1/tokens", body)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(result["token"])
+            print(f"{result['id']}: shown once; keep it safe", file=sys.stderr)
+        return 0
+    if args.action == "list":
+        items = client.call("GET", "/api/v1/tokens")["items"]
+        if args.json:
+            print(json.dumps(items, indent=2))
+        for item in [] if args.json else items:
+            scope = item["account"] or "(every account)"
+            print(
+                f"{item['id']}  {item['name']}  {scope}  {','.join(item['permissions'])}  {item['last_used_at'] or '-'}"
+            )
+        return 0
+    client.call("DELETE", f"/api/v1/tokens/{args.id}")
+    print(json.dumps({"revoked": args.id}) if args.json else f"revoked {args.id}")
     return 0
 
 
@@ -334,12 +386,26 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--interfaces", help='"all" or comma-separated categories / interface ids')
         replaces = "replaces the whole whitelist; " if name == "update" else ""
         sub.add_argument("--ip", action="append", help=f"whitelist entry ({replaces}repeat; --ip '' for none)")
-    for name in ("show", "reveal", "enable", "disable", "copy", "delete"):
+        sub.add_argument("--expires", help="when the key stops working: 30d, 12h, an RFC 3339 time, or never")
+    for name in ("show", "reveal", "enable", "disable", "copy", "delete", "rotate"):
         sub = actions.add_parser(name, help=f"{name} a key", parents=[after])
         sub.add_argument("id")
         if name == "delete":
             sub.add_argument("--yes", action="store_true", help="do not ask (needed when not on a terminal)")
+        if name == "rotate":
+            sub.add_argument("--grace", default="0", help="how long the old secret keeps working: 0, 15m, 1h, 7d")
     keys.set_defaults(func=cmd_keys)
+
+    tokens = commands.add_parser("tokens", help="manage admin tokens")
+    _admin_options(tokens, None)
+    token_actions = tokens.add_subparsers(dest="action", required=True)
+    create_token = token_actions.add_parser("create", help="create a token (printed once)", parents=[after])
+    create_token.add_argument("--name", required=True)
+    create_token.add_argument("--account", help="act in this account only")
+    create_token.add_argument("--permission", action="append", help="keys:read, keys:write, ... (repeat)")
+    token_actions.add_parser("list", help="list tokens", parents=[after])
+    token_actions.add_parser("revoke", help="revoke a token", parents=[after]).add_argument("id")
+    tokens.set_defaults(func=cmd_tokens)
 
     audit = commands.add_parser("audit", help="read the audit trail (admin writes and reveals)")
     _admin_options(audit, None)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.conftest import Process
@@ -159,3 +160,30 @@ def test_audit_command(spawn) -> None:
     only = json.loads(cli("audit", *admin, "--key", key["id"], "--json", "--all").stdout)
     assert [entry["action"] for entry in only] == ["create", "update", "reveal"]
     assert all(entry["key_id"] == key["id"] for entry in only)
+
+
+def test_expiry_rotation_and_tokens_from_the_command_line(spawn) -> None:
+    proc = spawn()
+    admin = ["--admin-url", proc.admin_url, "--token", proc.token]
+    key = json.loads(cli("keys", "create", *admin, "--json", "--expires", "30d").stdout)
+    days = (datetime.fromisoformat(key["expires_at"]) - datetime.now(UTC)).total_seconds() / 86400
+    assert 29.9 < days <= 30
+    cleared = json.loads(cli("keys", "update", key["id"], *admin, "--json", "--expires", "never").stdout)
+    assert cleared["expires_at"] is None
+    rotated = json.loads(cli("keys", "rotate", key["id"], *admin, "--json", "--grace", "1h").stdout)
+    assert rotated["key"] != key["key"] and rotated["previous_expires_at"] is not None
+    bad = cli("keys", "rotate", key["id"], *admin, "--grace", "soon")
+    assert bad.returncode == 1 and "--grace" in bad.stderr
+    created = cli("tokens", "create", *admin, "--name", "ci", "--account", "acme", "--permission", "keys:read")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    token_id = created.stderr.split(":")[0]
+    listed = cli("tokens", "list", *admin)
+    assert token_id in listed.stdout and "acme" in listed.stdout and secret not in listed.stdout
+    scoped = cli("keys", "list", "--admin-url", proc.admin_url, "--token", secret, "--json")
+    assert json.loads(scoped.stdout) == []  # no key in acme
+    refused = cli("keys", "create", "--admin-url", proc.admin_url, "--token", secret)
+    assert refused.returncode == 1 and "forbidden" in refused.stderr
+    assert cli("tokens", "revoke", token_id, *admin).returncode == 0
+    gone = cli("keys", "list", "--admin-url", proc.admin_url, "--token", secret)
+    assert gone.returncode == 1 and "unauthorized" in gone.stderr

@@ -6,6 +6,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.core.record import CATEGORIES
+from gateway.core.tokens import PERMISSIONS
 
 ACCOUNT_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9._@:-]{1,64}$"}
 SCOPE = {"oneOf": [{"type": "string", "enum": ["all"]}, {"type": "array", "items": {"type": "string"}}]}
@@ -23,6 +24,8 @@ KEY_PROPERTIES: dict[str, Any] = {
     "updated_at": TIME,
     "last_used_at": {"oneOf": [TIME, {"type": "null"}]},
     "request_count": {"type": "integer", "minimum": 0},
+    "expires_at": {"oneOf": [TIME, {"type": "null"}]},
+    "previous_expires_at": {"oneOf": [TIME, {"type": "null"}]},
 }
 KEY = {"type": "object", "required": list(KEY_PROPERTIES), "properties": KEY_PROPERTIES}
 KEY_WITH_SECRET = {
@@ -37,6 +40,32 @@ EDITABLE = {
     "interfaces": SCOPE,
     "ip_whitelist": {"type": "array", "items": {"type": "string"}, "maxItems": 50},
     "enabled": {"type": "boolean"},
+    "expires_at": {"type": "string", "format": "date-time", "nullable": True},
+}
+TOKEN_PROPERTIES: dict[str, Any] = {
+    "id": {"type": "string", "pattern": "^t_[0-9a-z]{26}$"},
+    "name": {"type": "string"},
+    "account": {"type": "string", "nullable": True},
+    "permissions": {"type": "array", "items": {"type": "string", "enum": list(PERMISSIONS)}},
+    "created_at": TIME,
+    "last_used_at": {"oneOf": [TIME, {"type": "null"}]},
+}
+TOKEN = {"type": "object", "required": list(TOKEN_PROPERTIES), "properties": TOKEN_PROPERTIES}
+TOKEN_WITH_SECRET = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Token"},
+        {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+    ]
+}
+TOKEN_REQUEST = {
+    "type": "object",
+    "required": ["name", "permissions"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "account": {**ACCOUNT_SCHEMA, "nullable": True},
+        "permissions": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(PERMISSIONS)}},
+    },
+    "additionalProperties": False,
 }
 ERROR = {
     "type": "object",
@@ -63,6 +92,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     names = {
         400: "invalid JSON",
         401: "missing or wrong admin token",
+        403: "the token lacks the permission, or acts in another account",
         404: "no such key",
         409: "key limit reached",
         413: "body too large",
@@ -80,7 +110,7 @@ PAGING = [
 
 
 def document() -> dict[str, Any]:
-    common = (401, 503)
+    common = (401, 403, 503)
     body = {"required": False, "content": {"application/json": {"schema": _ref("KeyFields")}}}
     return {
         "openapi": "3.0.3",
@@ -96,6 +126,7 @@ def document() -> dict[str, Any]:
                     "additionalProperties": False,
                 },
                 "Error": ERROR,
+                "Token": TOKEN,
             },
         },
         "security": [{"admin": []}],
@@ -175,6 +206,87 @@ def document() -> dict[str, Any]:
                     "responses": {"201": _json(_ref("KeyWithSecret"), "the copy"), **_errors(404, 409, *common)},
                 },
             },
+            "/api/v1/keys/{id}/rotate": {
+                "parameters": [ID_PARAM],
+                "post": {
+                    "summary": "A new secret for the key; the previous one keeps working for grace_seconds (audited)",
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "grace_seconds": {"type": "integer", "minimum": 0, "maximum": 604800}
+                                    },
+                                    "additionalProperties": False,
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_ref("KeyWithSecret"), "the key with its new secret"),
+                        **_errors(400, 404, 422, *common),
+                    },
+                },
+            },
+            "/api/v1/tokens": {
+                "post": {
+                    "summary": "Create an admin token (its secret is shown once)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": TOKEN_REQUEST}},
+                    },
+                    "responses": {
+                        "201": _json(TOKEN_WITH_SECRET, "the token and its secret"),
+                        **_errors(400, 422, *common),
+                    },
+                },
+                "get": {
+                    "summary": "List admin tokens (never their secrets)",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {"items": {"type": "array", "items": _ref("Token")}},
+                            },
+                            "the tokens this token may manage",
+                        ),
+                        **_errors(*common),
+                    },
+                },
+            },
+            "/api/v1/tokens/{id}": {
+                "parameters": [ID_PARAM],
+                "delete": {
+                    "summary": "Revoke an admin token (refused on its next call everywhere)",
+                    "responses": {"204": {"description": "revoked"}, **_errors(404, *common)},
+                },
+            },
+            "/api/v1/me": {
+                "get": {
+                    "summary": "The calling token: its id (or root), account and permissions",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["actor", "account", "permissions"],
+                                "properties": {
+                                    "actor": {"type": "string"},
+                                    "account": {"type": "string", "nullable": True},
+                                    "permissions": {
+                                        "type": "array",
+                                        "items": {"type": "string", "enum": list(PERMISSIONS)},
+                                    },
+                                },
+                            },
+                            "who is calling",
+                        ),
+                        **_errors(401, 503),
+                    },
+                }
+            },
             "/api/v1/settings": {
                 "get": {
                     "summary": "The limits the console shows (keys per account, whitelist entries per key)",
@@ -249,9 +361,10 @@ def document() -> dict[str, Any]:
                                                 "at": TIME,
                                                 "action": {
                                                     "type": "string",
-                                                    "enum": ["create", "update", "copy", "delete", "reveal"],
+                                                    "enum": ["create", "update", "copy", "delete", "reveal", "rotate"],
                                                 },
                                                 "key_id": {"type": "string"},
+                                                "actor": {"type": "string"},
                                                 "changes": {"type": "object"},
                                             },
                                         },
