@@ -206,3 +206,66 @@ async def test_user_strings_render_as_text_and_csp_is_strict(start_proxy, browse
     await expect(page.locator("#key-rows tr")).to_have_count(1)
     assert requested and not any(proxy.admin.token in url for url in requested)
     assert json.dumps(requested)
+
+
+async def test_lifecycle_in_the_console(start_proxy, browser: Browser) -> None:
+    """Expiry badges and the week's warning, rotation with a grace period, and the tokens page."""
+    from datetime import UTC, datetime, timedelta
+
+    proxy: Proxy = await start_proxy()
+    soon = (datetime.now(UTC) + timedelta(days=3)).isoformat().replace("+00:00", "Z")
+    await proxy.admin.create(name="Soon", expires_at=soon)
+    expiring = await proxy.admin.create(name="Gone", expires_at=(datetime.now(UTC) + timedelta(seconds=1)).isoformat())
+    rotating = await proxy.admin.create(name="Rotating")
+    page = await open_console(browser, proxy)
+    await page.wait_for_timeout(1100)  # "Gone" is past its expiry now
+    await sign_in(page, proxy.admin.token)
+    await expect(row(page, "Gone").locator(".badge.expired")).to_have_text("Expired")
+    await expect(row(page, "Soon").locator(".badge.expiring")).to_contain_text("Expires")
+    await expect(page.locator("#expiry-warning")).to_have_text("1 key will expire within a week.")
+    assert (await proxy.json("GET", "/api/v5/app/list", key=expiring["key"]))[1]["reason"] == "key_expired"
+
+    # rotate with a one-hour grace: the new secret is shown once, the old one still works
+    await row(page, "Rotating").locator("button.rotate").click()
+    await page.select_option("#rotate-grace", "3600")
+    await page.click("#rotate-confirm")
+    await expect(page.locator("#new-key-title")).to_have_text("Key rotated.")
+    await expect(page.locator("#new-key-note")).to_contain_text("The previous secret works until")
+    new_secret = await page.locator("#new-key-value").text_content()
+    assert new_secret and new_secret != rotating["key"]
+    for secret in (new_secret, rotating["key"]):
+        assert (await proxy.request("GET", "/api/v5/app/list", key=secret))[0] == 200
+    OUTPUT.mkdir(exist_ok=True)
+    await page.screenshot(path=str(OUTPUT / "console-lifecycle.png"), full_page=True)
+
+    # tokens: create one (shown once), see it listed without its secret, revoke it
+    await page.click("#show-tokens")
+    await expect(page.locator("#tokens")).to_be_visible()
+    await page.fill("#token-name", "reader")
+    await page.fill("#token-account", "acme")
+    await page.check("#token-permissions input[value='keys:read']")
+    await page.click("#token-create")
+    await expect(page.locator("#new-token")).to_be_visible()
+    token = await page.locator("#new-token-value").text_content()
+    assert token
+    listed = page.locator("#token-rows tr", has=page.locator(".token-name", has_text="reader"))
+    await expect(listed).to_have_count(1)
+    assert token not in await page.locator("#token-rows").inner_text()
+    await page.screenshot(path=str(OUTPUT / "console-tokens.png"), full_page=True)
+
+    # the scoped token sees its account only, and none of the controls it may not use
+    await proxy.admin.create(name="Acme key", account="acme")
+    reader = await open_console(browser, proxy)
+    await sign_in(reader, token)
+    await expect(row(reader, "Acme key")).to_have_count(1)
+    await expect(reader.locator("#key-rows tr")).to_have_count(1)
+    for hidden in ("#create-form", "#show-tokens"):
+        await expect(reader.locator(hidden)).to_be_hidden()
+    for control in ("button.reveal", "button.rotate", "button.delete", "button.copy-key"):
+        await expect(reader.locator(f"#key-rows {control}")).to_have_count(0)
+    await expect(reader.locator("#key-rows input[type=checkbox]")).to_be_disabled()
+    await expect(reader.locator("#whoami")).to_contain_text("account acme")
+
+    await listed.locator("button.revoke").click()
+    await expect(listed).to_have_count(0)
+    assert (await proxy.admin.call("GET", "/api/v1/keys", token=token))[0] == 401

@@ -11,7 +11,11 @@ const state = {
   detail: null,
   draft: null,
   deleting: null,
+  rotating: null,
+  me: { actor: "", account: null, permissions: [] },
 };
+const WEEK = 7 * 24 * 3600 * 1000;
+const may = (permission) => state.me.permissions.includes(permission);
 const $ = (id) => document.getElementById(id);
 
 class ApiError extends Error {
@@ -93,9 +97,13 @@ function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.signedIn = false;
   state.revealed.clear();
+  state.me = { actor: "", account: null, permissions: [] };
   $("keys").hidden = true;
+  $("tokens").hidden = true;
   $("detail").hidden = true;
   $("sign-out").hidden = true;
+  $("show-tokens").hidden = true;
+  $("whoami").textContent = "";
   $("sign-in").hidden = false;
   if (message) notify(message);
 }
@@ -105,7 +113,7 @@ async function signIn(event) {
   clearError("sign-in-error");
   sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
   try {
-    await api("GET", "/api/v1/keys?limit=1");
+    state.me = await api("GET", "/api/v1/me");
   } catch (err) {
     sessionStorage.removeItem(TOKEN_KEY);
     showError("sign-in-error", err.status === 401 ? new Error("That token was refused.") : err);
@@ -117,9 +125,18 @@ async function signIn(event) {
 
 async function enter() {
   state.signedIn = true;
+  if (!state.me.actor) state.me = await api("GET", "/api/v1/me");
   $("sign-in").hidden = true;
   $("sign-out").hidden = false;
   $("keys").hidden = false;
+  $("whoami").textContent = state.me.account ? `Token ${state.me.actor} · account ${state.me.account}` : "";
+  $("show-tokens").hidden = !may("tokens:manage");
+  $("create-form").hidden = !may("keys:write");
+  if (!may("keys:read")) {
+    $("key-table").hidden = true;
+    notify("This token cannot list keys.");
+    return;
+  }
   try {
     const [settings, catalogue] = await Promise.all([api("GET", "/api/v1/settings"), api("GET", "/api/v1/interfaces")]);
     state.limits = settings.limits;
@@ -154,12 +171,29 @@ function renderKeys() {
   );
   $("empty").hidden = state.keys.length > 0;
   $("key-rows").replaceChildren(...state.keys.map(keyRow));
+  const soon = state.keys.filter((key) => expiry(key) === "expiring").length;
+  $("expiry-warning").hidden = soon === 0;
+  $("expiry-warning").textContent = `${soon} key${soon === 1 ? "" : "s"} will expire within a week.`;
+}
+
+// "expired", "expiring" (within a week) or null
+function expiry(key) {
+  if (!key.expires_at) return null;
+  const left = new Date(key.expires_at).getTime() - Date.now();
+  return left <= 0 ? "expired" : left <= WEEK ? "expiring" : null;
+}
+
+function expiryBadge(key) {
+  const status = expiry(key);
+  if (!status) return null;
+  const text = status === "expired" ? "Expired" : `Expires ${when(key.expires_at)}`;
+  return el("span", { class: `badge ${status}`, text, title: `expires_at ${key.expires_at}` });
 }
 
 function keyRow(key) {
   const revealed = state.revealed.get(key.id);
   const cell = (label, ...children) => el("td", { "data-label": label, class: label === "Key" ? "key-cell" : null }, ...children);
-  const toggle = el("input", { type: "checkbox", "aria-label": `Enable ${key.name}` });
+  const toggle = el("input", { type: "checkbox", "aria-label": `Enable ${key.name}`, disabled: !may("keys:write") });
   toggle.checked = key.enabled;
   toggle.addEventListener("change", () => setEnabled(key, toggle));
   const ips = key.ip_whitelist.length;
@@ -167,21 +201,108 @@ function keyRow(key) {
     cell("Name", el("span", { class: "name", text: key.name })),
     cell("Key",
       el("span", { class: "secret", text: revealed || key.key_masked }),
-      el("button", { type: "button", class: "icon reveal", "aria-label": revealed ? "Hide key" : "Reveal key",
-        text: revealed ? "Hide" : "Show", on: { click: () => toggleReveal(key) } }),
-      el("button", { type: "button", class: "icon copy-value", "aria-label": "Copy key value", text: "Copy",
-        on: { click: () => copyValue(key) } })),
+      may("keys:reveal") ? el("button", { type: "button", class: "icon reveal", "aria-label": revealed ? "Hide key" : "Reveal key",
+        text: revealed ? "Hide" : "Show", on: { click: () => toggleReveal(key) } }) : null,
+      may("keys:reveal") ? el("button", { type: "button", class: "icon copy-value", "aria-label": "Copy key value", text: "Copy",
+        on: { click: () => copyValue(key) } }) : null),
     cell("Account", key.account),
     cell("Apps", summary(key.apps, "All apps", "app")),
     cell("Interfaces", summary(key.interfaces, "All interfaces", "interface")),
     cell("IP whitelist", ips ? `${ips} / ${state.limits.ips_per_key}` : "Any IP"),
-    cell("Status", el("label", { class: "switch" }, toggle, el("span", { class: "status", text: key.enabled ? "Enabled" : "Disabled" }))),
+    cell("Status", el("label", { class: "switch" }, toggle, el("span", { class: "status", text: key.enabled ? "Enabled" : "Disabled" })),
+      expiryBadge(key)),
     cell("Created", when(key.created_at)),
     cell("Last used", el("span", { class: "last-used", text: when(key.last_used_at) })),
     el("td", { class: "actions" },
       el("button", { type: "button", class: "details", text: "Details", on: { click: () => openDetail(key.id) } }),
-      el("button", { type: "button", class: "copy-key", text: "Copy key", on: { click: () => copyKey(key) } }),
-      el("button", { type: "button", class: "delete", text: "Delete", on: { click: () => askDelete(key) } })));
+      ...(may("keys:write") ? [
+        el("button", { type: "button", class: "rotate", text: "Rotate", on: { click: () => askRotate(key) } }),
+        el("button", { type: "button", class: "copy-key", text: "Copy key", on: { click: () => copyKey(key) } }),
+        el("button", { type: "button", class: "delete", text: "Delete", on: { click: () => askDelete(key) } }),
+      ] : [])));
+}
+
+function askRotate(key) {
+  state.rotating = key;
+  $("rotate-name").textContent = key.name;
+  $("confirm-rotate").showModal();
+}
+
+async function confirmRotate() {
+  const key = state.rotating;
+  state.rotating = null;
+  if (!key || $("confirm-rotate").returnValue !== "rotate") return;
+  try {
+    const grace = Number($("rotate-grace").value);
+    const rotated = await api("POST", `/api/v1/keys/${encodeURIComponent(key.id)}/rotate`, { grace_seconds: grace });
+    state.revealed.delete(key.id);
+    showNewKey(rotated, "Key rotated.",
+      rotated.previous_expires_at ? `The previous secret works until ${when(rotated.previous_expires_at)}.` : "The previous secret no longer works.");
+    replaceKey(rotated);
+  } catch (err) {
+    notify(err.message);
+  }
+}
+
+// ---- admin tokens --------------------------------------------------------------------------
+
+async function showTokens() {
+  $("keys").hidden = true;
+  $("detail").hidden = true;
+  $("tokens").hidden = false;
+  $("new-token").hidden = true;
+  $("token-account").value = state.me.account || "";
+  $("token-account").disabled = Boolean(state.me.account);
+  $("token-permissions").replaceChildren(...state.me.permissions.map((permission) =>
+    el("label", {}, el("input", { type: "checkbox", value: permission, name: "permission" }), permission)));
+  await loadTokens();
+}
+
+function hideTokens() {
+  $("tokens").hidden = true;
+  $("keys").hidden = false;
+}
+
+async function loadTokens() {
+  try {
+    const answer = await api("GET", "/api/v1/tokens");
+    $("token-rows").replaceChildren(...answer.items.map((token) => el("tr", { dataset: { id: token.id } },
+      el("td", { class: "token-name", text: token.name }),
+      el("td", { text: token.id }),
+      el("td", { text: token.account || "Every account" }),
+      el("td", { text: token.permissions.join(", ") }),
+      el("td", { text: when(token.last_used_at) }),
+      el("td", {}, el("button", { type: "button", class: "revoke danger", text: "Revoke",
+        on: { click: () => revokeToken(token) } })))));
+  } catch (err) {
+    notify(err.message);
+  }
+}
+
+async function createToken(event) {
+  event.preventDefault();
+  clearError("token-error");
+  const permissions = [...document.querySelectorAll("#token-permissions input:checked")].map((box) => box.value);
+  const account = $("token-account").value.trim();
+  try {
+    const created = await api("POST", "/api/v1/tokens", { name: $("token-name").value.trim(), account: account || null, permissions });
+    $("new-token-value").textContent = created.token;
+    $("new-token").hidden = false;
+    $("token-name").value = "";
+    await loadTokens();
+  } catch (err) {
+    showError("token-error", err);
+  }
+}
+
+async function revokeToken(token) {
+  try {
+    await api("DELETE", `/api/v1/tokens/${encodeURIComponent(token.id)}`);
+    notify("Token revoked.", false);
+    await loadTokens();
+  } catch (err) {
+    notify(err.message);
+  }
 }
 
 async function reveal(key) {
@@ -224,7 +345,9 @@ function replaceKey(updated) {
   if (state.detail === updated.id) renderDetail(updated, false);
 }
 
-function showNewKey(created) {
+function showNewKey(created, title = "New key created.", note = "") {
+  $("new-key-title").textContent = title;
+  $("new-key-note").textContent = note;
   $("new-key-value").textContent = created.key;
   $("new-key").hidden = false;
 }
@@ -284,6 +407,7 @@ function openDetail(id) {
   if (!key) return;
   state.detail = id;
   renderDetail(key, true);
+  $("detail").classList.toggle("readonly", !may("keys:write"));
   $("detail").hidden = false;
 }
 
@@ -423,6 +547,10 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
   $("confirm-delete").addEventListener("close", confirmDelete);
+  $("confirm-rotate").addEventListener("close", confirmRotate);
+  $("show-tokens").addEventListener("click", showTokens);
+  $("tokens-close").addEventListener("click", hideTokens);
+  $("token-form").addEventListener("submit", createToken);
   wireDetail();
   if (sessionStorage.getItem(TOKEN_KEY)) enter();
   else $("sign-in").hidden = false;
