@@ -1,0 +1,147 @@
+"""Rate-limit arithmetic. Pure: the rules, the windows, the counting; the caller gives `now`.
+
+A limit of N per window (second, minute, hour, day) must allow at most N requests in ANY such
+window, not only in calendar ones. Each window is kept as SLOTS counters of 1/SLOTS of its
+length; a request is allowed when the SPAN counters ending at the current slot hold fewer than
+N. SPAN is one slot more than the window, so any window ending now lies inside it: that never
+allows more than N in any window, costs fixed memory per key whatever N, and frees capacity at
+most one slot (1/60 of the window) later than an exact log would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.core.errors import RuleError
+
+WINDOWS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+SLOTS = 60
+SPAN = SLOTS + 1  # counters kept: a window ending mid-slot starts in the slot SLOTS back
+MAX_REQUESTS = 1_000_000
+MAX_LIMITS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    requests: int
+    per: str
+
+    @property
+    def seconds(self) -> int:
+        return WINDOWS[self.per]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"requests": self.requests, "per": self.per}
+
+
+def parse_limits(value: Any, field: str = "rate_limits") -> tuple[Limit, ...]:
+    """A list of at most 4 `{requests: 1..1000000, per: second|minute|hour|day}`, one per `per`."""
+    if not isinstance(value, list):
+        raise RuleError(field, f"{field} must be a list of {{requests, per}}")
+    if len(value) > MAX_LIMITS:
+        raise RuleError(field, f"{field} holds at most {MAX_LIMITS} limits, one per window")
+    limits: list[Limit] = []
+    for i, item in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict) or set(item) != {"requests", "per"}:
+            raise RuleError(where, f"{where} must be {{requests, per}}")
+        requests, per = item["requests"], item["per"]
+        if isinstance(requests, bool) or not isinstance(requests, int) or not 1 <= requests <= MAX_REQUESTS:
+            raise RuleError(where, f"{where}.requests must be a whole number from 1 to {MAX_REQUESTS}")
+        if per not in WINDOWS:
+            raise RuleError(where, f"{where}.per must be one of {', '.join(WINDOWS)}")
+        if any(limit.per == per for limit in limits):
+            raise RuleError(where, f"{where}: one limit per window; {per} is given twice")
+        limits.append(Limit(requests, per))
+    return tuple(sorted(limits, key=lambda limit: limit.seconds))
+
+
+def parse_rate(text: str) -> Limit:
+    """The command line's `5/second`."""
+    requests, _, per = text.partition("/")
+    if not requests.isdigit() or per not in WINDOWS:
+        raise RuleError("rate", f"expected N/second, N/minute, N/hour or N/day, got {text!r}")
+    return parse_limits([{"requests": int(requests), "per": per}], "rate")[0]
+
+
+class Window:
+    """The counters of one limit for one key or account."""
+
+    __slots__ = ("counts", "first")
+
+    def __init__(self) -> None:
+        self.counts = [0] * SPAN
+        self.first = 0  # the slot number (time // slot width) of counts[0]
+
+    def _advance(self, slot: int) -> None:
+        """Forget the slots that fell out of the span."""
+        if slot - self.first >= SPAN:
+            keep_from = slot - SPAN + 1
+            if keep_from - self.first >= SPAN:
+                self.counts = [0] * SPAN
+            else:
+                drop = keep_from - self.first
+                self.counts = self.counts[drop:] + [0] * drop
+            self.first = keep_from
+
+    def used(self, limit: Limit, now: float) -> int:
+        slot = int(now * SLOTS // limit.seconds)
+        self._advance(slot)
+        return sum(self.counts)
+
+    def add(self, limit: Limit, now: float) -> None:
+        slot = int(now * SLOTS // limit.seconds)
+        self._advance(slot)
+        self.counts[slot - self.first] += 1
+
+    def reset_after(self, limit: Limit, now: float) -> int:
+        """Whole seconds (at least 1) until the oldest counted slot leaves the span."""
+        width = limit.seconds / SLOTS
+        for offset, count in enumerate(self.counts):
+            if count:
+                frees_at = (self.first + offset + SPAN) * width
+                return max(1, math.ceil(frees_at - now))
+        return 1
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of a rate check: `allowed`, and the window with the fewest remaining
+    requests (for the RateLimit-* headers and Retry-After)."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int
+
+    def headers(self) -> bytes:
+        return b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
+            self.limit,
+            self.remaining,
+            self.reset,
+        )
+
+
+def tightest(states: list[tuple[Limit, int, int]], allowed: bool) -> Verdict:
+    """From (limit, used after this request, reset) per window, the one with the fewest remaining."""
+    limit, used, reset = min(states, key=lambda state: state[0].requests - state[1])
+    return Verdict(allowed, limit.requests, max(0, limit.requests - used), reset)
+
+
+def check(windows: list[Window], limits: tuple[Limit, ...], now: float) -> Verdict:
+    """Count one request against every limit, all or nothing: if any window is full, nothing
+    is counted (a refused request consumes nothing)."""
+    used = [window.used(limit, now) for window, limit in zip(windows, limits, strict=True)]
+    full = [i for i, (count, limit) in enumerate(zip(used, limits, strict=True)) if count >= limit.requests]
+    if full:
+        states = [(limits[i], used[i], windows[i].reset_after(limits[i], now)) for i in full]
+        return tightest(states, False)
+    for window, limit in zip(windows, limits, strict=True):
+        window.add(limit, now)
+    states = [
+        (limit, count + 1, window.reset_after(limit, now))
+        for window, limit, count in zip(windows, limits, used, strict=True)
+    ]
+    return tightest(states, True)
