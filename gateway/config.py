@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateway.core.errors import RuleError
+from gateway.core.ratelimit import Limit, parse_limits
 from gateway.core.routes import Routes, compile_routes
 
 
@@ -79,6 +80,26 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class RateRule:
+    requests: int
+    per: str
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    backend: str = "local"  # or redis://host:6379/0: one budget for every worker and replica
+    per_account: tuple[RateRule, ...] = ()
+    default_per_key: tuple[RateRule, ...] = ()  # for keys that set no rate_limits of their own
+    on_backend_error: str = "allow"  # or deny, while the shared backend is unreachable
+
+    def account_limits(self) -> tuple[Limit, ...]:
+        return parse_limits([dataclasses.asdict(rule) for rule in self.per_account], "rate_limits.per_account")
+
+    def key_defaults(self) -> tuple[Limit, ...]:
+        return parse_limits([dataclasses.asdict(rule) for rule in self.default_per_key], "rate_limits.default_per_key")
+
+
+@dataclass(frozen=True)
 class Keys:
     prefix: str = ""  # new secrets start with it (e.g. "gk_"), so secret scanners can spot them
 
@@ -102,6 +123,7 @@ class Config:
     workers: str = "1"
     log: Log = field(default_factory=Log)
     keys: Keys = field(default_factory=Keys)
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     shutdown_timeout: float = 30.0
     secret_key: str = ""
 
@@ -269,6 +291,13 @@ def _validate(config: Config) -> None:
         raise RuleError("routes.unknown", f"expected deny or allow, got {config.routes.unknown!r}")
     if config.routes.preset not in ("jiandaoyun", "none"):
         raise RuleError("routes.preset", f"expected jiandaoyun or none, got {config.routes.preset!r}")
+    config.rate_limits.account_limits()  # each raises a RuleError naming the bad entry
+    config.rate_limits.key_defaults()
+    backend = config.rate_limits.backend
+    if backend != "local" and not backend.startswith(("redis://", "rediss://")):
+        raise RuleError("rate_limits.backend", f"expected local or redis://host:port/db, got {backend!r}")
+    if config.rate_limits.on_backend_error not in ("allow", "deny"):
+        raise RuleError("rate_limits.on_backend_error", "expected allow or deny")
     if not re.fullmatch(r"[A-Za-z0-9_-]{0,16}", config.keys.prefix):
         raise RuleError("keys.prefix", "at most 16 letters, digits, _ and -")
     if config.routes.max_body_inspect < 0:

@@ -23,6 +23,7 @@ KEY_FIELDS = {
     "ip_whitelist",
     "expires_at",
     "previous_expires_at",
+    "rate_limits",
     "created_at",
     "updated_at",
     "last_used_at",

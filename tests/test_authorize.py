@@ -192,6 +192,9 @@ def test_answers_match_the_contract() -> None:
         "app_not_allowed": (403, 8302),
         "body_too_large": (413, 413),
         "unsupported_media_type": (415, 415),
+        "account_rate_limited": (429, 8303),
+        "key_rate_limited": (429, 8304),
+        "rate_limit_unavailable": (503, 503),
         "upstream_unavailable": (502, 502),
         "upstream_timeout": (504, 504),
     }

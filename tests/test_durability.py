@@ -133,4 +133,4 @@ def test_schema_newer_than_the_code_refuses_to_start(spawn, tmp_path: Path) -> N
         )
         assert result.returncode == 1, command
         lines = result.stderr.strip().splitlines()
-        assert lines == ["gateway: database: schema v99 is newer than this gateway's (v4)"], (command, lines)
+        assert lines == ["gateway: database: schema v99 is newer than this gateway's (v5)"], (command, lines)

@@ -41,24 +41,32 @@ def test_limits_parse_and_sort() -> None:
         parse_rate("five/second")
 
 
+def one(window: Window, limit: Limit, now: float):
+    return check([(window, limit, 0)], now)[1]
+
+
 def test_a_burst_of_n_plus_one_and_recovery() -> None:
-    limits = (Limit(5, "second"),)
-    windows = [Window()]
-    verdicts = [check(windows, limits, T0 + i * 0.01) for i in range(6)]
+    limit = Limit(5, "second")
+    window = Window()
+    verdicts = [one(window, limit, T0 + i * 0.01) for i in range(6)]
     assert [v.allowed for v in verdicts] == [True] * 5 + [False]
     assert [v.remaining for v in verdicts] == [4, 3, 2, 1, 0, 0]
     assert verdicts[-1].reset >= 1
-    assert check(windows, limits, T0 + 0.9).allowed is False  # still inside the window
-    assert check(windows, limits, T0 + 1.05).allowed is True  # the burst's slot has left
+    assert one(window, limit, T0 + 0.9).allowed is False  # still inside the window
+    assert one(window, limit, T0 + 1.05).allowed is True  # the burst's slot has left
 
 
-def test_refusals_consume_nothing_across_windows() -> None:
-    limits = (Limit(2, "second"), Limit(3, "minute"))
-    windows = [Window(), Window()]
-    assert [check(windows, limits, T0 + i * 0.1).allowed for i in range(4)] == [True, True, False, False]
-    later = [check(windows, limits, T0 + 2 + i * 0.1) for i in range(3)]
-    assert [v.allowed for v in later] == [True, False, False]  # the minute had 2 of 3 left, then 1
-    assert later[1].limit == 3 and later[1].remaining == 0  # the tightest window is reported
+def test_refusals_consume_nothing_across_windows_and_groups() -> None:
+    account, second, minute = Window(), Window(), Window()
+    counters = [(account, Limit(10, "minute"), 0), (second, Limit(2, "second"), 1), (minute, Limit(3, "minute"), 1)]
+    first = [check(counters, T0 + i * 0.1) for i in range(4)]
+    assert [group for group, _ in first] == [None, None, 1, 1]  # the key's limit refuses, group 1
+    later = [check(counters, T0 + 2 + i * 0.1) for i in range(3)]
+    assert [group for group, _ in later] == [None, 1, 1]  # the minute had 1 of 3 left
+    assert later[1][1].limit == 3 and later[1][1].remaining == 0  # the tightest window is reported
+    assert account.used(Limit(10, "minute"), T0 + 3) == 3  # refused requests were not counted
+    tight = [(Window(), Limit(1, "minute"), 0), (Window(), Limit(5, "second"), 1)]
+    assert check(tight, T0)[0] is None and check(tight, T0 + 0.1)[0] == 0  # the account refuses first
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -69,7 +77,7 @@ def test_never_more_than_n_in_any_window(seed: int) -> None:
     now, allowed = T0, []
     for _ in range(3000):
         now += rng.expovariate(40)
-        if check([window], (limit,), now).allowed:
+        if one(window, limit, now).allowed:
             allowed.append(now)
     for i, start in enumerate(allowed):  # slide a one-second window over every accepted request
         inside = sum(1 for t in allowed[i:] if t < start + 1)

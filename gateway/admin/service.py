@@ -44,7 +44,7 @@ TOKEN_TOUCH_SECONDS = 60  # a token's last_used_at is written at most this often
 def _visible(key: Key) -> dict[str, Any]:
     """The editable fields as the API shows them: what the audit trail records."""
     shown = key.to_json()
-    fields = ("name", "account", "apps", "interfaces", "ip_whitelist", "enabled", "expires_at")
+    fields = ("name", "account", "apps", "interfaces", "ip_whitelist", "enabled", "expires_at", "rate_limits")
     return {name: shown[name] for name in fields}
 
 
@@ -136,6 +136,7 @@ class KeyService:
             created_at=now,
             updated_at=now,
             expires_at=fields.get("expires_at"),
+            rate_limits=fields.get("rate_limits", ()),
         )
         changes = {name: {"before": None, "after": value} for name, value in _visible(key).items()}
         if origin is not None:
@@ -233,6 +234,7 @@ class KeyService:
                 "ip_whitelist": source.ip_whitelist,
                 "enabled": source.enabled,
                 "expires_at": source.expires_at,
+                "rate_limits": source.rate_limits,
             }
             return await self._insert(fields, actor, "copy", source.id)
 

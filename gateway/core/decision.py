@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from gateway.core.iprules import Whitelist
+from gateway.core.ratelimit import Limit
 from gateway.core.record import Key, parse_time
 from gateway.core.routes import RouteMatch
 
@@ -21,6 +22,7 @@ class KeySnapshot:
     interfaces: frozenset[str] | None
     whitelist: Whitelist | None  # None when the whitelist is empty: any IP, plugins allowed
     identity_headers: bytes  # X-Gateway-Key-Id / X-Gateway-Account lines for the upstream
+    rate_limits: tuple[Limit, ...] = ()  # the key's own; none: the configured default applies
     expires_at: float | None = None  # epoch seconds: key_expired from then on
     retired_at: float | None = None  # a rotated-out secret: invalid_key from then on
 
@@ -36,6 +38,7 @@ class KeySnapshot:
             interfaces=shared.scope(key.interfaces),
             whitelist=shared.whitelist(key.ip_whitelist),
             identity_headers=headers,
+            rate_limits=key.rate_limits,
             expires_at=parse_time(key.expires_at) if key.expires_at else None,
         )
 
@@ -98,6 +101,9 @@ UNSUPPORTED_MEDIA_TYPE = Deny(
     "unsupported_media_type",
     "the body must be plain JSON (Content-Type application/json, no Content-Encoding)",
 )
+ACCOUNT_RATE_LIMITED = Deny(429, 8303, "account_rate_limited", "the account is over its request rate")
+KEY_RATE_LIMITED = Deny(429, 8304, "key_rate_limited", "the key is over its request rate")
+RATE_LIMIT_UNAVAILABLE = Deny(503, 503, "rate_limit_unavailable", "the rate limits cannot be checked; try again")
 UPSTREAM_UNAVAILABLE = Deny(502, 502, "upstream_unavailable", "the upstream service is unavailable")
 UPSTREAM_TIMEOUT = Deny(504, 504, "upstream_timeout", "the upstream service timed out")
 ALL_DENIALS = (
@@ -113,6 +119,9 @@ ALL_DENIALS = (
     APP_NOT_ALLOWED,
     BODY_TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
+    ACCOUNT_RATE_LIMITED,
+    KEY_RATE_LIMITED,
+    RATE_LIMIT_UNAVAILABLE,
     UPSTREAM_UNAVAILABLE,
     UPSTREAM_TIMEOUT,
 )

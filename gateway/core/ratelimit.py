@@ -130,18 +130,17 @@ def tightest(states: list[tuple[Limit, int, int]], allowed: bool) -> Verdict:
     return Verdict(allowed, limit.requests, max(0, limit.requests - used), reset)
 
 
-def check(windows: list[Window], limits: tuple[Limit, ...], now: float) -> Verdict:
-    """Count one request against every limit, all or nothing: if any window is full, nothing
-    is counted (a refused request consumes nothing)."""
-    used = [window.used(limit, now) for window, limit in zip(windows, limits, strict=True)]
-    full = [i for i, (count, limit) in enumerate(zip(used, limits, strict=True)) if count >= limit.requests]
+def check(counters: list[tuple[Window, Limit, int]], now: float) -> tuple[int | None, Verdict]:
+    """Count one request against every (window, limit, group) at once, all or nothing: if any
+    window is full, nothing is counted (a refused request consumes nothing). Returns the
+    lowest group holding a full window (None: allowed) and the verdict for the headers."""
+    used = [window.used(limit, now) for window, limit, _ in counters]
+    full = [i for i, (_, limit, _) in enumerate(counters) if used[i] >= limit.requests]
     if full:
-        states = [(limits[i], used[i], windows[i].reset_after(limits[i], now)) for i in full]
-        return tightest(states, False)
-    for window, limit in zip(windows, limits, strict=True):
+        group = min(counters[i][2] for i in full)
+        states = [(counters[i][1], used[i], counters[i][0].reset_after(counters[i][1], now)) for i in full]
+        return group, tightest(states, False)
+    for window, limit, _ in counters:
         window.add(limit, now)
-    states = [
-        (limit, count + 1, window.reset_after(limit, now))
-        for window, limit, count in zip(windows, limits, used, strict=True)
-    ]
-    return tightest(states, True)
+    states = [(limit, used[i] + 1, window.reset_after(limit, now)) for i, (window, limit, _) in enumerate(counters)]
+    return None, tightest(states, True)

@@ -11,12 +11,13 @@ from typing import Any
 
 from gateway.core.errors import RuleError
 from gateway.core.iprules import parse_entry
+from gateway.core.ratelimit import Limit, parse_limits
 
 CATEGORIES = ("contacts", "app", "form", "data", "file", "workflow", "crm")
 IMMUTABLE_FIELDS = frozenset(
     {"key", "id", "account", "key_masked", "created_at", "updated_at", "last_used_at", "previous_expires_at"}
 )
-EDITABLE_FIELDS = frozenset({"name", "apps", "interfaces", "ip_whitelist", "enabled", "expires_at"})
+EDITABLE_FIELDS = frozenset({"name", "apps", "interfaces", "ip_whitelist", "enabled", "expires_at", "rate_limits"})
 INTERFACE_NAME = re.compile(r"[A-Za-z0-9_]+")
 MAX_TEXT = 100
 # C0 and C1 controls, the line and paragraph separators, and lone surrogates (which no
@@ -48,6 +49,7 @@ class Key:
     expires_at: str | None = None  # refused as key_expired from then on
     previous_digest: str | None = None  # the secret before the last rotation, still accepted ...
     previous_expires_at: str | None = None  # ... until then
+    rate_limits: tuple[Limit, ...] = ()  # none: rate_limits.default_per_key applies
 
     def previous_live(self, now: float) -> bool:
         """Whether the secret before the last rotation is still accepted."""
@@ -69,6 +71,7 @@ class Key:
             "request_count": self.request_count,
             "expires_at": self.expires_at,
             "previous_expires_at": self.previous_expires_at if self.previous_live(time.time()) else None,
+            "rate_limits": [limit.to_json() for limit in self.rate_limits],
         }
 
 
@@ -229,4 +232,6 @@ def parse_changes(
         changes["enabled"] = parse_enabled(body["enabled"])
     if "expires_at" in body:
         changes["expires_at"] = parse_expiry(body["expires_at"], time.time())
+    if "rate_limits" in body:
+        changes["rate_limits"] = parse_limits(body["rate_limits"])
     return changes

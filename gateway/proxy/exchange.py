@@ -8,12 +8,15 @@ sequences them. Its phases and the moves between them are the table `PHASES`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from gateway.core import decision as decide
 from gateway.core.decision import KeySnapshot
 from gateway.core.iprules import client_ip
+from gateway.core.ratelimit import Verdict as RateVerdict
 from gateway.core.routes import RouteMatch
+from gateway.keyring.limits import Groups, LimiterUnavailable
 from gateway.proxy.relay import UPSTREAM_FULL, Relay
 from gateway.proxy.seams import Client
 from gateway.wire.ambiguous import IDEMPOTENT
@@ -26,10 +29,11 @@ PIPELINE, BUFFER_FULL = 1, 4
 assert UPSTREAM_FULL not in (PIPELINE, BUFFER_FULL)
 HIGH_WATER = 256 * 1024  # request body bytes held while the decision is pending
 
-WAITING, INSPECTING, FORWARDING, ANSWERED = "waiting", "inspecting", "forwarding", "answered"
+WAITING, INSPECTING, LIMITING, FORWARDING, ANSWERED = "waiting", "inspecting", "limiting", "forwarding", "answered"
 PHASES: dict[str, frozenset[str]] = {
-    WAITING: frozenset({INSPECTING, FORWARDING, ANSWERED}),  # decided on the head
-    INSPECTING: frozenset({FORWARDING, ANSWERED}),  # decided on the body's app id
+    WAITING: frozenset({INSPECTING, LIMITING, FORWARDING, ANSWERED}),  # decided on the head
+    INSPECTING: frozenset({LIMITING, FORWARDING, ANSWERED}),  # decided on the body's app id
+    LIMITING: frozenset({FORWARDING, ANSWERED}),  # the shared rate-limit backend answered
     FORWARDING: frozenset({ANSWERED}),  # the relay answered, or the upstream failed
     ANSWERED: frozenset(),
 }
@@ -44,8 +48,11 @@ class Exchange:
         "client",
         "conn",
         "head",
+        "inspected",
         "keep_alive",
         "key",
+        "limiting",
+        "rate_headers",
         "recorded",
         "relay",
         "request_complete",
@@ -70,6 +77,9 @@ class Exchange:
         self.body_size = 0
         self.request_complete = False
         self.relay: Relay | None = None
+        self.inspected = False  # the whole body was read for the app id
+        self.limiting: asyncio.Task | None = None  # a check with the shared rate-limit backend
+        self.rate_headers = b""  # RateLimit-* lines for the answer
         self.response_started = False
         self.response_complete = False
         self.started = time.monotonic()
@@ -115,7 +125,45 @@ class Exchange:
             elif self.head.expect_continue:
                 self.conn.write(CONTINUE)
         else:
+            self.admit()
+
+    # rate limits, checked last so that a refused request consumes nothing
+    def admit(self) -> None:
+        server, key = self.conn.server, self.key
+        assert key is not None
+        groups = [("a", key.account, server.account_limits)] if server.account_limits else []
+        limits = key.rate_limits or server.default_key_limits
+        if limits:
+            groups.append(("k", key.id, limits))
+        if not groups:
             self.forward()
+        elif not server.limiter.shared:
+            self._enter(LIMITING)
+            self.limited(groups, *server.limiter.check_now(groups, time.time()))
+        else:
+            self._enter(LIMITING)
+            self.limiting = asyncio.ensure_future(self._check_shared(groups))
+
+    async def _check_shared(self, groups: Groups) -> None:
+        server = self.conn.server
+        try:
+            group, verdict = await server.limiter.check(groups, time.time())
+        except LimiterUnavailable:
+            self.limiting = None
+            if self.state == LIMITING:
+                self.forward() if server.limits_fail_open else self.refuse(decide.RATE_LIMIT_UNAVAILABLE)
+            return
+        self.limiting = None
+        if self.state == LIMITING:  # not if the client left meanwhile
+            self.limited(groups, group, verdict)
+
+    def limited(self, groups: Groups, group: int | None, verdict: RateVerdict) -> None:
+        if group is None:
+            self.rate_headers = verdict.headers()
+            self.forward()
+        else:
+            deny = decide.ACCOUNT_RATE_LIMITED if groups[group][0] == "a" else decide.KEY_RATE_LIMITED
+            self.refuse(deny, verdict.headers() + b"Retry-After: %d\r\n" % verdict.reset)
 
     def on_request_body(self, data: bytes) -> None:
         state = self.state
@@ -142,6 +190,7 @@ class Exchange:
 
     def inspect_body(self) -> None:
         assert self.route is not None and self.key is not None
+        self.inspected = True
         decision, self.app_id = judge_body(b"".join(self.body), self.route, self.key)
         self.act(decision)
 
@@ -149,10 +198,10 @@ class Exchange:
     def forward(self) -> None:
         head = self.head
         self.conn.server.usage.touch(self.key.id)  # type: ignore[union-attr]
-        if head.expect_continue and not self.request_complete and self.state != INSPECTING:
+        if head.expect_continue and not self.request_complete and not self.inspected:
             self.conn.write(CONTINUE)
         # sent again only when repeating it is harmless and the whole body is in hand
-        replay = head.method in IDEMPOTENT and (not head.has_body or self.state == INSPECTING)
+        replay = head.method in IDEMPOTENT and (not head.has_body or self.inspected)
         self._enter(FORWARDING)
         self.relay = Relay(self, replay)
         self.relay.start()
@@ -184,7 +233,7 @@ class Exchange:
         self.conn.finished(self)
 
     # endings
-    def refuse(self, deny: decide.Deny) -> None:
+    def refuse(self, deny: decide.Deny, extra: bytes = b"") -> None:
         """Answer with a refusal, or break the connection if an answer is already under way."""
         if self.response_started:
             self.record(self.status, deny.reason)
@@ -207,7 +256,7 @@ class Exchange:
         )
         self.keep_alive = not close
         conn = self.conn
-        conn.write(deny_response(deny, close, conn.server.config.auth.scheme))
+        conn.write(deny_response(deny, close, conn.server.config.auth.scheme, extra))
         if close:
             conn.close()
         elif self.request_complete:
@@ -229,6 +278,8 @@ class Exchange:
         if not self.response_complete:
             self.record(499, "client_closed")
         self.state = ANSWERED  # from any phase
+        if self.limiting is not None:
+            self.limiting.cancel()
         if self.relay is not None:
             self.relay.cancel()
             self.relay = None

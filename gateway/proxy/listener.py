@@ -60,3 +60,4 @@ class ProxyServer(Shared):
         if self._ticker is not None:
             self._ticker.cancel()
         self.pool.close()
+        await self.limiter.close()

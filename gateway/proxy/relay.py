@@ -109,7 +109,9 @@ class Relay:
         exchange = self.exchange
         exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
         head = exchange.head
-        plan = plan_response(head.method, head.version, status, reason, headers, exchange.reusable)
+        plan = plan_response(
+            head.method, head.version, status, reason, headers, exchange.reusable, exchange.rate_headers
+        )
         self.plan = plan
         exchange.answering(status, plan.keep_alive)
         exchange.conn.write(plan.head)

@@ -46,6 +46,7 @@ class Requester(Protocol):
     response_complete: bool
     status: int
     relay: object
+    rate_headers: bytes
 
     @property
     def reusable(self) -> bool: ...

@@ -14,6 +14,7 @@ from gateway.config import Config
 from gateway.core.decision import KeySnapshot
 from gateway.core.routes import RouteTable
 from gateway.keyring.index import Keyring, Usage
+from gateway.keyring.limits import open_limiter
 from gateway.observe.accesslog import AccessLog, clip
 from gateway.observe.metrics import Metrics
 from gateway.proxy.upstream import UpstreamPool
@@ -55,6 +56,11 @@ class Shared:
             upstream_host=self.pool.host_header,
             scheme=b"https" if config.listen.tls else b"http",
         )
+        rates = config.rate_limits
+        self.limiter = open_limiter(rates.backend)
+        self.account_limits = rates.account_limits()
+        self.default_key_limits = rates.key_defaults()
+        self.limits_fail_open = rates.on_backend_error == "allow"
         self.unknown_allowed = config.routes.unknown == "allow"
         self.max_inspect = config.routes.max_body_inspect
         self.limits = config.limits

@@ -38,7 +38,7 @@ from gateway.store.rows import (
 from gateway.store.sql import numbered
 
 log = logging.getLogger("gateway.store")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 CHANNEL = "gateway_changes"
 WRITE_LOCK = 7_412_001  # advisory lock ids: any constant unlikely to clash with the application's
 MIGRATION_LOCK = 7_412_002
@@ -76,6 +76,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # v2: key expiry and rotation, admin tokens, who acted in the audit trail
     2: sql.LIFECYCLE_SCHEMA,
+    # v3: per-key rate limits
+    3: sql.RATE_LIMITS_SCHEMA,
 }
 UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 

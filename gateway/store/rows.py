@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.core.ratelimit import Limit
 from gateway.core.record import Key
 from gateway.core.tokens import Token
 from gateway.store.base import Audit, Changes
 
 COLUMNS = (
     "id, account, name, digest, key_masked, enabled, apps, interfaces, ip_whitelist,"
-    " created_at, updated_at, last_used_at, request_count, expires_at, previous_digest, previous_expires_at"
+    " created_at, updated_at, last_used_at, request_count, expires_at, previous_digest, previous_expires_at,"
+    " rate_limits"
 )
 INSERT_COLUMNS = (
     "id, account, name, digest, sealed, key_masked, enabled, apps, interfaces, ip_whitelist, created_at, updated_at,"
-    " expires_at"
+    " expires_at, rate_limits"
 )
 TOKEN_COLUMNS = "id, name, account, permissions, digest, created_at, last_used_at"
 JSON_FIELDS = ("apps", "interfaces", "ip_whitelist")
@@ -23,6 +25,8 @@ CHANGES_KEPT = 100_000  # change-log rows kept; a process further behind reloads
 
 
 def encode(field: str, value: Any) -> Any:
+    if field == "rate_limits":
+        return json.dumps([limit.to_json() for limit in value])
     if field in JSON_FIELDS:
         return None if value is None else json.dumps(list(value))
     if field == "enabled":
@@ -46,6 +50,7 @@ def insert_values(key: Key, sealed: str) -> tuple[Any, ...]:
         key.created_at,
         key.updated_at,
         key.expires_at,
+        encode("rate_limits", key.rate_limits),
     )
 
 
@@ -68,6 +73,7 @@ def row_to_key(row: Any) -> Key:
         expires_at=row[13],
         previous_digest=row[14],
         previous_expires_at=row[15],
+        rate_limits=tuple(Limit(item["requests"], item["per"]) for item in json.loads(row[16] or "[]")),
     )
 
 

@@ -61,6 +61,9 @@ DELETE_TOKEN = "DELETE FROM tokens WHERE id = ?"
 DELETE_ACCOUNT_TOKEN = "DELETE FROM tokens WHERE id = ? AND account = ?"
 TOUCH_TOKEN = "UPDATE tokens SET last_used_at = ? WHERE id = ?"
 
+# Per-key rate limits (a JSON list), the same for both backends' migrations.
+RATE_LIMITS_SCHEMA = ("ALTER TABLE keys ADD COLUMN rate_limits TEXT NOT NULL DEFAULT '[]'",)
+
 # Expiry, rotation and admin tokens, the same statements for both backends' migrations.
 LIFECYCLE_SCHEMA = (
     "ALTER TABLE keys ADD COLUMN expires_at TEXT",

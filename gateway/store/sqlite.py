@@ -32,7 +32,7 @@ from gateway.store.rows import (
     token_values,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 POLL_SECONDS = 0.25
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -71,6 +71,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # v4: key expiry and rotation, admin tokens, who acted in the audit trail
     4: sql.LIFECYCLE_SCHEMA,
+    # v5: per-key rate limits
+    5: sql.RATE_LIMITS_SCHEMA,
 }
 
 

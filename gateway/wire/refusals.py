@@ -28,9 +28,17 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, reason)
 
 
+def deny_response(deny: Deny, close: bool, scheme: str = "Bearer", extra: bytes = b"") -> bytes:
+    """The whole answer for a refusal: `{"code", "msg", "reason"}` as JSON; `extra` header
+    lines (rate-limit numbers) make it one of a kind, so only plain refusals are memoised."""
+    if not extra:
+        return _plain_refusal(deny, close, scheme)
+    head, _, body = _plain_refusal(deny, close, scheme).partition(b"\r\n\r\n")
+    return head + b"\r\n" + extra + b"\r\n" + body
+
+
 @functools.cache
-def deny_response(deny: Deny, close: bool, scheme: str = "Bearer") -> bytes:
-    """The whole answer for a refusal: `{"code", "msg", "reason"}` as JSON."""
+def _plain_refusal(deny: Deny, close: bool, scheme: str) -> bytes:
     body = json.dumps({"code": deny.code, "msg": deny.msg, "reason": deny.reason}).encode()
     head = [
         status_line(deny.status),

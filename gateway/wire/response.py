@@ -39,6 +39,7 @@ def plan_response(
     reason: bytes,
     headers: list[tuple[bytes, bytes]],
     keep_alive: bool,
+    extra: bytes = b"",
 ) -> ResponsePlan:
     """`method`, `version`: the client's request; `keep_alive`: whether the client connection
     may stay open after this answer (its request asked so and was read in full)."""
@@ -58,6 +59,7 @@ def plan_response(
     for (name, value), lower in zip(headers, lowers, strict=True):
         if lower not in RESPONSE_DROP and lower not in dropped:
             append(b"%s: %s\r\n" % (name, value))
+    append(extra)  # the gateway's own lines (RateLimit-*)
     chunked = close_delimited = False
     if method == b"HEAD" or status in (204, 304):  # no body follows
         if length is not None and status != 204:
