@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,8 +22,8 @@ $(VENV)/.test: pyproject.toml $(VENV)/.run
 run: $(VENV)/.run
 	$(BIN)/gateway serve --config $(CONFIG)
 
-# Chromium for the console tests; PostgreSQL's binaries when no server answers at
-# 127.0.0.1:5432 (the tests then start a throwaway one of their own).
+# Chromium for the console tests; PostgreSQL's and Redis's binaries when no server answers at
+# 127.0.0.1:5432 / :6379 (the tests then start throwaway ones of their own).
 test-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		echo "installing Debian's chromium for the console tests ..."; \
@@ -30,6 +31,9 @@ test-deps:
 	@if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "installing Debian's postgresql for a throwaway test server ..."; \
 		$(APT) update -qq && $(APT) install -y -qq postgresql >/dev/null; fi
+	@if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && ! command -v redis-server >/dev/null; then \
+		echo "installing Debian's redis-server for a throwaway test server ..."; \
+		$(APT) update -qq && $(APT) install -y -qq redis-server >/dev/null; fi
 
 test: $(VENV)/.test test-deps
 	$(BIN)/ruff check gateway tests examples bench

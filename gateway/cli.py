@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.config import Config, load_config
 from gateway.core.errors import RuleError
+from gateway.core.ratelimit import parse_rate
 from gateway.core.record import iso_time
 
 
@@ -188,6 +189,11 @@ def _fields(args: argparse.Namespace) -> dict[str, Any]:
         body["ip_whitelist"] = [ip for ip in args.ip if ip]
     if args.expires is not None:
         body["expires_at"] = None if args.expires in ("", "never") else _expiry(args.expires)
+    if args.rate is not None:
+        try:
+            body["rate_limits"] = [parse_rate(rate).to_json() for rate in args.rate if rate]
+        except RuleError as err:
+            raise SystemExit(f"gateway: --rate: {err.message}") from None
     return body
 
 
@@ -387,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
         replaces = "replaces the whole whitelist; " if name == "update" else ""
         sub.add_argument("--ip", action="append", help=f"whitelist entry ({replaces}repeat; --ip '' for none)")
         sub.add_argument("--expires", help="when the key stops working: 30d, 12h, an RFC 3339 time, or never")
+        sub.add_argument("--rate", action="append", help="a rate limit such as 5/second (repeat; --rate '' for none)")
     for name in ("show", "reveal", "enable", "disable", "copy", "delete", "rotate"):
         sub = actions.add_parser(name, help=f"{name} a key", parents=[after])
         sub.add_argument("id")

@@ -187,3 +187,14 @@ def test_expiry_rotation_and_tokens_from_the_command_line(spawn) -> None:
     assert cli("tokens", "revoke", token_id, *admin).returncode == 0
     gone = cli("keys", "list", "--admin-url", proc.admin_url, "--token", secret)
     assert gone.returncode == 1 and "unauthorized" in gone.stderr
+
+
+def test_rate_limits_from_the_command_line(spawn) -> None:
+    proc = spawn()
+    admin = ["--admin-url", proc.admin_url, "--token", proc.token]
+    key = json.loads(cli("keys", "create", *admin, "--json", "--rate", "5/second", "--rate", "1000/day").stdout)
+    assert key["rate_limits"] == [{"requests": 5, "per": "second"}, {"requests": 1000, "per": "day"}]
+    cleared = json.loads(cli("keys", "update", key["id"], *admin, "--json", "--rate", "").stdout)
+    assert cleared["rate_limits"] == []
+    bad = cli("keys", "create", *admin, "--rate", "5/fortnight")
+    assert bad.returncode == 1 and "--rate" in bad.stderr

@@ -1,0 +1,130 @@
+"""Rate limits through real gateways: per key and per account, local and in Redis (two
+replicas sharing one budget), and Redis cut and restored through a relay the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import Proxy
+from tests.redisserver import redis_url
+from tests.tcpproxy import TcpRelay
+
+V5_LIST = "/api/v5/app/entry/data/list"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """SQLite only: the counters live in memory or Redis, not in the key store."""
+    yield f"sqlite:///{tmp_path}/gateway.db"
+
+
+def second(n: int) -> list[dict[str, Any]]:
+    return [{"requests": n, "per": "second"}]
+
+
+async def call(proxy: Proxy, key: str, path: str = "/api/v5/app/list") -> tuple[int, dict[str, str], Any]:
+    status, headers, body = await proxy.request("POST", path, key=key)
+    return status, headers, body
+
+
+async def test_a_burst_of_n_plus_one_then_recovery(proxy: Proxy) -> None:
+    key = await proxy.admin.create(rate_limits=second(5))
+    assert key["rate_limits"] == second(5)
+    answers = [await call(proxy, key["key"]) for _ in range(6)]
+    assert [status for status, _, _ in answers] == [200] * 5 + [429]
+    assert [h["RateLimit-Remaining"] for _, h, _ in answers] == ["4", "3", "2", "1", "0", "0"]
+    assert all(h["RateLimit-Limit"] == "5" and int(h["RateLimit-Reset"]) >= 1 for _, h, _ in answers)
+    _, headers, body = answers[-1]
+    assert b'"code": 8304' in body and b'"reason": "key_rate_limited"' in body
+    assert int(headers["Retry-After"]) >= 1
+    assert len(proxy.upstream.recorder.requests) == 5
+    await asyncio.sleep(1.1)
+    assert (await call(proxy, key["key"]))[0] == 200
+
+
+async def test_refused_requests_consume_nothing(proxy: Proxy) -> None:
+    key = await proxy.admin.create(rate_limits=second(2), interfaces=["app"])
+    for _ in range(5):  # refused by the interface scope before the limit is counted
+        assert (await call(proxy, key["key"], "/api/v5/corp/user/list"))[0] == 403
+    assert [(await call(proxy, key["key"]))[0] for _ in range(3)] == [200, 200, 429]
+
+
+async def test_per_account_limits_and_defaults(start_proxy: Any) -> None:
+    proxy: Proxy = await start_proxy(
+        rate_limits={"per_account": [{"requests": 3, "per": "minute"}], "default_per_key": second(2)}
+    )
+    acme = f"acme-{uuid.uuid4().hex[:6]}"
+    one = (await proxy.admin.create(account=acme))["key"]
+    two = (await proxy.admin.create(account=acme, rate_limits=second(50)))["key"]
+    other = (await proxy.admin.create(account="globex"))["key"]
+    assert [(await call(proxy, k))[0] for k in (one, one, two)] == [200, 200, 200]
+    status, _, body = await call(proxy, two)
+    assert status == 429 and b'"code": 8303' in body and b"account_rate_limited" in body
+    assert (await call(proxy, other))[0] == 200  # another account's budget is its own
+    assert (await call(proxy, other))[0] == 200
+    status, _, body = await call(proxy, other)  # the default per-key limit: 2 per second
+    assert status == 429 and b"key_rate_limited" in body
+
+
+async def test_keys_without_limits_carry_no_headers(proxy: Proxy) -> None:
+    key = await proxy.admin.create()
+    status, headers, _ = await call(proxy, key["key"])
+    assert status == 200 and "RateLimit-Limit" not in headers
+
+
+@pytest.mark.parametrize(
+    "value", [[{"requests": 0, "per": "second"}], [{"requests": 5, "per": "fortnight"}], "5/second"]
+)
+async def test_bad_limits_are_field_errors(proxy: Proxy, value: Any) -> None:
+    status, body = await proxy.admin.call("POST", "/api/v1/keys", {"rate_limits": value})
+    assert status == 422 and body["error"]["field"].startswith("rate_limits")
+
+
+async def test_two_replicas_share_one_budget_in_redis(start_proxy: Any) -> None:
+    backend = redis_url()
+    a: Proxy = await start_proxy(rate_limits={"backend": backend})
+    b: Proxy = await start_proxy(rate_limits={"backend": backend})  # same database, same Redis
+    key = await a.admin.create(rate_limits=[{"requests": 10, "per": "minute"}])
+    await asyncio.sleep(0.6)  # the key reaches replica B
+    statuses = [(await call(replica, key["key"]))[0] for _ in range(8) for replica in (a, b)]
+    assert statuses.count(200) == 10 and statuses.count(429) == 6
+    assert statuses[:10] == [200] * 10
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny"])
+async def test_a_redis_outage_fails_open_or_closed_and_recovers(start_proxy: Any, caplog: Any, mode: str) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.ratelimit")
+    server = urlsplit(redis_url())
+    relay = TcpRelay(server.hostname or "127.0.0.1", server.port or 6379)
+    await relay.start()
+    try:
+        backend = f"redis://127.0.0.1:{relay.port}{server.path or '/0'}"
+        proxy: Proxy = await start_proxy(rate_limits={"backend": backend, "on_backend_error": mode})
+        key = await proxy.admin.create(rate_limits=second(100))
+        open_key = await proxy.admin.create()  # no limits: Redis is never asked
+        assert (await call(proxy, key["key"]))[0] == 200
+        relay.cut()
+        for _ in range(3):
+            status, headers, body = await call(proxy, key["key"])
+            if mode == "allow":
+                assert status == 200 and "RateLimit-Limit" not in headers
+            else:
+                assert status == 503 and b"rate_limit_unavailable" in body
+            assert (await call(proxy, open_key["key"]))[0] == 200
+        outages = [r for r in caplog.records if "rate-limit backend unavailable" in r.getMessage()]
+        assert len(outages) == 1  # logged once, not per request
+        relay.restore()
+        await asyncio.sleep(0.2)
+        status, headers, _ = await call(proxy, key["key"])
+        assert status == 200 and headers["RateLimit-Limit"] == "100"
+        assert any("rate-limit backend is back" in r.getMessage() for r in caplog.records)
+    finally:
+        await relay.close()
