@@ -269,3 +269,25 @@ async def test_lifecycle_in_the_console(start_proxy, browser: Browser) -> None:
     await listed.locator("button.revoke").click()
     await expect(listed).to_have_count(0)
     assert (await proxy.admin.call("GET", "/api/v1/keys", token=token))[0] == 401
+
+
+async def test_rate_limits_in_the_details_panel(start_proxy, browser: Browser) -> None:
+    proxy: Proxy = await start_proxy()
+    key = await proxy.admin.create(name="Limited")
+    page = await open_console(browser, proxy)
+    await sign_in(page, proxy.admin.token)
+    await row(page, "Limited").locator("button.details").click()
+    await page.fill("#rate-requests", "2")
+    await page.select_option("#rate-per", "second")
+    await page.click("#rate-add")
+    await expect(page.locator("#rate-list li")).to_have_count(1)
+    await expect(page.locator("#rate-list li").first).to_contain_text("2 per second")
+    await page.fill("#rate-requests", "0")
+    await page.click("#rate-add")
+    await expect(page.locator("#rate-error")).to_contain_text("rate_limits")
+    statuses = [(await proxy.request("GET", "/api/v5/app/list", key=key["key"]))[0] for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    await page.locator("#rate-list li button").click()
+    await expect(page.locator("#rate-list li")).to_have_count(0)
+    shown = (await proxy.admin.call("GET", f"/api/v1/keys/{key['id']}"))[1]
+    assert shown["rate_limits"] == []

@@ -424,7 +424,7 @@ function renderDetail(key, fresh) {
       interfaces: new Set(key.interfaces === "all" ? [] : key.interfaces),
       interfacesMode: key.interfaces === "all" ? "all" : "list",
     };
-    for (const id of ["name-error", "apps-error", "interfaces-error", "ip-error"]) clearError(id);
+    for (const id of ["name-error", "apps-error", "interfaces-error", "ip-error", "rate-error"]) clearError(id);
   }
   $("detail-title").textContent = key.name;
   $("detail-id").textContent = key.id;
@@ -435,6 +435,7 @@ function renderDetail(key, fresh) {
   renderApps();
   renderCatalogue();
   renderWhitelist(key);
+  renderRates(key);
 }
 
 function chip(text, label, onRemove) {
@@ -477,6 +478,13 @@ function renderWhitelist(key) {
   $("ip-count").textContent = `${list.length} / ${state.limits.ips_per_key}`;
   $("ip-list").replaceChildren(...list.map((entry) =>
     chip(entry, `Remove ${entry}`, () => saveWhitelist(key, list.filter((e) => e !== entry)))));
+}
+
+function renderRates(key) {
+  const limits = key.rate_limits;
+  $("rate-list").replaceChildren(...limits.map((limit) =>
+    chip(`${limit.requests} per ${limit.per}`, `Remove the ${limit.per} limit`, () =>
+      patchDetail({ rate_limits: limits.filter((l) => l.per !== limit.per) }, "rate-error"))));
 }
 
 function currentKey() {
@@ -524,6 +532,15 @@ function wireDetail() {
     patchDetail({ apps: state.draft.appsMode === "all" ? "all" : state.draft.apps }, "apps-error"));
   $("interfaces-save").addEventListener("click", () =>
     patchDetail({ interfaces: state.draft.interfacesMode === "all" ? "all" : [...state.draft.interfaces] }, "interfaces-error"));
+  $("rate-add").addEventListener("click", () => {
+    const key = currentKey();
+    if (!key) return;
+    const limit = { requests: Number($("rate-requests").value), per: $("rate-per").value };
+    const others = key.rate_limits.filter((l) => l.per !== limit.per);  // one limit per window
+    patchDetail({ rate_limits: [...others, limit] }, "rate-error").then((updated) => {
+      if (updated) $("rate-requests").value = "";
+    });
+  });
   $("ip-add").addEventListener("click", () => {
     const key = currentKey();
     const value = $("ip-input").value;
