@@ -1,7 +1,9 @@
 """Side-by-side throughput: nginx (plain proxy), HAProxy (key map), and the gateway.
 
 Gateway targets: `gateway` (1 worker, access log on: the default), `gateway-nolog` (access log
-off) and `gateway-2w` (2 workers).
+off), `gateway-2w` (2 workers), and `gateway-rl-local` / `gateway-rl-redis` (every key limited,
+counters in the process / in Redis; the limit is never reached, so the rows show the cost of
+counting). Every row shows the CPU time its process tree spent per request (from /proc).
 
     make bench            # or: .venv/bin/python bench/run.py [--rounds 3] [--seconds 5]
 
@@ -17,12 +19,14 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import SECRET, free_port, spawn_gateway, wait_for_port
 
@@ -52,11 +56,23 @@ class Bench:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.processes: list[subprocess.Popen] = []
+        self.pids: dict[Any, int] = {}  # target (port or name) -> the pid of its process tree
 
     def spawn(self, args: list[str], **kwargs) -> subprocess.Popen:
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
         self.processes.append(process)
         return process
+
+    def redis(self) -> str:
+        """A Redis for the shared-budget target: the machine's, or one of our own."""
+        try:
+            with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+                return "redis://127.0.0.1:6379/14"
+        except OSError:
+            port = free_port()
+            self.spawn([shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", ""])
+            wait_for_port(port)
+            return f"redis://127.0.0.1:{port}/0"
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -76,7 +92,7 @@ class Bench:
             f"http {{\naccess_log off;\nclient_body_temp_path {self.work}/{name}-body;\n"
             f"proxy_temp_path {self.work}/{name}-proxy;\n{server_block}\n}}\n"
         )
-        self.spawn([tool("nginx"), "-c", str(conf), "-p", str(self.work)])
+        self.pids[name] = self.spawn([tool("nginx"), "-c", str(conf), "-p", str(self.work)]).pid
 
     def haproxy(self, port: int, upstream: int, keys: list[str]) -> None:
         key_map = self.work / "keys.map"
@@ -92,11 +108,35 @@ class Bench:
             "  default_backend be\n"
             f"backend be\n  server s1 127.0.0.1:{upstream}\n"
         )
-        self.spawn([tool("haproxy"), "-f", str(conf)])
+        self.pids["haproxy"] = self.spawn([tool("haproxy"), "-f", str(conf)]).pid
 
     def gateway(self, port: int, admin: int, upstream: int, workers: int, db: str, extra: str = "") -> None:
         extra = f"upstream: {{url: 'http://127.0.0.1:{upstream}'}}\nworkers: {workers}\n{extra}"
-        self.processes.append(spawn_gateway(self.work, f"gateway-{port}", port, admin, db, extra))
+        process = spawn_gateway(self.work, f"gateway-{port}", port, admin, db, extra)
+        self.processes.append(process)
+        self.pids[port] = process.pid
+
+
+def cpu_seconds(root: int) -> float:
+    """utime + stime of a process and all its descendants (seconds)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += times.get(pid, 0.0)
+        stack.extend(children.get(pid, []))
+    return total
 
 
 def wrk(port: int, seconds: float, script: Path, connections: int) -> dict[str, float]:
@@ -147,7 +187,17 @@ def main() -> int:
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     bench = Bench(work)
-    names = ("upstream", "nginx", "haproxy", "gateway", "gateway-nolog", "gateway-2w", "admin1", "admin2", "admin3")
+    names = (
+        "upstream",
+        "nginx",
+        "haproxy",
+        "gateway",
+        "gateway-nolog",
+        "gateway-2w",
+        "gateway-rl-local",
+        "gateway-rl-redis",
+        *(f"admin{i}" for i in range(1, 6)),
+    )
     ports = {name: free_port() for name in names}
     try:
         bench.nginx(
@@ -166,16 +216,29 @@ def main() -> int:
         key_file = work / "keys.txt"
         setup = [sys.executable, str(ROOT / "bench" / "setup_keys.py"), db1, SECRET, str(args.keys), str(key_file)]
         subprocess.run(setup, check=True)
-        db3 = f"sqlite:///{work}/g3.db"
+        db3, db4, db5 = (f"sqlite:///{work}/g{i}.db" for i in (3, 4, 5))
         for suffix in ("", "-wal", "-shm"):  # the same keys for every gateway
             if (work / f"g1.db{suffix}").exists():
-                shutil.copy(work / f"g1.db{suffix}", work / f"g2.db{suffix}")
-                shutil.copy(work / f"g1.db{suffix}", work / f"g3.db{suffix}")
+                for copy in (2, 3, 4, 5):
+                    shutil.copy(work / f"g1.db{suffix}", work / f"g{copy}.db{suffix}")
         keys = key_file.read_text().split()
         bench.haproxy(ports["haproxy"], ports["upstream"], keys)
         bench.gateway(ports["gateway"], ports["admin1"], ports["upstream"], 1, db1)
         bench.gateway(ports["gateway-2w"], ports["admin2"], ports["upstream"], 2, db2)
         bench.gateway(ports["gateway-nolog"], ports["admin3"], ports["upstream"], 1, db3, "log: {access: false}\n")
+        unreached = "default_per_key: [{requests: 1000000, per: second}]"
+        bench.gateway(
+            ports["gateway-rl-local"], ports["admin4"], ports["upstream"], 1, db4, f"rate_limits: {{{unreached}}}\n"
+        )
+        redis = bench.redis()
+        bench.gateway(
+            ports["gateway-rl-redis"],
+            ports["admin5"],
+            ports["upstream"],
+            1,
+            db5,
+            f"rate_limits: {{backend: '{redis}', {unreached}}}\n",
+        )
         script = work / "request.lua"
         script.write_text(
             f'local keys = {{}}\nfor line in io.lines("{key_file}") do keys[#keys + 1] = line end\n'
@@ -184,18 +247,24 @@ def main() -> int:
             f'  return wrk.format("POST", "{PATH}", {{["Authorization"] = "Bearer " .. keys[i],'
             f' ["Content-Type"] = "application/json"}}, \'{BODY}\')\nend\n'
         )
-        targets = ["nginx", "haproxy", "gateway", "gateway-nolog", "gateway-2w"]
+        targets = ["nginx", "haproxy", "gateway", "gateway-nolog", "gateway-2w", "gateway-rl-local", "gateway-rl-redis"]
         if args.only:
             targets = [t for t in targets if t in args.only.split(",") or t == "nginx"]
         for name in ("upstream", *targets):
             wait_for_port(ports[name])
+        bench.pids.update({name: bench.pids[ports[name]] for name in targets if ports[name] in bench.pids})
+        bench.pids["nginx"] = bench.pids["proxy"]
         time.sleep(2.0)
         for name in targets:  # warm-up: connections, caches
             wrk(ports[name], 1, script, args.connections)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         for round_number in range(args.rounds):
             for name in targets:
-                results[name].append(wrk(ports[name], args.seconds, script, args.connections))
+                before = cpu_seconds(bench.pids[name])
+                result = wrk(ports[name], args.seconds, script, args.connections)
+                served = result["rps"] * args.seconds
+                result["cpu_us"] = (cpu_seconds(bench.pids[name]) - before) / served * 1e6 if served else float("nan")
+                results[name].append(result)
             line = "  ".join(f"{n} {results[n][-1]['rps']:,.0f}" for n in targets)
             print(f"round {round_number + 1}/{args.rounds}: {line}", flush=True)
         print_table(results, args)
@@ -212,15 +281,23 @@ def print_table(results: dict[str, list[dict[str, float]]], args: argparse.Names
     base = median("nginx", "rps")
     base_p99 = median("nginx", "p99")
     print(f"\n{args.rounds} rounds x {args.seconds:g}s, wrk -t2 -c{args.connections}, {args.keys:,} keys; medians")
-    print(f"{'target':<12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x nginx':>9}{'p99 x':>8}{'non-2xx':>9}")
+    base_cpu = median("nginx", "cpu_us")
+    header = f"{'target':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x nginx':>9}{'p99 x':>8}"
+    print(header + f"{'CPU us/req':>12}{'CPU x':>8}{'non-2xx':>9}")
     for name in results:
         rps = median(name, "rps")
         p99 = median(name, "p99")
+        cpu = median(name, "cpu_us")
         non2xx = int(sum(r["non2xx"] for r in results[name]))
         print(
-            f"{name:<12}{rps:>10,.0f}{median(name, 'p50'):>9.2f}{p99:>9.2f}{rps / base:>9.2f}"
-            f"{p99 / base_p99:>8.2f}{non2xx:>9}"
+            f"{name:<18}{rps:>10,.0f}{median(name, 'p50'):>9.2f}{p99:>9.2f}{rps / base:>9.2f}"
+            f"{p99 / base_p99:>8.2f}{cpu:>12.1f}{cpu / base_cpu:>8.2f}{non2xx:>9}"
         )
+    if "gateway-nolog" in results:
+        for name in ("gateway-rl-local", "gateway-rl-redis"):
+            if name in results:
+                ratio = median(name, "cpu_us") / median("gateway", "cpu_us")
+                print(f"{name} CPU per request / gateway's: {ratio:.2f}x (Redis's own CPU not included)")
     if "gateway" in results and "gateway-nolog" in results:
         ratio = median("gateway", "rps") / median("gateway-nolog", "rps")
         print(f"gateway access log on / off: {ratio:.2f}x")

@@ -67,54 +67,63 @@ def parse_rate(text: str) -> Limit:
 
 
 class Window:
-    """The counters of one limit for one key or account."""
+    """The counters of one limit for one key or account, with their running total and the
+    slot of the oldest counted request (so neither a count nor a reset time scans the slots)."""
 
-    __slots__ = ("counts", "first")
+    __slots__ = ("counts", "first", "index", "oldest", "total")
 
     def __init__(self) -> None:
         self.counts = [0] * SPAN
         self.first = 0  # the slot number (time // slot width) of counts[0]
-
-    def _advance(self, slot: int) -> None:
-        """Forget the slots that fell out of the span."""
-        if slot - self.first >= SPAN:
-            keep_from = slot - SPAN + 1
-            if keep_from - self.first >= SPAN:
-                self.counts = [0] * SPAN
-            else:
-                drop = keep_from - self.first
-                self.counts = self.counts[drop:] + [0] * drop
-            self.first = keep_from
+        self.index = 0  # where the slot of the last `used` call sits in counts
+        self.oldest = -1  # the slot number of the oldest counted request, -1 when none
+        self.total = 0
 
     def used(self, limit: Limit, now: float) -> int:
+        """The requests counted in the span ending now (forgetting slots that left it)."""
         slot = int(now * SLOTS // limit.seconds)
-        self._advance(slot)
-        return sum(self.counts)
+        index = slot - self.first
+        if index >= SPAN:
+            keep_from = slot - SPAN + 1
+            drop = keep_from - self.first
+            if drop >= SPAN:
+                self.counts = [0] * SPAN
+                self.total = 0
+            else:
+                self.total -= sum(self.counts[:drop])
+                self.counts = self.counts[drop:] + [0] * drop
+            self.first = keep_from
+            index = SPAN - 1
+            if self.oldest < keep_from:
+                self.oldest = next((keep_from + i for i, count in enumerate(self.counts) if count), -1)
+        self.index = index
+        return self.total
 
-    def add(self, limit: Limit, now: float) -> None:
-        slot = int(now * SLOTS // limit.seconds)
-        self._advance(slot)
-        self.counts[slot - self.first] += 1
+    def add(self) -> None:
+        """Count one request in the slot of the last `used` call."""
+        self.counts[self.index] += 1
+        self.total += 1
+        if self.oldest < 0:
+            self.oldest = self.first + self.index
 
     def reset_after(self, limit: Limit, now: float) -> int:
         """Whole seconds (at least 1) until the oldest counted slot leaves the span."""
-        width = limit.seconds / SLOTS
-        for offset, count in enumerate(self.counts):
-            if count:
-                frees_at = (self.first + offset + SPAN) * width
-                return max(1, math.ceil(frees_at - now))
-        return 1
+        if self.oldest < 0:
+            return 1
+        return max(1, math.ceil((self.oldest + SPAN) * limit.seconds / SLOTS - now))
 
 
-@dataclass(frozen=True, slots=True)
 class Verdict:
     """The outcome of a rate check: `allowed`, and the window with the fewest remaining
     requests (for the RateLimit-* headers and Retry-After)."""
 
-    allowed: bool
-    limit: int
-    remaining: int
-    reset: int
+    __slots__ = ("allowed", "limit", "remaining", "reset")
+
+    def __init__(self, allowed: bool, limit: int, remaining: int, reset: int) -> None:
+        self.allowed = allowed
+        self.limit = limit
+        self.remaining = remaining
+        self.reset = reset
 
     def headers(self) -> bytes:
         return b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
@@ -134,13 +143,23 @@ def check(counters: list[tuple[Window, Limit, int]], now: float) -> tuple[int | 
     """Count one request against every (window, limit, group) at once, all or nothing: if any
     window is full, nothing is counted (a refused request consumes nothing). Returns the
     lowest group holding a full window (None: allowed) and the verdict for the headers."""
-    used = [window.used(limit, now) for window, limit, _ in counters]
-    full = [i for i, (_, limit, _) in enumerate(counters) if used[i] >= limit.requests]
-    if full:
-        group = min(counters[i][2] for i in full)
-        states = [(counters[i][1], used[i], counters[i][0].reset_after(counters[i][1], now)) for i in full]
-        return group, tightest(states, False)
+    full: int | None = None
+    for window, limit, group in counters:
+        if window.used(limit, now) >= limit.requests and (full is None or group < full):
+            full = group
+    if full is not None:
+        states = [
+            (limit, window.total, window.reset_after(limit, now))
+            for window, limit, group in counters
+            if group == full and window.total >= limit.requests
+        ]
+        return full, tightest(states, False)
+    tight: tuple[Window, Limit] | None = None
+    fewest = 0
     for window, limit, _ in counters:
-        window.add(limit, now)
-    states = [(limit, used[i] + 1, window.reset_after(limit, now)) for i, (window, limit, _) in enumerate(counters)]
-    return None, tightest(states, True)
+        window.add()
+        remaining = limit.requests - window.total
+        if tight is None or remaining < fewest:
+            tight, fewest = (window, limit), remaining
+    assert tight is not None
+    return None, Verdict(True, tight[1].requests, fewest, tight[0].reset_after(tight[1], now))
