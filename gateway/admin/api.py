@@ -121,6 +121,11 @@ def _key_response(key: Any, secret: str | None = None, status: int = 200) -> web
     return web.json_response(body, status=status)
 
 
+def _page(items: list[Any], cursor: str | None) -> web.Response:
+    """One page of a listing: the items as JSON, and the cursor of the next page (or null)."""
+    return web.json_response({"items": [item.to_json() for item in items], "next_cursor": cursor})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -136,7 +141,7 @@ async def list_keys(request: web.Request) -> web.Response:
     keys, cursor = await request.app[SERVICE].list(
         query.get("account"), query.get("cursor"), query.get("limit"), request[PRINCIPAL]
     )
-    return web.json_response({"items": [key.to_json() for key in keys], "next_cursor": cursor})
+    return _page(keys, cursor)
 
 
 async def get_key(request: web.Request) -> web.Response:
@@ -175,7 +180,7 @@ async def audit(request: web.Request) -> web.Response:
     entries, cursor = await request.app[SERVICE].audit(
         query.get("key_id"), query.get("cursor"), query.get("limit"), request[PRINCIPAL]
     )
-    return web.json_response({"items": [entry.to_json() for entry in entries], "next_cursor": cursor})
+    return _page(entries, cursor)
 
 
 async def create_token(request: web.Request) -> web.Response:
