@@ -128,3 +128,23 @@ async def test_a_redis_outage_fails_open_or_closed_and_recovers(start_proxy: Any
         assert any("rate-limit backend is back" in r.getMessage() for r in caplog.records)
     finally:
         await relay.close()
+
+
+async def test_a_large_limit_is_decided_locally_and_stays_within_it_across_replicas(start_proxy: Any) -> None:
+    """Far from the limit each replica decides alone and syncs in batches; near it every
+    request asks Redis: under load across two replicas the total stays at the limit."""
+    backend = redis_url()
+    a: Proxy = await start_proxy(rate_limits={"backend": backend})
+    b: Proxy = await start_proxy(rate_limits={"backend": backend})
+    key = await a.admin.create(rate_limits=[{"requests": 1000, "per": "minute"}])
+    await asyncio.sleep(0.6)
+    semaphore = asyncio.Semaphore(16)
+
+    async def one(n: int) -> int:
+        async with semaphore:
+            return (await call(a if n % 2 else b, key["key"]))[0]
+
+    statuses = await asyncio.gather(*(one(n) for n in range(1300)))
+    allowed = statuses.count(200)
+    assert 950 <= allowed <= 1000, allowed  # within 5% below, never above
+    assert statuses.count(429) == 1300 - allowed

@@ -1,17 +1,28 @@
 """Rate-limit counters: in this process (`LocalLimiter`), or one budget for every worker and
 replica in Redis (`RedisLimiter`, one atomic script per limited request).
 
-Both answer `check(groups, now)` where groups are [(kind, id, limits)] in the contract's order
-(the account first, then the key): the index of the first group that is over its limit, or
-None, and the verdict whose numbers go into the RateLimit-* headers.
+Both answer `try_local(groups, now)` at once when they can, else `check(groups, now)` (awaited),
+where groups are [(kind, id, limits)] in the contract's order (the account first, then the
+key): the index of the first group that is over its limit, or None, and the verdict whose
+numbers go into the RateLimit-* headers.
+
+Redis, without a round trip per request: a window far from its limit (fewer than
+FAST_MARGIN of it used, by the last known global count plus this process's own requests) is
+decided here and its increments are pushed, with every active window's global count pulled
+back, in one script every SYNC_SECONDS. A window near its limit, or with a small limit, goes
+to Redis for every request (exact), and a window Redis found full is refused here until it
+frees. Staleness can only matter far from the limit, where it cannot push a window over it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from typing import Any
 
-from gateway.core.ratelimit import SLOTS, SPAN, Limit, Verdict, Window, check, tightest
+from gateway.core.ratelimit import SLOTS, SPAN, WINDOWS, Limit, Verdict, Window, check, tightest
 
 log = logging.getLogger("gateway.ratelimit")
 Groups = list[tuple[str, str, tuple[Limit, ...]]]
@@ -25,6 +36,9 @@ class LocalLimiter:
     """Exact within this process; with several workers each counts alone."""
 
     shared = False
+
+    def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
+        return self.check_now(groups, now)
 
     def __init__(self) -> None:
         self._windows: dict[tuple[str, str, str], Window] = {}  # (kind, id, per): bounded by keys and accounts
@@ -85,6 +99,46 @@ return out
 """
 
 
+SYNC_SCRIPT = f"""
+local out = {{}}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local a = 1
+for i = 1, #KEYS do
+  local seconds, pairs = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  for p = 1, pairs do
+    redis.call('HINCRBY', KEYS[i], ARGV[a], tonumber(ARGV[a + 1]))
+    a = a + 2
+  end
+  if pairs > 0 then redis.call('EXPIRE', KEYS[i], math.ceil(seconds * {SPAN} / {SLOTS}) + 1) end
+  local slot = math.floor(now * {SLOTS} / seconds)
+  local total, fields = 0, redis.call('HGETALL', KEYS[i])
+  for j = 1, #fields, 2 do
+    if tonumber(fields[j]) > slot - {SPAN} then total = total + tonumber(fields[j + 1]) end
+  end
+  table.insert(out, total)
+end
+return out
+"""
+SYNC_SECONDS = 0.02
+FAST_MIN = 200  # limits smaller than this always ask Redis: a few requests decide them
+FAST_MARGIN = 0.8  # decide here while less than this share of the limit is used
+
+
+class Shared:
+    """What this process knows of one window in Redis."""
+
+    __slots__ = ("full_until", "others", "own", "pending", "seen")
+
+    def __init__(self) -> None:
+        self.own = Window()  # this process's own requests
+        self.pending: dict[int, int] = {}  # slot -> own requests not yet pushed
+        self.others = 0  # the other processes' requests in the span, as of the last sync
+        self.full_until = 0.0  # Redis found the window full: refuse here until then
+        self.seen = 0.0  # last use: windows idle for a while are no longer synced
+
+
 class RedisLimiter:
     """One budget across every worker and replica; an outage is logged once, and each request
     then follows `on_backend_error` until Redis answers again (redis-py reconnects by itself)."""
@@ -96,26 +150,110 @@ class RedisLimiter:
 
         self._client: Any = redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._script = self._client.register_script(SCRIPT)
+        self._sync_script = self._client.register_script(SYNC_SCRIPT)
         self._errors = (redis.RedisError, OSError, TimeoutError)
         self._down = False
+        self._windows: dict[str, Shared] = {}
+        self._syncing: asyncio.Task | None = None
+
+    @staticmethod
+    def _name(kind: str, ident: str, limit: Limit) -> str:
+        return f"gateway:rl:{kind}:{ident}:{limit.per}"
+
+    def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict] | None:
+        """Decide here when every window is far from its limit or known full; None: ask Redis."""
+        if self._down:
+            return None
+        if self._syncing is None:
+            self._syncing = asyncio.ensure_future(self._sync_forever())
+        picked = []
+        for index, (kind, ident, limits) in enumerate(groups):
+            for limit in limits:
+                name = self._name(kind, ident, limit)
+                state = self._windows.get(name)
+                if state is None:
+                    state = self._windows[name] = Shared()
+                state.seen = now
+                if state.full_until > now:
+                    return index, Verdict(False, limit.requests, 0, max(1, int(state.full_until - now + 0.999)))
+                used = state.own.used(limit, now) + state.others
+                if limit.requests < FAST_MIN or used >= limit.requests * FAST_MARGIN:
+                    return None
+                picked.append((state, limit, used))
+        tight, fewest = None, 0
+        for state, limit, used in picked:
+            state.own.add()
+            slot = state.own.first + state.own.index
+            state.pending[slot] = state.pending.get(slot, 0) + 1
+            remaining = limit.requests - used - 1
+            if tight is None or remaining < fewest:
+                tight, fewest = (state, limit), remaining
+        assert tight is not None
+        return None, Verdict(True, tight[1].requests, fewest, tight[0].own.reset_after(tight[1], now))
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            with contextlib.suppress(LimiterUnavailable):  # said once by _outage; retried
+                await self._sync()
+
+    async def _sync(self) -> None:
+        """Push this process's increments and pull every active window's global count."""
+        now = time.time()
+        active = [(name, state) for name, state in self._windows.items() if now - state.seen < 2.0]
+        for name, state in list(self._windows.items()):
+            if now - state.seen > 86_400 * 2 and not state.pending:
+                del self._windows[name]  # long idle: forget it
+        if not active:
+            return
+        keys, args, taken = [], [], []
+        for name, state in active:
+            seconds = WINDOWS[name.rsplit(":", 1)[1]]
+            pending, state.pending = state.pending, {}
+            taken.append(pending)
+            keys.append(name)
+            args += [seconds, len(pending)]
+            for slot, count in pending.items():
+                args += [slot, count]
+        try:
+            totals = await self._sync_script(keys=keys, args=args)
+        except self._errors as err:
+            for (_, state), pending in zip(active, taken, strict=True):  # keep them for the next try
+                for slot, count in pending.items():
+                    state.pending[slot] = state.pending.get(slot, 0) + count
+            self._outage(err)
+            raise LimiterUnavailable(str(err)) from None
+        self._back()
+        for (name, state), total in zip(active, totals, strict=True):
+            limit = Limit(1, name.rsplit(":", 1)[1])
+            state.others = max(0, int(total) - state.own.used(limit, now) - sum(state.pending.values()))
+
+    def _outage(self, err: Exception) -> None:
+        if not self._down:
+            log.warning("rate-limit backend unavailable: %s", err)
+            self._down = True
+
+    def _back(self) -> None:
+        if self._down:
+            log.info("rate-limit backend is back")
+            self._down = False
 
     async def check(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
+        """The exact path: this process's pending increments first, then one atomic script."""
+        if any(state.pending for state in self._windows.values()):
+            await self._sync()
         keys, args, owners = [], [], []
         for index, (kind, ident, limits) in enumerate(groups):
             for limit in limits:
-                keys.append(f"gateway:rl:{kind}:{ident}:{limit.per}")
+                keys.append(self._name(kind, ident, limit))
                 args += [limit.requests, limit.seconds]
                 owners.append((index, limit))
         try:
             answer = await self._script(keys=keys, args=args)
         except self._errors as err:
-            if not self._down:
-                log.warning("rate-limit backend unavailable: %s", err)
-                self._down = True
+            self._outage(err)
             raise LimiterUnavailable(str(err)) from None
-        if self._down:
-            log.info("rate-limit backend is back")
-            self._down = False
+        self._back()
         full, clock = int(answer[0]), float(answer[1])
         states = []
         for i, (_, limit) in enumerate(owners):
@@ -123,11 +261,16 @@ class RedisLimiter:
             reset = max(1, int((oldest + SPAN) * limit.seconds / SLOTS - clock + 0.999))
             states.append((limit, used, reset))
         if full:
-            index, _ = owners[full - 1]
+            index, limit = owners[full - 1]
+            state = self._windows.get(keys[full - 1])
+            if state is not None:
+                state.full_until = now + states[full - 1][2]
             return index, tightest([s for s, (i, _) in zip(states, owners, strict=True) if i == index], False)
         return None, tightest(states, True)
 
     async def close(self) -> None:
+        if self._syncing is not None:
+            self._syncing.cancel()
         await self._client.aclose()
 
 

@@ -137,11 +137,12 @@ class Exchange:
             groups.append(("k", key.id, limits))
         if not groups:
             self.forward()
-        elif not server.limiter.shared:
-            self._enter(LIMITING)
-            self.limited(groups, *server.limiter.check_now(groups, time.time()))
+            return
+        self._enter(LIMITING)
+        answer = server.limiter.try_local(groups, time.time())
+        if answer is not None:
+            self.limited(groups, *answer)
         else:
-            self._enter(LIMITING)
             self.limiting = asyncio.ensure_future(self._check_shared(groups))
 
     async def _check_shared(self, groups: Groups) -> None:
