@@ -255,6 +255,7 @@ async def test_the_audit_names_who_acted_and_tokens_are_stored_as_digests(start_
         ("reveal", token["id"]),
         ("update", "root"),
     ]
+    assert (trail[2]["before"], trail[2]["after"]) == ({"name": "by token"}, {"name": "by root"})
     listed = (await admin.call("GET", "/api/v1/tokens"))[1]["items"]
     assert {t["id"] for t in listed} == {token["id"]} and listed[0]["last_used_at"] is not None
     database = running.config.sqlite_path

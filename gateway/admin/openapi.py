@@ -365,6 +365,8 @@ def document() -> dict[str, Any]:
                                                 },
                                                 "key_id": {"type": "string"},
                                                 "actor": {"type": "string"},
+                                                "before": {"type": "object"},
+                                                "after": {"type": "object"},
                                                 "changes": {"type": "object"},
                                             },
                                         },

@@ -39,6 +39,8 @@ class Audit:
             "actor": self.actor,
             "action": self.action,
             "key_id": self.key_id,
+            "before": {field: change["before"] for field, change in self.changes.items() if isinstance(change, dict)},
+            "after": {field: change["after"] for field, change in self.changes.items() if isinstance(change, dict)},
             "changes": self.changes,
         }
 
