@@ -1,5 +1,5 @@
 """Rate-limit counters: in this process (`LocalLimiter`), or one budget for every worker and
-replica in Redis (`RedisLimiter`, one atomic script per limited request).
+replica in Redis (`RedisLimiter`).
 
 Both answer `try_local(groups, now)` at once when they can, else `check(groups, now)` (awaited),
 where groups are [(kind, id, limits)] in the contract's order (the account first, then the
@@ -33,17 +33,13 @@ class LimiterUnavailable(Exception):
 
 
 class LocalLimiter:
-    """Exact within this process; with several workers each counts alone."""
-
-    shared = False
-
-    def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
-        return self.check_now(groups, now)
+    """Exact within this process; with several workers each counts alone. It always decides
+    at once, so `check` is never needed."""
 
     def __init__(self) -> None:
         self._windows: dict[tuple[str, str, str], Window] = {}  # (kind, id, per): bounded by keys and accounts
 
-    def check_now(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
+    def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
         counters = []
         for index, (kind, ident, limits) in enumerate(groups):
             for limit in limits:
@@ -54,7 +50,7 @@ class LocalLimiter:
         return check(counters, now)
 
     async def check(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
-        return self.check_now(groups, now)
+        return self.try_local(groups, now)
 
     async def close(self) -> None:
         pass
@@ -124,14 +120,16 @@ return out
 SYNC_SECONDS = 0.02
 FAST_MIN = 200  # limits smaller than this always ask Redis: a few requests decide them
 FAST_MARGIN = 0.8  # decide here while less than this share of the limit is used
+ACTIVE_SECONDS = 2.0  # windows used this recently are synced
 
 
-class Shared:
+class SharedWindow:
     """What this process knows of one window in Redis."""
 
-    __slots__ = ("full_until", "others", "own", "pending", "seen")
+    __slots__ = ("full_until", "others", "own", "pending", "per", "seen")
 
-    def __init__(self) -> None:
+    def __init__(self, per: str) -> None:
+        self.per = per
         self.own = Window()  # this process's own requests
         self.pending: dict[int, int] = {}  # slot -> own requests not yet pushed
         self.others = 0  # the other processes' requests in the span, as of the last sync
@@ -143,8 +141,6 @@ class RedisLimiter:
     """One budget across every worker and replica; an outage is logged once, and each request
     then follows `on_backend_error` until Redis answers again (redis-py reconnects by itself)."""
 
-    shared = True
-
     def __init__(self, url: str, timeout: float = 0.5) -> None:
         import redis.asyncio as redis  # only deployments that use Redis need the package
 
@@ -153,7 +149,7 @@ class RedisLimiter:
         self._sync_script = self._client.register_script(SYNC_SCRIPT)
         self._errors = (redis.RedisError, OSError, TimeoutError)
         self._down = False
-        self._windows: dict[str, Shared] = {}
+        self._windows: dict[str, SharedWindow] = {}
         self._syncing: asyncio.Task | None = None
 
     @staticmethod
@@ -172,7 +168,7 @@ class RedisLimiter:
                 name = self._name(kind, ident, limit)
                 state = self._windows.get(name)
                 if state is None:
-                    state = self._windows[name] = Shared()
+                    state = self._windows[name] = SharedWindow(limit.per)
                 state.seen = now
                 if state.full_until > now:
                     return index, Verdict(False, limit.requests, 0, max(1, int(state.full_until - now + 0.999)))
@@ -200,19 +196,21 @@ class RedisLimiter:
     async def _sync(self) -> None:
         """Push this process's increments and pull every active window's global count."""
         now = time.time()
-        active = [(name, state) for name, state in self._windows.items() if now - state.seen < 2.0]
+        active = []
         for name, state in list(self._windows.items()):
-            if now - state.seen > 86_400 * 2 and not state.pending:
+            idle = now - state.seen
+            if idle < ACTIVE_SECONDS or state.pending:
+                active.append((name, state))
+            elif idle > WINDOWS["day"] * 2:
                 del self._windows[name]  # long idle: forget it
         if not active:
             return
         keys, args, taken = [], [], []
         for name, state in active:
-            seconds = WINDOWS[name.rsplit(":", 1)[1]]
             pending, state.pending = state.pending, {}
             taken.append(pending)
             keys.append(name)
-            args += [seconds, len(pending)]
+            args += [WINDOWS[state.per], len(pending)]
             for slot, count in pending.items():
                 args += [slot, count]
         try:
@@ -224,9 +222,9 @@ class RedisLimiter:
             self._outage(err)
             raise LimiterUnavailable(str(err)) from None
         self._back()
-        for (name, state), total in zip(active, totals, strict=True):
-            limit = Limit(1, name.rsplit(":", 1)[1])
-            state.others = max(0, int(total) - state.own.used(limit, now) - sum(state.pending.values()))
+        for (_, state), total in zip(active, totals, strict=True):
+            own = state.own.used(Limit(1, state.per), now)
+            state.others = max(0, int(total) - own - sum(state.pending.values()))
 
     def _outage(self, err: Exception) -> None:
         if not self._down:
