@@ -84,3 +84,31 @@ def test_workers_do_not_outlive_a_killed_supervisor(spawn, upstream_process) -> 
         w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
     ]
     assert alive == [], "workers outlived their supervisor"
+
+
+async def test_a_commit_rings_the_other_processes_on_the_file(tmp_path: Path, monkeypatch) -> None:
+    """The doorbell, not the poll, wakes a peer: with the poll set to a minute, a peer still
+    sees a key change at once, and a write that changes no key rings nobody."""
+    import asyncio
+
+    from gateway.store import sqlite
+    from tests.conftest import make_key
+
+    monkeypatch.setattr(sqlite, "POLL_SECONDS", 60.0)
+    writer, reader = sqlite.SQLiteStore(str(tmp_path / "g.db")), sqlite.SQLiteStore(str(tmp_path / "g.db"))
+    await writer.open()
+    await reader.open()
+    try:
+        waiting = asyncio.create_task(reader.wait_for_change())
+        await writer.record_usage({"k_nobody": ("2026-01-01T00:00:00Z", 1)})  # no key changed
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        key = make_key()
+        await writer.create_key(key, "sealed", 500)
+        assert await asyncio.wait_for(waiting, 5) == "changed"
+        assert [k.id for k in await reader.get_keys([key.id])] == [key.id]
+        # and the other way round: every process on the file is a peer
+        assert writer._doorbell.ring() == 1
+    finally:
+        await writer.close()
+        await reader.close()

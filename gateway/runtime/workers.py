@@ -1,7 +1,8 @@
 """`workers: N`: N processes share the proxy port (SO_REUSEPORT); worker 0 also serves admin.
 
 The supervisor only starts, restarts and stops workers. Admin writes reach the other workers
-through the store's change log, which each worker polls every 250 ms.
+through the store's change log: the store wakes them when a key changes (store/doorbell.py on
+SQLite, NOTIFY on PostgreSQL).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ is committed before the caller answers, so an acknowledged write survives a cras
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from gateway.core.record import Key
 from gateway.core.tokens import Token
 from gateway.store import sql
 from gateway.store.base import Audit, Changes, KeyLimitReached, SchemaTooNew
+from gateway.store.doorbell import Doorbell
 from gateway.store.rows import (
     CHANGES_KEPT,
     changes_after,
@@ -33,7 +35,7 @@ from gateway.store.rows import (
 )
 
 SCHEMA_VERSION = 5
-POLL_SECONDS = 0.25
+POLL_SECONDS = 0.25  # a safety net: a peer's doorbell normally arrives first
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE keys (
@@ -82,6 +84,8 @@ class SQLiteStore:
         self._db: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._marker: int | None = None
+        self._doorbell = Doorbell()
+        self._keys_changed = False  # this transaction logged a key change: ring when it commits
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -103,6 +107,7 @@ class SQLiteStore:
         # the keyring loads) must not be taken as the starting point and missed.
         rows = await self.db.execute_fetchall("PRAGMA data_version")
         self._marker = int(rows[0][0])
+        self._doorbell.open(self.path)  # after connect: the file exists, so its identity is known
 
     async def _wal(self) -> None:
         """Switch to WAL. Workers opening a new file together can find it locked: the busy
@@ -122,12 +127,15 @@ class SQLiteStore:
         """One immediate (write-locked) transaction, committed before the caller answers."""
         async with self._write_lock:
             await self.db.execute("BEGIN IMMEDIATE")
+            self._keys_changed = False
             try:
                 yield self.db
             except BaseException:
                 await self.db.execute("ROLLBACK")
                 raise
             await self.db.execute("COMMIT")
+            if self._keys_changed:
+                self._doorbell.ring()
 
     async def _migrate(self) -> None:
         async with self._transaction() as db:
@@ -143,6 +151,7 @@ class SQLiteStore:
             await db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
     async def close(self) -> None:
+        self._doorbell.close()
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -177,8 +186,8 @@ class SQLiteStore:
         await db.execute(sql.INSERT_KEY, insert_values(key, sealed))
         await self._log_change(db, key.id)
 
-    @staticmethod
-    async def _log_change(db: aiosqlite.Connection, key_id: str) -> None:
+    async def _log_change(self, db: aiosqlite.Connection, key_id: str) -> None:
+        self._keys_changed = True
         ((seq,),) = await db.execute_fetchall(sql.LOG_CHANGE, (key_id, time.time()))
         if seq % 1000 == 0:
             await db.execute(sql.PRUNE_CHANGES, (seq - CHANGES_KEPT,))
@@ -283,8 +292,12 @@ class SQLiteStore:
         return int(rows[0][0])
 
     async def wait_for_change(self) -> str:
-        """Every 250 ms: "changed" if another process committed (PRAGMA data_version moved)."""
-        await asyncio.sleep(POLL_SECONDS)
+        """When a peer rings, or after 250 ms: "changed" if another process committed
+        (PRAGMA data_version moved)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(POLL_SECONDS):
+                await self._doorbell.rung.wait()
+        self._doorbell.rung.clear()
         rows = await self.db.execute_fetchall("PRAGMA data_version")
         marker = int(rows[0][0])
         changed = self._marker is not None and marker != self._marker
