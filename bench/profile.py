@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from common import SECRET, free_port, wait_for_port
-from run import BODY, PATH, Bench, ensure_tools, wrk
+from run import Bench, ensure_tools, request_script, wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,13 +71,7 @@ def main() -> None:
         wait_for_port(upstream)
         wait_for_port(gateway)
         time.sleep(1.0)
-        script = work / "request.lua"
-        script.write_text(
-            f'local keys = {{}}\nfor line in io.lines("{keys}") do keys[#keys + 1] = line end\nlocal i = 0\n'
-            "request = function()\n  i = i % #keys + 1\n"
-            f'  return wrk.format("POST", "{PATH}", {{["Authorization"] = "Bearer " .. keys[i],'
-            f' ["Content-Type"] = "application/json"}}, \'{BODY}\')\nend\n'
-        )
+        script = request_script(work, keys)
         raw = Path(os.environ.get("GATEWAY_PROFILE_OUT", work / "profile.txt"))
         recorder = subprocess.Popen(
             [

@@ -93,6 +93,9 @@ class _Members(list):
     """The members of a JSON object in document order (a top-level array stays a plain list)."""
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_Members)  # built once: json.loads(..., hook) builds one per call
+
+
 def body_app_id(body: bytes, name: str) -> str | _Ambiguous | None:
     """The string member `name` of a JSON object body, or None when there is none.
 
@@ -101,7 +104,7 @@ def body_app_id(body: bytes, name: str) -> str | _Ambiguous | None:
     are AMBIGUOUS: first-wins and last-wins parsers would pick different values.
     """
     try:
-        document = json.loads(body.decode("utf-8"), object_pairs_hook=_Members)
+        document = _DECODER.decode(body.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
     if not isinstance(document, _Members):

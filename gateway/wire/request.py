@@ -37,6 +37,22 @@ REQUEST_DROP = HOP_BY_HOP | {
     b"x-real-ip",
 }
 NO_TOKENS: frozenset[bytes] = frozenset()
+NAME_MEMO_ENTRIES = 1024
+NAME_MEMO_LENGTH = 64
+_names: dict[bytes, tuple[bytes, bytes]] = {}  # header name as sent -> (lower-cased, canonical)
+
+
+def spellings(name: bytes) -> tuple[bytes, bytes]:
+    """A header name lower-cased, and canonical; short names are memoised (clients repeat them)."""
+    found = _names.get(name)
+    if found is None:
+        lower = name.lower()
+        found = (lower, canonical(lower))
+        if len(name) <= NAME_MEMO_LENGTH:
+            if len(_names) >= NAME_MEMO_ENTRIES:
+                _names.clear()
+            _names[name] = found
+    return found
 
 
 class FramingError(Exception):
@@ -172,8 +188,7 @@ def read_head(
     codings = []
     key_headers = hosts = 0
     for name, value in headers:
-        lower = name.lower()
-        canon = canonical(lower)
+        lower, canon = spellings(name)
         names.append(canon)
         if canon == rules.auth_header:
             key_headers += 1

@@ -32,6 +32,11 @@ class ResponsePlan:
         self.keep_alive = keep_alive  # the client connection may serve another request
 
 
+PLAN_MEMO_ENTRIES = 512
+PLAN_MEMO_MAX_HEAD = 2048  # bytes of upstream headers beyond which a head is planned afresh
+_plans: dict[tuple, ResponsePlan] = {}
+
+
 def plan_response(
     method: bytes,
     version: bytes,
@@ -40,6 +45,31 @@ def plan_response(
     headers: list[tuple[bytes, bytes]],
     keep_alive: bool,
     extra: bytes = b"",
+) -> ResponsePlan:
+    """`plan_response_afresh`, remembered: an upstream answers most requests with the same
+    header set (its Date changes once a second), so most heads are planned once. The memo is
+    bounded in entries, and only small heads enter it. `extra`, the gateway's own lines
+    (RateLimit-*, different for every request), goes last, outside the memo."""
+    memo = (method, version, status, reason, tuple(headers), keep_alive)
+    plan = _plans.get(memo)
+    if plan is None:
+        plan = plan_response_afresh(method, version, status, reason, headers, keep_alive)
+        if len(plan.head) <= PLAN_MEMO_MAX_HEAD:
+            if len(_plans) >= PLAN_MEMO_ENTRIES:
+                _plans.clear()
+            _plans[memo] = plan
+    if extra:
+        return ResponsePlan(plan.head[:-2] + extra + b"\r\n", plan.chunked, plan.close_delimited, plan.keep_alive)
+    return plan
+
+
+def plan_response_afresh(
+    method: bytes,
+    version: bytes,
+    status: int,
+    reason: bytes,
+    headers: list[tuple[bytes, bytes]],
+    keep_alive: bool,
 ) -> ResponsePlan:
     """`method`, `version`: the client's request; `keep_alive`: whether the client connection
     may stay open after this answer (its request asked so and was read in full)."""
@@ -59,7 +89,6 @@ def plan_response(
     for (name, value), lower in zip(headers, lowers, strict=True):
         if lower not in RESPONSE_DROP and lower not in dropped:
             append(b"%s: %s\r\n" % (name, value))
-    append(extra)  # the gateway's own lines (RateLimit-*)
     chunked = close_delimited = False
     if method == b"HEAD" or status in (204, 304):  # no body follows
         if length is not None and status != 204:

@@ -1,0 +1,106 @@
+"""Python function calls per proxied request, and where the time goes, under cProfile.
+
+    .venv/bin/python bench/calls.py [--requests 20000] [--top 30]
+
+Runs one gateway process (10,000 keys, access log on) with cProfile switched on only while
+wrk sends a fixed number of requests, then prints calls per request and the functions with the
+most own time. cProfile slows everything down several times: read the counts, not the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import SECRET, free_port, wait_for_port
+from run import Bench, ensure_tools, request_script, tool
+
+ROOT = Path(__file__).resolve().parent.parent
+# Runs inside the gateway process: SIGUSR1 starts the profiler, SIGUSR2 stops it and writes the stats.
+HARNESS = """
+import cProfile, pstats, signal, sys
+from gateway.cli import main
+profiler = cProfile.Profile()
+signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
+def done(*_):
+    profiler.disable()
+    profiler.dump_stats(sys.argv[-1])
+signal.signal(signal.SIGUSR2, done)
+sys.exit(main(sys.argv[1:-1]))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--top", type=int, default=30)
+    args = parser.parse_args()
+    ensure_tools()
+    work = Path(tempfile.mkdtemp(prefix="gateway-calls-"))
+    bench = Bench(work)
+    upstream, gateway, admin = free_port(), free_port(), free_port()
+    stats = work / "calls.prof"
+    try:
+        bench.nginx(
+            "upstream",
+            f"server {{ listen 127.0.0.1:{upstream}; keepalive_requests 1000000;\n"
+            "  location / { default_type application/json; return 200 '{\"code\":0}'; } }",
+        )
+        db = f"sqlite:///{work}/g.db"
+        keys = work / "keys.txt"
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "setup_keys.py"), db, SECRET, "10000", str(keys)], check=True
+        )
+        config = work / "g.yaml"
+        config.write_text(
+            f"listen: {{host: 127.0.0.1, port: {gateway}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: t}}\n"
+            f"database: '{db}'\nupstream: {{url: 'http://127.0.0.1:{upstream}'}}\n"
+        )
+        process = bench.spawn(
+            [sys.executable, "-c", HARNESS, "serve", "--config", str(config), str(stats)],
+            cwd=work,
+            env={**os.environ, "GATEWAY_SECRET_KEY": SECRET},
+        )
+        wait_for_port(upstream)
+        wait_for_port(gateway)
+        script = request_script(work, keys)
+        script.write_text(
+            script.read_text() + 'local done, limit = 0, tonumber(os.getenv("WRK_LIMIT") or "0")\n'
+            "response = function()\n  done = done + 1\n"
+            "  if limit > 0 and done >= limit then wrk.thread:stop() end\nend\n"
+        )
+        url = f"http://127.0.0.1:{gateway}/"
+        subprocess.run([tool("wrk"), "-t1", "-c32", "-d2s", "-s", str(script), url], capture_output=True, check=True)
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(0.2)
+        result = subprocess.run(
+            [tool("wrk"), "-t1", "-c32", "-d60s", "-s", str(script), url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "WRK_LIMIT": str(args.requests)},
+            check=True,
+        )
+        time.sleep(0.5)
+        process.send_signal(signal.SIGUSR2)
+        time.sleep(1.0)
+        served = int(result.stdout.split(" requests in ")[0].split()[-1])
+        import pstats
+
+        report = pstats.Stats(str(stats))
+        total_calls = report.total_calls  # type: ignore[attr-defined]
+        print(f"{served:,} requests profiled: {total_calls / served:.0f} Python function calls per request")
+        report.sort_stats("tottime").print_stats(args.top)
+    finally:
+        bench.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
