@@ -41,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--rate-limits", action="store_true", help="every key limited (never reached), counted locally")
     args = parser.parse_args()
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="gateway-calls-"))
@@ -62,6 +63,7 @@ def main() -> None:
         config.write_text(
             f"listen: {{host: 127.0.0.1, port: {gateway}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: t}}\n"
             f"database: '{db}'\nupstream: {{url: 'http://127.0.0.1:{upstream}'}}\n"
+            + ("rate_limits: {default_per_key: [{requests: 1000000, per: second}]}\n" if args.rate_limits else "")
         )
         process = bench.spawn(
             [sys.executable, "-c", HARNESS, "serve", "--config", str(config), str(stats)],
@@ -97,6 +99,8 @@ def main() -> None:
         total_calls = report.total_calls  # type: ignore[attr-defined]
         print(f"{served:,} requests profiled: {total_calls / served:.0f} Python function calls per request")
         report.sort_stats("tottime").print_stats(args.top)
+        if os.environ.get("GATEWAY_CALLS_KEEP"):
+            shutil.copy(stats, os.environ["GATEWAY_CALLS_KEEP"])
     finally:
         bench.stop_all()
         shutil.rmtree(work, ignore_errors=True)

@@ -67,44 +67,52 @@ def parse_rate(text: str) -> Limit:
 
 
 class Window:
-    """The counters of one limit for one key or account, with their running total and the
-    slot of the oldest counted request (so neither a count nor a reset time scans the slots)."""
+    """The counters of one limit for one key or account: a ring of SPAN slots, with their
+    running total and the slot of the oldest counted request (so neither a count nor a reset
+    time scans the slots; a slot leaving the span costs one subtraction)."""
 
-    __slots__ = ("counts", "first", "index", "oldest", "total")
+    __slots__ = ("counts", "last", "oldest", "total")
 
     def __init__(self) -> None:
-        self.counts = [0] * SPAN
-        self.first = 0  # the slot number (time // slot width) of counts[0]
-        self.index = 0  # where the slot of the last `used` call sits in counts
+        self.counts = [0] * SPAN  # slot number s is counted at counts[s % SPAN]
+        self.last = -1  # the newest slot number seen; requests are counted there
         self.oldest = -1  # the slot number of the oldest counted request, -1 when none
         self.total = 0
 
     def used(self, limit: Limit, now: float) -> int:
         """The requests counted in the span ending now (forgetting slots that left it)."""
         slot = int(now * SLOTS // limit.seconds)
-        index = slot - self.first
-        if index >= SPAN:
-            keep_from = slot - SPAN + 1
-            drop = keep_from - self.first
-            if drop >= SPAN:
+        last = self.last
+        if slot > last:  # (a clock stepping back keeps counting in the newest slot)
+            self.last = slot
+            if not self.total:
+                return 0
+            counts = self.counts
+            if slot - last >= SPAN:
                 self.counts = [0] * SPAN
                 self.total = 0
-            else:
-                self.total -= sum(self.counts[:drop])
-                self.counts = self.counts[drop:] + [0] * drop
-            self.first = keep_from
-            index = SPAN - 1
+                self.oldest = -1
+                return 0
+            for entering in range(last + 1, slot + 1):  # these ring places held slots now outside
+                place = entering % SPAN
+                if counts[place]:
+                    self.total -= counts[place]
+                    counts[place] = 0
+            keep_from = slot - SPAN + 1
             if self.oldest < keep_from:
-                self.oldest = next((keep_from + i for i, count in enumerate(self.counts) if count), -1)
-        self.index = index
+                self.oldest = -1
+                for kept in range(keep_from, slot + 1):
+                    if counts[kept % SPAN]:
+                        self.oldest = kept
+                        break
         return self.total
 
     def add(self) -> None:
         """Count one request in the slot of the last `used` call."""
-        self.counts[self.index] += 1
+        self.counts[self.last % SPAN] += 1
         self.total += 1
         if self.oldest < 0:
-            self.oldest = self.first + self.index
+            self.oldest = self.last
 
     def reset_after(self, limit: Limit, now: float) -> int:
         """Whole seconds (at least 1) until the oldest counted slot leaves the span."""

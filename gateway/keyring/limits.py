@@ -179,7 +179,7 @@ class RedisLimiter:
         tight, fewest = None, 0
         for state, limit, used in picked:
             state.own.add()
-            slot = state.own.first + state.own.index
+            slot = state.own.last
             state.pending[slot] = state.pending.get(slot, 0) + 1
             remaining = limit.requests - used - 1
             if tight is None or remaining < fewest:
