@@ -66,6 +66,8 @@ class ClientConnection(asyncio.Protocol):
         self.corked = False
         self.out: list[bytes] = []
         self.last_seen = server.now
+        self.max_headers = server.limits.max_headers
+        self.max_header_bytes = server.limits.max_header_bytes
         # per-request parse state
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -105,7 +107,7 @@ class ClientConnection(asyncio.Protocol):
             self.uncork()
         if self.in_head:
             self.head_bytes += len(data)
-            if self.head_bytes > self.server.limits.max_header_bytes:
+            if self.head_bytes > self.max_header_bytes:
                 self.reject(HEADERS_TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -139,16 +141,16 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_bytes += len(url)
-        if self.head_bytes > self.server.limits.max_header_bytes:
+        if self.head_bytes > self.max_header_bytes:
             raise ProtocolError(HEADERS_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.in_head:
             return  # a trailer of a chunked request: never forwarded
-        self.headers.append((name, value))
+        headers = self.headers
+        headers.append((name, value))
         self.head_bytes += len(name) + len(value) + 4
-        limits = self.server.limits
-        if len(self.headers) > limits.max_headers or self.head_bytes > limits.max_header_bytes:
+        if self.head_bytes > self.max_header_bytes or len(headers) > self.max_headers:
             raise ProtocolError(HEADERS_TOO_LARGE)
 
     def on_headers_complete(self) -> None:

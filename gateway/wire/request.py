@@ -65,6 +65,7 @@ class HeadRules:
     __slots__ = (
         "auth_header",
         "auth_scheme",
+        "drop",
         "malformed_key",
         "plugin_header",
         "preserve_host",
@@ -91,6 +92,8 @@ class HeadRules:
         self.upstream_host = upstream_host
         self.scheme = scheme
         self.malformed_key = malformed_key(auth_header, auth_scheme)
+        # canonical names never forwarded (the key header too, when it is stripped)
+        self.drop = REQUEST_DROP | {self.auth_header} if strip_auth else REQUEST_DROP
 
 
 class RequestHead:
@@ -256,10 +259,10 @@ def upstream_head(
         b"Host: %s\r\n" % (host if rules.preserve_host and host else rules.upstream_host),
     ]
     append = lines.append
-    key_header = rules.auth_header if rules.strip_auth else None
+    drop = rules.drop
     dropped = head.connection_tokens
     for (name, value), canon in zip(head.headers, head.names, strict=True):
-        if canon in REQUEST_DROP or canon == key_header or canon.startswith(b"x-gateway-") or canon in dropped:
+        if canon in drop or canon.startswith(b"x-gateway-") or canon in dropped:
             continue
         append(b"%s: %s\r\n" % (name, value))
     chain = b", ".join(head.forwarded_for) if trusted else b""
