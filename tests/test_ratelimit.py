@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gateway.core.errors import RuleError
-from gateway.core.ratelimit import Limit, Window, check, parse_limits, parse_rate
+from gateway.core.ratelimit import Limit, Window, check, check_one, parse_limits, parse_rate
 
 T0 = 1_800_000_000.0
 
@@ -85,3 +85,21 @@ def test_never_more_than_n_in_any_window(seed: int) -> None:
         assert inside <= 7
     busy_seconds = 5 * 500 / 40  # five busy stretches of about 12.5 s
     assert len(allowed) >= 7 * busy_seconds * 0.9  # and it does not starve: close to the limit
+
+
+@pytest.mark.parametrize("per", ["second", "minute"])
+def test_the_one_window_shortcut_agrees_with_check(per: str) -> None:
+    rng = random.Random(per)
+    limit = Limit(5, per)
+    general, single = Window(), Window()
+    now = T0
+    for _ in range(2000):
+        now += rng.expovariate(8 / limit.seconds)
+        group, verdict = check([(general, limit, 0)], now)
+        group_one, verdict_one = check_one(single, limit, now)
+        assert (group, verdict.allowed, verdict.remaining, verdict.reset) == (
+            group_one,
+            verdict_one.allowed,
+            verdict_one.remaining,
+            verdict_one.reset,
+        )

@@ -11,7 +11,7 @@ most one slot (1/60 of the window) later than an exact log would.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.core.errors import RuleError
@@ -27,10 +27,10 @@ MAX_LIMITS = 4
 class Limit:
     requests: int
     per: str
+    seconds: int = field(init=False, repr=False, compare=False)  # the window's length
 
-    @property
-    def seconds(self) -> int:
-        return WINDOWS[self.per]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seconds", WINDOWS[self.per])
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "per": self.per}
@@ -145,6 +145,16 @@ def tightest(states: list[tuple[Limit, int, int]], allowed: bool) -> Verdict:
     """From (limit, used after this request, reset) per window, the one with the fewest remaining."""
     limit, used, reset = min(states, key=lambda state: state[0].requests - state[1])
     return Verdict(allowed, limit.requests, max(0, limit.requests - used), reset)
+
+
+def check_one(window: Window, limit: Limit, now: float) -> tuple[int | None, Verdict]:
+    """`check` for the common case of one window (a key with one limit, no account limit)."""
+    used = window.used(limit, now)
+    requests = limit.requests
+    if used >= requests:
+        return 0, Verdict(False, requests, 0, window.reset_after(limit, now))
+    window.add()
+    return None, Verdict(True, requests, requests - used - 1, window.reset_after(limit, now))
 
 
 def check(counters: list[tuple[Window, Limit, int]], now: float) -> tuple[int | None, Verdict]:

@@ -9,7 +9,8 @@ numbers go into the RateLimit-* headers.
 Redis, without a round trip per request: a window far from its limit (fewer than
 FAST_MARGIN of it used, by the last known global count plus this process's own requests) is
 decided here and its increments are pushed, with every active window's global count pulled
-back, in one script every SYNC_SECONDS. A window near its limit, or with a small limit, goes
+back, in one script every SYNC_SECONDS (every CALM_TICKS-th time only for windows under
+CALM_SHARE of their limit). A window near its limit, or with a small limit, goes
 to Redis for every request (exact), and a window Redis found full is refused here until it
 frees. Staleness can only matter far from the limit, where it cannot push a window over it.
 """
@@ -22,7 +23,7 @@ import logging
 import time
 from typing import Any
 
-from gateway.core.ratelimit import SLOTS, SPAN, WINDOWS, Limit, Verdict, Window, check, tightest
+from gateway.core.ratelimit import SLOTS, SPAN, WINDOWS, Limit, Verdict, Window, check, check_one, tightest
 
 log = logging.getLogger("gateway.ratelimit")
 Groups = list[tuple[str, str, tuple[Limit, ...]]]
@@ -37,17 +38,27 @@ class LocalLimiter:
     at once, so `check` is never needed."""
 
     def __init__(self) -> None:
-        self._windows: dict[tuple[str, str, str], Window] = {}  # (kind, id, per): bounded by keys and accounts
+        # (kind, id) -> its limits and one window per limit: bounded by keys and accounts
+        self._groups: dict[tuple[str, str], tuple[tuple[Limit, ...], list[Window]]] = {}
 
     def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
         counters = []
         for index, (kind, ident, limits) in enumerate(groups):
-            for limit in limits:
-                window = self._windows.get((kind, ident, limit.per))
-                if window is None:
-                    window = self._windows[(kind, ident, limit.per)] = Window()
+            found = self._groups.get((kind, ident))
+            if found is None or found[0] is not limits:
+                found = self._groups[(kind, ident)] = (limits, self._windows_for(found, limits))
+            if len(groups) == 1 and len(limits) == 1:
+                return check_one(found[1][0], limits[0], now)
+            for limit, window in zip(limits, found[1], strict=True):
                 counters.append((window, limit, index))
         return check(counters, now)
+
+    @staticmethod
+    def _windows_for(found: tuple[tuple[Limit, ...], list[Window]] | None, limits: tuple[Limit, ...]) -> list[Window]:
+        """Windows for new limits: a window's counts carry over when its length stays (an
+        edit of a key's limits does not hand out a fresh budget)."""
+        kept = {} if found is None else {limit.per: window for limit, window in zip(*found, strict=True)}
+        return [kept.get(limit.per) or Window() for limit in limits]
 
     async def check(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
         return self.try_local(groups, now)
@@ -120,21 +131,26 @@ return out
 SYNC_SECONDS = 0.02
 FAST_MIN = 200  # limits smaller than this always ask Redis: a few requests decide them
 FAST_MARGIN = 0.8  # decide here while less than this share of the limit is used
+CALM_SHARE = 0.5  # windows using less than this share sync every CALM_TICKS-th tick only
+CALM_TICKS = 5  # (100 ms: far from the limit, a fresher count changes no decision)
 ACTIVE_SECONDS = 2.0  # windows used this recently are synced
+LENGTHS = {per: Limit(1, per) for per in WINDOWS}  # a window's length, as `Window.used` takes it
 
 
 class SharedWindow:
     """What this process knows of one window in Redis."""
 
-    __slots__ = ("full_until", "others", "own", "pending", "per", "seen")
+    __slots__ = ("calm", "full_until", "name", "others", "own", "pending", "per", "seen")
 
-    def __init__(self, per: str) -> None:
+    def __init__(self, name: str, per: str) -> None:
+        self.name = name  # the window's hash in Redis
         self.per = per
         self.own = Window()  # this process's own requests
         self.pending: dict[int, int] = {}  # slot -> own requests not yet pushed
         self.others = 0  # the other processes' requests in the span, as of the last sync
         self.full_until = 0.0  # Redis found the window full: refuse here until then
         self.seen = 0.0  # last use: windows idle for a while are no longer synced
+        self.calm = False  # under CALM_SHARE of its limit used at the last local decision
 
 
 class RedisLimiter:
@@ -149,7 +165,7 @@ class RedisLimiter:
         self._sync_script = self._client.register_script(SYNC_SCRIPT)
         self._errors = (redis.RedisError, OSError, TimeoutError)
         self._down = False
-        self._windows: dict[str, SharedWindow] = {}
+        self._windows: dict[tuple[str, str, str], SharedWindow] = {}  # (kind, id, per)
         self._syncing: asyncio.Task | None = None
 
     @staticmethod
@@ -165,16 +181,18 @@ class RedisLimiter:
         picked = []
         for index, (kind, ident, limits) in enumerate(groups):
             for limit in limits:
-                name = self._name(kind, ident, limit)
-                state = self._windows.get(name)
+                state = self._windows.get((kind, ident, limit.per))
                 if state is None:
-                    state = self._windows[name] = SharedWindow(limit.per)
+                    state = SharedWindow(self._name(kind, ident, limit), limit.per)
+                    self._windows[(kind, ident, limit.per)] = state
                 state.seen = now
                 if state.full_until > now:
                     return index, Verdict(False, limit.requests, 0, max(1, int(state.full_until - now + 0.999)))
                 used = state.own.used(limit, now) + state.others
                 if limit.requests < FAST_MIN or used >= limit.requests * FAST_MARGIN:
+                    state.calm = False
                     return None
+                state.calm = used < limit.requests * CALM_SHARE
                 picked.append((state, limit, used))
         tight, fewest = None, 0
         for state, limit, used in picked:
@@ -188,42 +206,45 @@ class RedisLimiter:
         return None, Verdict(True, tight[1].requests, fewest, tight[0].own.reset_after(tight[1], now))
 
     async def _sync_forever(self) -> None:
+        tick = 0
         while True:
             await asyncio.sleep(SYNC_SECONDS)
+            tick += 1
             with contextlib.suppress(LimiterUnavailable):  # said once by _outage; retried
-                await self._sync()
+                await self._sync(every=tick % CALM_TICKS == 0)
 
-    async def _sync(self) -> None:
-        """Push this process's increments and pull every active window's global count."""
+    async def _sync(self, every: bool = True) -> None:
+        """Push this process's increments and pull the active windows' global counts: all of
+        them if `every`, else only those not calm (using half their limit or more)."""
         now = time.time()
         active = []
-        for name, state in list(self._windows.items()):
+        for where, state in list(self._windows.items()):
             idle = now - state.seen
-            if idle < ACTIVE_SECONDS or state.pending:
-                active.append((name, state))
+            if (idle < ACTIVE_SECONDS or state.pending) and (every or not state.calm):
+                active.append(state)
             elif idle > WINDOWS["day"] * 2:
-                del self._windows[name]  # long idle: forget it
+                del self._windows[where]  # long idle: forget it
         if not active:
             return
         keys, args, taken = [], [], []
-        for name, state in active:
+        for state in active:
             pending, state.pending = state.pending, {}
             taken.append(pending)
-            keys.append(name)
+            keys.append(state.name)
             args += [WINDOWS[state.per], len(pending)]
             for slot, count in pending.items():
                 args += [slot, count]
         try:
             totals = await self._sync_script(keys=keys, args=args)
         except self._errors as err:
-            for (_, state), pending in zip(active, taken, strict=True):  # keep them for the next try
+            for state, pending in zip(active, taken, strict=True):  # keep them for the next try
                 for slot, count in pending.items():
                     state.pending[slot] = state.pending.get(slot, 0) + count
             self._outage(err)
             raise LimiterUnavailable(str(err)) from None
         self._back()
-        for (_, state), total in zip(active, totals, strict=True):
-            own = state.own.used(Limit(1, state.per), now)
+        for state, total in zip(active, totals, strict=True):
+            own = state.own.used(LENGTHS[state.per], now)
             state.others = max(0, int(total) - own - sum(state.pending.values()))
 
     def _outage(self, err: Exception) -> None:
@@ -240,10 +261,11 @@ class RedisLimiter:
         """The exact path: this process's pending increments first, then one atomic script."""
         if any(state.pending for state in self._windows.values()):
             await self._sync()
-        keys, args, owners = [], [], []
+        keys, args, owners, wheres = [], [], [], []
         for index, (kind, ident, limits) in enumerate(groups):
             for limit in limits:
                 keys.append(self._name(kind, ident, limit))
+                wheres.append((kind, ident, limit.per))
                 args += [limit.requests, limit.seconds]
                 owners.append((index, limit))
         try:
@@ -260,7 +282,7 @@ class RedisLimiter:
             states.append((limit, used, reset))
         if full:
             index, limit = owners[full - 1]
-            state = self._windows.get(keys[full - 1])
+            state = self._windows.get(wheres[full - 1])
             if state is not None:
                 state.full_until = now + states[full - 1][2]
             return index, tightest([s for s, (i, _) in zip(states, owners, strict=True) if i == index], False)
