@@ -28,6 +28,9 @@ test-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		echo "installing Debian's chromium for the console tests ..."; \
 		$(APT) update -qq && $(APT) install -y -qq chromium >/dev/null; fi
+	@if [ -z "$$(fc-list :lang=zh 2>/dev/null)" ]; then \
+		echo "installing a Chinese font, so the console's Chinese screenshots show text ..."; \
+		$(APT) update -qq && $(APT) install -y -qq fonts-wqy-zenhei >/dev/null; fi
 	@if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "installing Debian's postgresql for a throwaway test server ..."; \
 		$(APT) update -qq && $(APT) install -y -qq postgresql >/dev/null; fi
@@ -35,7 +38,13 @@ test-deps:
 		echo "installing Debian's redis-server for a throwaway test server ..."; \
 		$(APT) update -qq && $(APT) install -y -qq redis-server >/dev/null; fi
 
-test: $(VENV)/.test test-deps
+# axe-core (npm) for the console's accessibility check: the test injects it into the page.
+AXE := .cache/axe/node_modules/axe-core/axe.min.js
+$(AXE):
+	@command -v npm >/dev/null || { $(APT) update -qq && $(APT) install -y -qq npm >/dev/null; }
+	npm install --silent --no-audit --no-fund --prefix .cache/axe axe-core@4.14.1
+
+test: $(VENV)/.test test-deps $(AXE)
 	$(BIN)/ruff check gateway tests examples bench
 	$(BIN)/ruff format --check gateway tests examples bench
 	$(BIN)/lint-imports
@@ -58,7 +67,7 @@ bench: $(VENV)/.test
 
 # Keeps data/ (the database and the secret key that decrypts it): see clean-data.
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .grimp_cache .import_linter_cache test-output
+	rm -rf $(VENV) .pytest_cache .ruff_cache .grimp_cache .import_linter_cache test-output .cache
 
 clean-data:
 	@echo "data/ holds the key database AND the secret key that decrypts it: without the secret key"

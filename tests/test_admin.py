@@ -480,3 +480,40 @@ async def test_oversized_admin_body(start_gateway) -> None:
     running: Running = await start_gateway(admin={"max_body": 1024})
     status, body = await running.admin.call("POST", "/api/v1/keys", raw=b'{"name": "' + b"x" * 4096 + b'"}')
     assert status == 413 and body["error"]["code"] == "body_too_large"
+
+
+async def test_listing_searches_and_filters_across_pages(admin: Admin) -> None:
+    made = [await admin.create(name=f"Batch {i:02d}", account="acme", enabled=i % 3 != 0) for i in range(30)]
+    await admin.create(name="Other batch", account="beta")
+
+    async def listing(query: str) -> list[dict]:
+        items, cursor = [], None
+        while True:
+            status, page = await admin.call(
+                "GET", f"/api/v1/keys?limit=4&{query}" + (f"&cursor={cursor}" if cursor else "")
+            )
+            assert status == 200, page
+            items += page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return items
+
+    assert [k["name"] for k in await listing("q=batch%201")] == [f"Batch {i}" for i in range(10, 20)]
+    assert len(await listing("q=BATCH")) == 31  # any case, every account
+    assert [k["id"] for k in await listing(f"q={made[7]['id'][:12]}")] == [made[7]["id"]]
+    assert [k["id"] for k in await listing(f"q={made[8]['key_masked'][:4]}")] == [made[8]["id"]]
+    disabled = await listing("status=disabled&account=acme")
+    assert [k["id"] for k in disabled] == [k["id"] for k in made if not k["enabled"]]
+    assert len(await listing("status=enabled")) == 21
+    for query, field in (("status=off", "status"), ("q=" + "x" * 101, "q")):
+        status, body = await admin.call("GET", f"/api/v1/keys?{query}")
+        assert (status, body["error"]["code"], body["error"]["field"]) == (422, "invalid_field", field)
+    status, settings = await admin.call("GET", "/api/v1/settings")
+    assert settings["accounts"] == {"acme": 30, "beta": 1}
+    _, token = await admin.call(
+        "POST", "/api/v1/tokens", {"name": "beta", "account": "beta", "permissions": ["keys:read"]}
+    )
+    _, seen = await admin.call("GET", "/api/v1/settings", token=token["token"])
+    assert seen["accounts"] == {"beta": 1}  # a scoped token counts its own account only
+    _, found = await admin.call("GET", "/api/v1/keys?q=batch", token=token["token"])
+    assert [k["name"] for k in found["items"]] == ["Other batch"]

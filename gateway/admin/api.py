@@ -30,7 +30,7 @@ STATUS_OF = {
     "body_too_large": 413,
     "store_unavailable": 503,
 }
-OPEN_PATHS = frozenset({"/healthz", "/"})  # and the console's static files under /console/
+OPEN_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})  # and the console's static files under /console/
 CONSOLE = Path(__file__).resolve().parent / "console"
 # The console runs no inline script and loads nothing from elsewhere.
 SECURITY_HEADERS = {
@@ -139,7 +139,12 @@ async def create_key(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     query = request.query
     keys, cursor = await request.app[SERVICE].list(
-        query.get("account"), query.get("cursor"), query.get("limit"), request[PRINCIPAL]
+        query.get("account"),
+        query.get("cursor"),
+        query.get("limit"),
+        request[PRINCIPAL],
+        search=query.get("q"),
+        status=query.get("status"),
     )
     return _page(keys, cursor)
 
@@ -220,10 +225,19 @@ async def console_index(request: web.Request) -> web.FileResponse:
 
 
 async def settings(request: web.Request) -> web.Response:
-    limits = request.app[SERVICE].limits
+    service = request.app[SERVICE]
+    limits = service.limits
     return web.json_response(
-        {"limits": {"keys_per_account": limits.keys_per_account, "ips_per_key": limits.ips_per_key}}
+        {
+            "limits": {"keys_per_account": limits.keys_per_account, "ips_per_key": limits.ips_per_key},
+            "accounts": await service.account_counts(request[PRINCIPAL]),
+        }
     )
+
+
+async def favicon(request: web.Request) -> web.Response:
+    """Browsers ask for it on their own, without the token: answer, do not refuse."""
+    return web.FileResponse(CONSOLE / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -253,6 +267,7 @@ def build_admin_app(
     for method, path, handler, _ in ROUTE_TABLE:
         app.router.add_route(method, path, handler)
     app.router.add_get("/", console_index)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/console/", CONSOLE, show_index=False, follow_symlinks=False)
     app.on_response_prepare.append(security_headers)
     return app

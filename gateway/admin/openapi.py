@@ -142,7 +142,21 @@ def document() -> dict[str, Any]:
                 },
                 "get": {
                     "summary": "List keys",
-                    "parameters": [{"name": "account", "in": "query", "schema": {"type": "string"}}, *PAGING],
+                    "parameters": [
+                        {"name": "account", "in": "query", "schema": {"type": "string"}},
+                        *PAGING,
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "description": "name (any part, any case), key id (its start) or masked key (any part)",
+                            "schema": {"type": "string", "maxLength": 100},
+                        },
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["enabled", "disabled"]},
+                        },
+                    ],
                     "responses": {
                         "200": _json(
                             {
@@ -289,12 +303,12 @@ def document() -> dict[str, Any]:
             },
             "/api/v1/settings": {
                 "get": {
-                    "summary": "The limits the console shows (keys per account, whitelist entries per key)",
+                    "summary": "The limits the console shows, and how many keys each account has",
                     "responses": {
                         "200": _json(
                             {
                                 "type": "object",
-                                "required": ["limits"],
+                                "required": ["limits", "accounts"],
                                 "properties": {
                                     "limits": {
                                         "type": "object",
@@ -303,7 +317,12 @@ def document() -> dict[str, Any]:
                                             "keys_per_account": {"type": "integer"},
                                             "ips_per_key": {"type": "integer"},
                                         },
-                                    }
+                                    },
+                                    "accounts": {
+                                        "type": "object",
+                                        "description": "keys per account (a scoped token: its own)",
+                                        "additionalProperties": {"type": "integer"},
+                                    },
                                 },
                             },
                             "the limits",

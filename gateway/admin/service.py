@@ -77,6 +77,30 @@ def parse_grace(body: Any) -> int:
     return grace
 
 
+MAX_SEARCH = 100
+
+
+def key_filter(search: str | None, status: str | None) -> Callable[[Key], bool] | None:
+    """The listing's filters as one test, None when there is none. `search` matches a name
+    (any case, any part), a key id (from its start) or a masked key (any part of it)."""
+    if status not in (None, "", "enabled", "disabled"):
+        raise RuleError("status", "status must be enabled or disabled")
+    text = (search or "").strip()
+    if len(text) > MAX_SEARCH:
+        raise RuleError("q", f"q must be at most {MAX_SEARCH} characters")
+    if not text and not status:
+        return None
+    folded = text.casefold()
+    enabled = None if not status else status == "enabled"
+
+    def wanted(key: Key) -> bool:
+        if enabled is not None and key.enabled != enabled:
+            return False
+        return not text or folded in key.name.casefold() or key.id.startswith(text) or text in key.key_masked
+
+    return wanted
+
+
 def parse_limit(text: str | None) -> int:
     if text is None:
         return DEFAULT_PAGE
@@ -167,18 +191,43 @@ class KeyService:
         return self._with_usage(key)
 
     async def list(
-        self, account: str | None, cursor: str | None, limit: str | None, actor: Principal
+        self,
+        account: str | None,
+        cursor: str | None,
+        limit: str | None,
+        actor: Principal,
+        search: str | None = None,
+        status: str | None = None,
     ) -> tuple[list[Key], str | None]:
+        """A page of keys in id order. `search` (name, id or masked key) and `status`
+        (enabled/disabled) filter it: the store is read in batches until the page is full."""
         page = parse_limit(limit)
         after = decode_cursor(cursor) if cursor else None
         account = parse_account(account) if account else None
         if actor.account is not None:
             account = actor.account_for(account)
-        keys = await self.store.list_keys(account, after, page + 1)
+        wanted = key_filter(search, status)
+        if wanted is None:
+            keys = await self.store.list_keys(account, after, page + 1)
+        else:
+            keys = []
+            while len(keys) <= page:
+                batch = await self.store.list_keys(account, after, MAX_PAGE)
+                keys += [key for key in batch if wanted(key)]
+                if len(batch) < MAX_PAGE:
+                    break
+                after = batch[-1].id
         more = len(keys) > page
         keys = keys[:page]
         next_cursor = encode_cursor(keys[-1].id) if more else None
         return [self._with_usage(key) for key in keys], next_cursor
+
+    async def account_counts(self, actor: Principal) -> dict[str, int]:
+        """Keys per account, as far as the token may see."""
+        counts = await self.store.count_keys()
+        if actor.account is not None:
+            return {actor.account: counts.get(actor.account, 0)}
+        return counts
 
     async def update(self, key_id: str, body: Any, actor: Principal) -> Key:
         changes = parse_changes(body, self.limits.ips_per_key, creating=False, known=self.known_interface)

@@ -1,22 +1,72 @@
 "use strict";
 // The admin console: plain DOM, every user-supplied string set with textContent, every call
-// through the admin API with the token kept in sessionStorage (this tab only).
+// through the admin API with the token kept in sessionStorage (this tab only). Words come from
+// i18n.js (English, Simplified Chinese); the choice of language is kept in localStorage.
 
 const TOKEN_KEY = "gateway-admin-token";
+const LANG_KEY = "gateway-console-lang";
+const PAGE_SIZE = 50;
+const WEEK = 7 * 24 * 3600 * 1000;
+const WINDOWS = ["second", "minute", "hour", "day"];
 const state = {
-  keys: [],
+  lang: "en",
+  keys: [], // the page shown
+  accounts: {}, // account -> number of keys
   catalogue: [],
   limits: { keys_per_account: 500, ips_per_key: 50 },
   revealed: new Map(),
-  detail: null,
+  pages: [null], // the cursor of each page seen so far; the last one is the page shown
+  next: null,
+  filters: { q: "", account: "", status: "" },
+  newKeyId: null, // the key whose secret the banner shows
+  editing: null, // null (panel closed), "new", or a key id
+  original: null, // the form's values when the panel opened (to tell unsaved changes)
   draft: null,
+  fieldErrors: new Set(),
+  pending: null, // what to do once the discard dialog says yes
   deleting: null,
   rotating: null,
+  duplicating: null,
   me: { actor: "", account: null, permissions: [] },
 };
-const WEEK = 7 * 24 * 3600 * 1000;
 const may = (permission) => state.me.permissions.includes(permission);
 const $ = (id) => document.getElementById(id);
+
+// ---- words -----------------------------------------------------------------------------------
+
+function t(name, values = {}) {
+  const text = (STRINGS[state.lang] && STRINGS[state.lang][name]) || STRINGS.en[name] || name;
+  return text.replace(/\{(\w+)\}/g, (_, key) => (key in values ? String(values[key]) : `{${key}}`));
+}
+
+function label(id) {
+  const names = NAMES[id];
+  return names ? names[state.lang === "zh" ? 1 : 0] : id;
+}
+
+function translatePage() {
+  document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
+  document.title = `${t("title")} · Gateway`;
+  for (const node of document.querySelectorAll("[data-i18n]")) node.textContent = t(node.dataset.i18n);
+  for (const node of document.querySelectorAll("[data-i18n-placeholder]")) node.placeholder = t(node.dataset.i18nPlaceholder);
+  for (const node of document.querySelectorAll("[data-i18n-aria-label]")) node.setAttribute("aria-label", t(node.dataset.i18nAriaLabel));
+  $("lang").value = state.lang;
+}
+
+function setLanguage(lang) {
+  state.lang = lang === "zh" ? "zh" : "en";
+  localStorage.setItem(LANG_KEY, state.lang);
+  translatePage();
+  if (state.signedIn) {
+    renderAccounts();
+    renderKeys();
+    if (state.editing) renderForm();
+  }
+}
+
+const when = (iso) => (iso ? new Date(iso).toLocaleString(state.lang === "zh" ? "zh-CN" : "en-GB") : t("never"));
+
+// ---- the API ---------------------------------------------------------------------------------
 
 class ApiError extends Error {
   constructor(status, error) {
@@ -37,18 +87,20 @@ async function api(method, path, body) {
   try {
     response = await fetch(path, init);
   } catch (err) {
-    throw new ApiError(0, { code: "network", message: "The gateway cannot be reached." });
+    throw new ApiError(0, { code: "network", message: t("unreachable") });
   }
   const data = response.status === 204 ? null : await response.json().catch(() => null);
   if (!response.ok) {
     const error = data && data.error ? data.error : { code: `http_${response.status}`, message: `Request failed (${response.status}).` };
-    if (response.status === 401 && sessionStorage.getItem(TOKEN_KEY) && state.signedIn) {
-      signOut("Your session ended: sign in again.");
-    }
+    if (response.status === 401 && sessionStorage.getItem(TOKEN_KEY) && state.signedIn) signOut(t("sessionEnded"));
     throw new ApiError(response.status, error);
   }
   return data;
 }
+
+const keyPath = (id, rest = "") => `/api/v1/keys/${encodeURIComponent(id)}${rest}`;
+
+// ---- small DOM helpers -----------------------------------------------------------------------
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -62,6 +114,23 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+const ICONS = {
+  eye: "M1 12s4-7 11-7 11 7 11 7-4 7-11 7S1 12 1 12zm11 3a3 3 0 1 0 0-6 3 3 0 0 0 0 6z",
+  eyeOff: "M3 3l18 18M10.6 6.1A10 10 0 0 1 12 6c7 0 11 6 11 6a17 17 0 0 1-3.2 3.8M6.4 6.9A17 17 0 0 0 1 12s4 7 11 7a10 10 0 0 0 4.2-.9M9.9 9.9a3 3 0 0 0 4.2 4.2",
+  copy: "M9 9h11v11H9zM5 15H4V4h11v1",
+};
+
+function icon(name) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", "icon-svg");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("d", ICONS[name]);
+  svg.append(path);
+  return svg;
+}
+
 function notify(message, isError = true) {
   const notice = $("notice");
   notice.textContent = message;
@@ -71,10 +140,9 @@ function notify(message, isError = true) {
   notify.timer = setTimeout(() => { notice.hidden = true; }, isError ? 8000 : 3000);
 }
 
-function showError(target, err) {
-  const node = $(target);
-  node.textContent = err.message || String(err);
-  node.hidden = false;
+function showError(target, message) {
+  $(target).textContent = message;
+  $(target).hidden = false;
 }
 
 function clearError(target) {
@@ -82,27 +150,21 @@ function clearError(target) {
   $(target).textContent = "";
 }
 
-const when = (iso) => (iso ? new Date(iso).toLocaleString() : "Never");
-
-function summary(scope, allText, noun) {
+function summary(scope, allText) {
   if (scope === "all") return allText;
-  if (scope.length === 0) return `No ${noun}s`;
-  const shown = scope.slice(0, 2).join(", ");
+  if (scope.length === 0) return t("noneOf");
+  const shown = scope.slice(0, 2).map(label).join(", ");
   return scope.length > 2 ? `${shown} +${scope.length - 2}` : shown;
 }
 
-// ---- sign in / out -------------------------------------------------------------------------
+// ---- sign in / out ---------------------------------------------------------------------------
 
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.signedIn = false;
   state.revealed.clear();
   state.me = { actor: "", account: null, permissions: [] };
-  $("keys").hidden = true;
-  $("tokens").hidden = true;
-  $("detail").hidden = true;
-  $("sign-out").hidden = true;
-  $("show-tokens").hidden = true;
+  for (const id of ["keys", "tokens", "detail", "sign-out", "show-tokens"]) $(id).hidden = true;
   $("whoami").textContent = "";
   $("sign-in").hidden = false;
   if (message) notify(message);
@@ -116,7 +178,7 @@ async function signIn(event) {
     state.me = await api("GET", "/api/v1/me");
   } catch (err) {
     sessionStorage.removeItem(TOKEN_KEY);
-    showError("sign-in-error", err.status === 401 ? new Error("That token was refused.") : err);
+    showError("sign-in-error", err.status === 401 ? t("tokenRefused") : err.message);
     return;
   }
   $("token").value = "";
@@ -129,51 +191,86 @@ async function enter() {
   $("sign-in").hidden = true;
   $("sign-out").hidden = false;
   $("keys").hidden = false;
-  $("whoami").textContent = state.me.account ? `Token ${state.me.actor} · account ${state.me.account}` : "";
+  $("whoami").textContent = state.me.account ? t("whoami", { actor: state.me.actor, account: state.me.account }) : "";
   $("show-tokens").hidden = !may("tokens:manage");
-  $("create-form").hidden = !may("keys:write");
+  $("new-key-button").hidden = !may("keys:write");
   if (!may("keys:read")) {
     $("key-table").hidden = true;
-    notify("This token cannot list keys.");
+    notify(t("cannotList"));
     return;
   }
   try {
-    const [settings, catalogue] = await Promise.all([api("GET", "/api/v1/settings"), api("GET", "/api/v1/interfaces")]);
-    state.limits = settings.limits;
+    const catalogue = await api("GET", "/api/v1/interfaces");
     state.catalogue = catalogue.categories;
-    await loadKeys();
+    await loadSettings();
+    await loadPage(null);
   } catch (err) {
     notify(err.message);
   }
 }
 
-async function loadKeys() {
-  const keys = [];
-  let cursor = null;
-  do {
-    const page = await api("GET", `/api/v1/keys?limit=500${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
-    keys.push(...page.items);
-    cursor = page.next_cursor;
-  } while (cursor);
-  state.keys = keys;
-  renderKeys();
+async function loadSettings() {
+  const settings = await api("GET", "/api/v1/settings");
+  state.limits = settings.limits;
+  state.accounts = settings.accounts || {};
+  renderAccounts();
 }
 
-// ---- the list ------------------------------------------------------------------------------
+function renderAccounts() {
+  const accounts = Object.keys(state.accounts).sort();
+  $("usage").replaceChildren(...accounts.map((account) => el("span", {
+    dataset: { account },
+    text: t("accountUsage", { account, count: state.accounts[account], limit: state.limits.keys_per_account }),
+  })));
+  const select = $("filter-account");
+  select.replaceChildren(el("option", { value: "", text: t("allAccounts") }),
+    ...accounts.map((account) => el("option", { value: account, text: account })));
+  select.value = accounts.includes(state.filters.account) ? state.filters.account : "";
+  select.hidden = Boolean(state.me.account) || accounts.length < 2;
+  const known = new Set();
+  for (const key of state.keys) if (key.apps !== "all") for (const app of key.apps) known.add(app);
+  $("app-suggestions").replaceChildren(...[...known].sort().map((app) => el("option", { value: app })));
+}
+
+// ---- the list: one page at a time, through the API's cursor ---------------------------------
+
+async function loadPage(cursor, { forward = true } = {}) {
+  const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (cursor) params.set("cursor", cursor);
+  for (const [name, value] of Object.entries(state.filters)) if (value) params.set(name, value);
+  const page = await api("GET", `/api/v1/keys?${params}`);
+  if (forward && cursor && state.pages[state.pages.length - 1] !== cursor) state.pages.push(cursor);
+  state.keys = page.items;
+  state.next = page.next_cursor;
+  renderKeys();
+  renderAccounts();
+}
+
+async function reloadPage() {
+  await loadPage(state.pages[state.pages.length - 1], { forward: false });
+}
+
+async function filtersChanged() {
+  state.filters = { q: $("search").value.trim(), account: $("filter-account").value, status: $("filter-status").value };
+  state.pages = [null];
+  try {
+    await loadPage(null);
+  } catch (err) {
+    notify(err.message);
+  }
+}
 
 function renderKeys() {
-  const counts = new Map();
-  for (const key of state.keys) counts.set(key.account, (counts.get(key.account) || 0) + 1);
-  const usage = $("usage");
-  usage.replaceChildren(
-    ...[...counts.entries()].sort().map(([account, n]) =>
-      el("span", { text: `${account}: ${n} / ${state.limits.keys_per_account} keys`, dataset: { account } })),
-  );
+  const filtered = Object.values(state.filters).some(Boolean);
   $("empty").hidden = state.keys.length > 0;
+  $("empty").textContent = filtered ? t("noMatch") : t("noKeys");
   $("key-rows").replaceChildren(...state.keys.map(keyRow));
   const soon = state.keys.filter((key) => expiry(key) === "expiring").length;
   $("expiry-warning").hidden = soon === 0;
-  $("expiry-warning").textContent = `${soon} key${soon === 1 ? "" : "s"} will expire within a week.`;
+  $("expiry-warning").textContent = t("expiringSoon", { count: soon });
+  $("page-prev").disabled = state.pages.length <= 1;
+  $("page-next").disabled = !state.next;
+  $("page-info").textContent = t("pageInfo", { page: state.pages.length, count: state.keys.length });
 }
 
 // "expired", "expiring" (within a week) or null
@@ -186,41 +283,104 @@ function expiry(key) {
 function expiryBadge(key) {
   const status = expiry(key);
   if (!status) return null;
-  const text = status === "expired" ? "Expired" : `Expires ${when(key.expires_at)}`;
+  const text = status === "expired" ? t("expired") : t("expires", { when: when(key.expires_at) });
   return el("span", { class: `badge ${status}`, text, title: `expires_at ${key.expires_at}` });
+}
+
+function statusSwitch(enabled, name, onToggle, disabled) {
+  const button = el("button", { type: "button", class: "switch", role: "switch", "aria-checked": String(enabled),
+    "aria-label": t("switchLabel", { name }), disabled },
+  el("span", { class: "track", "aria-hidden": "true" }), el("span", { class: "status", text: enabled ? t("enabled") : t("disabled") }));
+  button.addEventListener("click", onToggle);
+  return button;
 }
 
 function keyRow(key) {
   const revealed = state.revealed.get(key.id);
-  const cell = (label, ...children) => el("td", { "data-label": label, class: label === "Key" ? "key-cell" : null }, ...children);
-  const toggle = el("input", { type: "checkbox", "aria-label": `Enable ${key.name}`, disabled: !may("keys:write") });
-  toggle.checked = key.enabled;
-  toggle.addEventListener("change", () => setEnabled(key, toggle));
+  const cell = (name, ...children) => el("td", { "data-label": t(name), class: name }, ...children);
   const ips = key.ip_whitelist.length;
+  const switcher = statusSwitch(key.enabled, key.name, () => setEnabled(key, switcher), !may("keys:write"));
   return el("tr", { dataset: { id: key.id }, class: key.enabled ? null : "disabled-row" },
-    cell("Name", el("span", { class: "name", text: key.name })),
-    cell("Key",
-      el("span", { class: "secret", text: revealed || key.key_masked }),
-      may("keys:reveal") ? el("button", { type: "button", class: "icon reveal", "aria-label": revealed ? "Hide key" : "Reveal key",
-        text: revealed ? "Hide" : "Show", on: { click: () => toggleReveal(key) } }) : null,
-      may("keys:reveal") ? el("button", { type: "button", class: "icon copy-value", "aria-label": "Copy key value", text: "Copy",
-        on: { click: () => copyValue(key) } }) : null),
-    cell("Account", key.account),
-    cell("Apps", summary(key.apps, "All apps", "app")),
-    cell("Interfaces", summary(key.interfaces, "All interfaces", "interface")),
-    cell("IP whitelist", ips ? `${ips} / ${state.limits.ips_per_key}` : "Any IP"),
-    cell("Status", el("label", { class: "switch" }, toggle, el("span", { class: "status", text: key.enabled ? "Enabled" : "Disabled" })),
-      expiryBadge(key)),
-    cell("Created", when(key.created_at)),
-    cell("Last used", el("span", { class: "last-used", text: when(key.last_used_at) })),
+    cell("colName", el("span", { class: "name", text: key.name }), expiryBadge(key)),
+    cell("colKey", el("span", { class: "key-tools" },
+      el("code", { class: "secret", text: revealed || key.key_masked }),
+      may("keys:reveal") ? el("button", { type: "button", class: "icon reveal", "aria-pressed": String(Boolean(revealed)),
+        "aria-label": t(revealed ? "hideKey" : "revealKey", { name: key.name }), title: t(revealed ? "hideKey" : "revealKey", { name: key.name }),
+        on: { click: () => toggleReveal(key) } }, icon(revealed ? "eyeOff" : "eye")) : null,
+      may("keys:reveal") ? el("button", { type: "button", class: "icon copy-value", "aria-label": t("copyKeyValue", { name: key.name }),
+        title: t("copyKeyValue", { name: key.name }), on: { click: () => copyValue(key) } }, icon("copy")) : null)),
+    cell("colAccount", key.account),
+    cell("colApps", summary(key.apps, t("allApps"))),
+    cell("colInterfaces", summary(key.interfaces, t("allInterfaces"))),
+    cell("colWhitelist", ips ? `${ips} / ${state.limits.ips_per_key}` : t("anyIp")),
+    cell("colStatus", switcher),
+    cell("colLastUsed", el("span", { class: "last-used", text: when(key.last_used_at) })),
     el("td", { class: "actions" },
-      el("button", { type: "button", class: "details", text: "Details", on: { click: () => openDetail(key.id) } }),
+      el("button", { type: "button", class: "details", text: t("details"), on: { click: () => guarded(() => openEditor(key)) } }),
       ...(may("keys:write") ? [
-        el("button", { type: "button", class: "rotate", text: "Rotate", on: { click: () => askRotate(key) } }),
-        el("button", { type: "button", class: "copy-key", text: "Copy key", on: { click: () => copyKey(key) } }),
-        el("button", { type: "button", class: "delete", text: "Delete", on: { click: () => askDelete(key) } }),
+        el("button", { type: "button", class: "rotate", text: t("rotate"), on: { click: () => askRotate(key) } }),
+        el("button", { type: "button", class: "duplicate", text: t("duplicate"), on: { click: () => askDuplicate(key) } }),
+        el("button", { type: "button", class: "delete", text: t("delete"), on: { click: () => askDelete(key) } }),
       ] : [])));
 }
+
+async function reveal(key) {
+  return (await api("GET", keyPath(key.id, "/secret"))).key;
+}
+
+async function toggleReveal(key) {
+  try {
+    if (state.revealed.has(key.id)) state.revealed.delete(key.id);
+    else state.revealed.set(key.id, await reveal(key));
+    renderKeys();
+  } catch (err) {
+    notify(err.message);
+  }
+}
+
+async function copyValue(key) {
+  try {
+    const value = state.revealed.get(key.id) || (await reveal(key));
+    await navigator.clipboard.writeText(value);
+    notify(t("copied"), false);
+  } catch (err) {
+    notify(err.message || t("noClipboard"));
+  }
+}
+
+async function setEnabled(key, button) {
+  button.disabled = true;
+  try {
+    replaceKey(await api("PATCH", keyPath(key.id), { enabled: !key.enabled }));
+  } catch (err) {
+    notify(err.message);
+    button.disabled = false;
+  }
+}
+
+function replaceKey(updated) {
+  state.keys = state.keys.map((key) => (key.id === updated.id ? updated : key));
+  renderKeys();
+}
+
+function showNewKey(created, title, note = "") {
+  state.newKeyId = created.id;
+  $("new-key-title").textContent = title;
+  $("new-key-note").textContent = note;
+  $("new-key-value").textContent = created.key;
+  $("new-key").hidden = false;
+}
+
+function forgetSecret(keyId) {
+  state.revealed.delete(keyId);
+  if (state.newKeyId === keyId) {  // a deleted key's secret must not stay on screen
+    state.newKeyId = null;
+    $("new-key").hidden = true;
+    $("new-key-value").textContent = "";
+  }
+}
+
+// ---- confirmations: rotate, duplicate, delete -----------------------------------------------
 
 function askRotate(key) {
   state.rotating = key;
@@ -233,18 +393,445 @@ async function confirmRotate() {
   state.rotating = null;
   if (!key || $("confirm-rotate").returnValue !== "rotate") return;
   try {
-    const grace = Number($("rotate-grace").value);
-    const rotated = await api("POST", `/api/v1/keys/${encodeURIComponent(key.id)}/rotate`, { grace_seconds: grace });
+    const rotated = await api("POST", keyPath(key.id, "/rotate"), { grace_seconds: Number($("rotate-grace").value) });
     state.revealed.delete(key.id);
-    showNewKey(rotated, "Key rotated.",
-      rotated.previous_expires_at ? `The previous secret works until ${when(rotated.previous_expires_at)}.` : "The previous secret no longer works.");
+    showNewKey(rotated, t("keyRotated"),
+      rotated.previous_expires_at ? t("previousWorks", { when: when(rotated.previous_expires_at) }) : t("previousStopped"));
     replaceKey(rotated);
   } catch (err) {
     notify(err.message);
   }
 }
 
-// ---- admin tokens --------------------------------------------------------------------------
+function askDuplicate(key) {
+  state.duplicating = key;
+  $("duplicate-name").textContent = key.name;
+  $("confirm-duplicate").showModal();
+}
+
+async function confirmDuplicate() {
+  const key = state.duplicating;
+  state.duplicating = null;
+  if (!key || $("confirm-duplicate").returnValue !== "duplicate") return;
+  try {
+    showNewKey(await api("POST", keyPath(key.id, "/copy")), t("duplicated"));
+    await loadSettings();
+    await reloadPage();
+  } catch (err) {
+    notify(err.message);
+  }
+}
+
+function askDelete(key) {
+  state.deleting = key;
+  $("delete-name").textContent = key.name;
+  $("delete-masked").textContent = key.key_masked;
+  $("delete-last-used").textContent = when(key.last_used_at);
+  $("confirm-delete").showModal();
+}
+
+async function confirmDelete() {
+  const key = state.deleting;
+  state.deleting = null;
+  if (!key || $("confirm-delete").returnValue !== "delete") return;
+  try {
+    await api("DELETE", keyPath(key.id));
+    forgetSecret(key.id);
+    if (state.editing === key.id) closeEditor();
+    await loadSettings();
+    await reloadPage();
+    notify(t("deleted"), false);
+  } catch (err) {
+    notify(err.message);
+  }
+}
+
+// ---- the editor: one form to create a key or change one, saved with one button --------------
+
+function valuesOf(key) {
+  return {
+    name: key.name,
+    account: key.account,
+    enabled: key.enabled,
+    appsMode: key.apps === "all" ? "all" : "list",
+    apps: key.apps === "all" ? [] : [...key.apps],
+    interfacesMode: key.interfaces === "all" ? "all" : "list",
+    interfaces: key.interfaces === "all" ? [] : [...key.interfaces],
+    ip_whitelist: [...key.ip_whitelist],
+    expires: key.expires_at ? localInput(key.expires_at) : "",
+    rate_limits: key.rate_limits.map((limit) => ({ ...limit })),
+  };
+}
+
+const BLANK = { name: "", account: "", enabled: true, apps: "all", interfaces: "all", ip_whitelist: [], expires_at: null, rate_limits: [] };
+
+// the fields of the API's key object that the form's values stand for
+function bodyOf(values) {
+  return {
+    name: values.name.trim(),
+    account: values.account.trim(),
+    enabled: values.enabled,
+    apps: values.appsMode === "all" ? "all" : values.apps,
+    interfaces: values.interfacesMode === "all" ? "all" : values.interfaces,
+    ip_whitelist: values.ip_whitelist,
+    expires_at: values.expires ? new Date(values.expires).toISOString() : null,
+    rate_limits: WINDOWS.flatMap((per) => values.rate_limits.filter((limit) => limit.per === per)),
+  };
+}
+
+function changes() {
+  const before = bodyOf(state.original);
+  const after = bodyOf(state.draft);
+  const changed = {};
+  for (const field of Object.keys(after)) {
+    if (JSON.stringify(before[field]) !== JSON.stringify(after[field])) changed[field] = after[field];
+  }
+  if (state.editing === "new") {
+    if (!changed.name) delete changed.name;
+    if (!after.account) delete changed.account;
+    else changed.account = after.account;
+  } else {
+    delete changed.account; // an account never changes
+    if (changed.expires_at !== undefined && state.original.expires === state.draft.expires) delete changed.expires_at;
+  }
+  return changed;
+}
+
+const dirty = () => state.editing !== null && Object.keys(changes()).length > 0;
+
+function localInput(iso) {
+  const date = new Date(iso);
+  const local = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
+  return local.toISOString().slice(0, 16);
+}
+
+// run `action` now, or after the user agreed to drop unsaved changes
+function guarded(action) {
+  if (!dirty()) {
+    action();
+    return;
+  }
+  state.pending = action;
+  $("confirm-discard").showModal();
+}
+
+function discardClosed() {
+  const action = state.pending;
+  state.pending = null;
+  if (action && $("confirm-discard").returnValue === "discard") action();
+}
+
+function openEditor(key) {
+  state.editing = key ? key.id : "new";
+  state.original = valuesOf(key || { ...BLANK });
+  state.draft = valuesOf(key || { ...BLANK });
+  state.fieldErrors.clear();
+  for (const id of ERROR_TARGETS) clearError(id);
+  $("detail").classList.toggle("creating", !key);
+  $("detail").classList.toggle("readonly", !may("keys:write"));
+  $("detail").hidden = false;
+  renderForm();
+  $("f-name").focus();
+  if (key) loadHistory(key);
+}
+
+function closeEditor() {
+  state.editing = null;
+  state.original = state.draft = null;
+  $("detail").hidden = true;
+}
+
+function currentKey() {
+  return state.keys.find((key) => key.id === state.editing);
+}
+
+function renderForm() {
+  const draft = state.draft;
+  const key = currentKey();
+  const creating = state.editing === "new";
+  $("detail-title").textContent = creating ? t("createTitle") : key ? key.name : "";
+  $("save").textContent = creating ? t("create") : t("save");
+  $("f-name").value = draft.name;
+  $("f-account").value = draft.account;
+  $("f-account").readOnly = !creating || Boolean(state.me.account);
+  if (creating && state.me.account) $("f-account").value = draft.account = state.me.account;
+  const switcher = $("f-enabled");
+  switcher.setAttribute("aria-checked", String(draft.enabled));
+  switcher.querySelector(".status").textContent = draft.enabled ? t("enabled") : t("disabled");
+  for (const radio of document.querySelectorAll("input[name=apps-mode]")) radio.checked = radio.value === draft.appsMode;
+  for (const radio of document.querySelectorAll("input[name=interfaces-mode]")) radio.checked = radio.value === draft.interfacesMode;
+  $("f-expires").value = draft.expires;
+  renderApps();
+  renderCatalogue();
+  renderWhitelist();
+  renderRates();
+  if (key) {
+    $("detail-id").textContent = key.id;
+    $("detail-masked").textContent = key.key_masked;
+    $("u-count").textContent = String(key.request_count);
+    $("u-last").textContent = when(key.last_used_at);
+    $("u-created").textContent = when(key.created_at);
+    $("u-updated").textContent = when(key.updated_at);
+    $("u-previous").textContent = when(key.previous_expires_at);
+    for (const node of document.querySelectorAll(".previous-only")) node.hidden = !key.previous_expires_at;
+  }
+  const readonly = !may("keys:write");
+  for (const node of $("key-form").querySelectorAll("input, select, button")) node.disabled = readonly;
+  $("save").disabled = readonly || (!creating && !dirty());
+}
+
+function chip(text, removeLabel, onRemove, invalid = false) {
+  return el("li", { class: invalid ? "invalid" : null }, el("span", { text }),
+    el("button", { type: "button", "aria-label": removeLabel, text: "×", on: { click: onRemove } }));
+}
+
+function edited() {
+  $("save").disabled = state.editing !== "new" && !dirty();
+}
+
+function renderApps() {
+  $("app-list").replaceChildren(...state.draft.apps.map((app) => chip(app, t("removeApp", { app }), () => {
+    state.draft.apps = state.draft.apps.filter((a) => a !== app);
+    renderApps();
+    edited();
+  })));
+}
+
+// A category box is ticked when the category itself is chosen, half-ticked when some of its
+// interfaces are; ticking it chooses the whole category (and whatever it gains later).
+function renderCatalogue() {
+  const chosen = new Set(state.draft.interfaces);
+  const setChosen = (next) => {
+    state.draft.interfaces = [...next];
+    state.draft.interfacesMode = "list";
+    for (const radio of document.querySelectorAll("input[name=interfaces-mode]")) radio.checked = radio.value === "list";
+    renderCatalogue();
+    edited();
+  };
+  const known = new Set(state.catalogue.flatMap((category) => [category.id, ...category.interfaces]));
+  $("catalogue").replaceChildren(...state.catalogue.map((category) => {
+    const concrete = category.interfaces.filter((id) => !id.includes("{"));
+    const templates = category.interfaces.filter((id) => id.includes("{"));
+    const whole = chosen.has(category.id);
+    const some = concrete.filter((id) => chosen.has(id));
+    const head = el("input", { type: "checkbox", value: category.id, "aria-label": label(category.id) });
+    head.checked = whole;
+    head.indeterminate = !whole && some.length > 0;
+    head.addEventListener("change", () => {
+      const next = new Set([...chosen].filter((id) => !concrete.includes(id)));
+      if (whole) next.delete(category.id);
+      else next.add(category.id);
+      setChosen(next);
+    });
+    const item = (id) => {
+      const box = el("input", { type: "checkbox", value: id });
+      box.checked = whole || chosen.has(id);
+      box.addEventListener("change", () => {
+        const next = new Set(chosen);
+        if (whole) { // unticking one interface of a whole category: keep the others, by id
+          next.delete(category.id);
+          for (const other of concrete) if (other !== id) next.add(other);
+        } else if (box.checked) next.add(id);
+        else next.delete(id);
+        if (!templates.length && concrete.length && concrete.every((other) => next.has(other))) {
+          for (const other of concrete) next.delete(other); // all of them: the category itself
+          next.add(category.id);
+        }
+        setChosen(next);
+      });
+      return el("label", { title: id }, box, ` ${label(id)}`, el("span", { class: "id", text: ` ${id}` }));
+    };
+    return el("div", { class: "category", dataset: { category: category.id } },
+      el("label", { class: "category-head" }, head, ` ${label(category.id)}`, el("span", { class: "hint", text: ` (${t("everyInterface")})` })),
+      el("div", { class: "items" }, ...concrete.map(item)),
+      templates.length ? el("p", { class: "hint", text: t("templateHint", { ids: templates.join(", ") }) }) : null);
+  }));
+  const extra = state.draft.interfaces.filter((id) => !known.has(id));
+  $("iface-extra").replaceChildren(...extra.map((id) => chip(id, t("removeInterface", { id }), () => {
+    setChosen(new Set(state.draft.interfaces.filter((other) => other !== id)));
+  })));
+}
+
+function renderWhitelist() {
+  const list = state.draft.ip_whitelist;
+  $("ip-count").textContent = `${list.length} / ${state.limits.ips_per_key}`;
+  $("ip-list").replaceChildren(...list.map((entry, index) => chip(entry, t("removeIp", { entry }), () => {
+    state.draft.ip_whitelist = list.filter((_, i) => i !== index);
+    state.fieldErrors.clear();
+    renderWhitelist();
+    edited();
+  }, state.fieldErrors.has(`ip_whitelist[${index}]`))));
+}
+
+function renderRates() {
+  const perName = { second: t("perSecond"), minute: t("perMinute"), hour: t("perHour"), day: t("perDay") };
+  const ordered = WINDOWS.flatMap((per) => state.draft.rate_limits.filter((limit) => limit.per === per));
+  $("rate-list").replaceChildren(...ordered.map((limit) =>
+    chip(t("rateChip", { requests: limit.requests, per: perName[limit.per] }), t("removeLimit", { per: perName[limit.per] }), () => {
+      state.draft.rate_limits = state.draft.rate_limits.filter((other) => other.per !== limit.per);
+      renderRates();
+      edited();
+    })));
+}
+
+// where each field's error is shown (the API names the field, e.g. ip_whitelist[3])
+const ERROR_TARGETS = ["name-error", "account-error", "enabled-error", "apps-error", "interfaces-error", "ip-error",
+  "expiry-error", "rate-error", "form-error"];
+const FIELD_TARGETS = { name: "name-error", account: "account-error", enabled: "enabled-error", apps: "apps-error",
+  interfaces: "interfaces-error", ip_whitelist: "ip-error", expires_at: "expiry-error", rate_limits: "rate-error" };
+
+function showFieldError(err) {
+  const field = err.field || "";
+  const base = field.split(/[[.]/)[0];
+  const target = FIELD_TARGETS[base] || "form-error";
+  showError(target, err.message);
+  if (field) state.fieldErrors.add(field);
+  if (base === "ip_whitelist") renderWhitelist();
+  $(target).closest(".field").scrollIntoView({ block: "nearest" });
+}
+
+async function save(event) {
+  event.preventDefault();
+  for (const id of ERROR_TARGETS) clearError(id);
+  state.fieldErrors.clear();
+  state.draft.name = $("f-name").value;
+  state.draft.account = $("f-account").value;
+  const body = changes();
+  const creating = state.editing === "new";
+  if (!creating && Object.keys(body).length === 0) {
+    notify(t("nothingChanged"), false);
+    return;
+  }
+  $("save").disabled = true;
+  try {
+    if (creating) {
+      const created = await api("POST", "/api/v1/keys", body);
+      closeEditor();
+      showNewKey(created, t("newKeyCreated"));
+      await loadSettings();
+      await reloadPage();
+    } else {
+      const updated = await api("PATCH", keyPath(state.editing), body);
+      replaceKey(updated);
+      state.original = valuesOf(updated);
+      state.draft = valuesOf(updated);
+      renderForm();
+      loadHistory(updated);
+      notify(t("saved"), false);
+    }
+  } catch (err) {
+    showFieldError(err);
+    $("save").disabled = false;
+  }
+}
+
+async function loadHistory(key) {
+  const list = $("history-list");
+  $("history").hidden = !may("audit:read");
+  if (!may("audit:read")) return;
+  try {
+    let entries = [];
+    let cursor = null;
+    for (let page = 0; page < 10; page += 1) { // the trail is oldest first: read to its end
+      const params = new URLSearchParams({ key_id: key.id, limit: "500" });
+      if (cursor) params.set("cursor", cursor);
+      const answer = await api("GET", `/api/v1/audit?${params}`);
+      entries = entries.concat(answer.items).slice(-20);
+      cursor = answer.next_cursor;
+      if (!cursor) break;
+    }
+    if (state.editing !== key.id) return;
+    const items = entries.reverse(); // newest first
+    list.replaceChildren(...(items.length ? items.map((entry) => {
+      const fields = entry.changes ? Object.keys(entry.changes) : [];
+      return el("li", {},
+        el("span", { text: t("historyLine", { when: when(entry.at), actor: entry.actor, action: t(`action_${entry.action}`) }) }),
+        fields.length ? el("span", { class: "hint", text: ` · ${t("fieldsChanged", { fields: fields.join(", ") })}` }) : null);
+    }) : [el("li", { class: "hint", text: t("noHistory") })]));
+  } catch (err) {
+    list.replaceChildren(el("li", { class: "error", text: err.message }));
+  }
+}
+
+function wireEditor() {
+  $("new-key-button").addEventListener("click", () => guarded(() => openEditor(null)));
+  $("detail-close").addEventListener("click", () => guarded(closeEditor));
+  $("cancel").addEventListener("click", () => guarded(closeEditor));
+  $("key-form").addEventListener("submit", save);
+  $("key-form").addEventListener("input", (event) => {
+    if (event.target.id === "f-name") state.draft.name = event.target.value;
+    if (event.target.id === "f-account") state.draft.account = event.target.value;
+    if (event.target.id === "f-expires") state.draft.expires = event.target.value;
+    edited();
+  });
+  $("f-enabled").addEventListener("click", () => {
+    state.draft.enabled = !state.draft.enabled;
+    renderForm();
+  });
+  for (const radio of document.querySelectorAll("input[name=apps-mode]")) {
+    radio.addEventListener("change", () => { state.draft.appsMode = radio.value; edited(); });
+  }
+  for (const radio of document.querySelectorAll("input[name=interfaces-mode]")) {
+    radio.addEventListener("change", () => { state.draft.interfacesMode = radio.value; edited(); });
+  }
+  const addOnEnter = (input, button) => input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      $(button).click();
+    }
+  });
+  addOnEnter($("app-input"), "app-add");
+  addOnEnter($("ip-input"), "ip-add");
+  addOnEnter($("iface-input"), "iface-add");
+  $("app-add").addEventListener("click", () => {
+    const value = $("app-input").value.trim();
+    if (!value) return;
+    if (!state.draft.apps.includes(value)) state.draft.apps.push(value);
+    state.draft.appsMode = "list";
+    $("app-input").value = "";
+    renderForm();
+  });
+  $("iface-add").addEventListener("click", () => {
+    const value = $("iface-input").value.trim();
+    if (!value) return;
+    if (!state.draft.interfaces.includes(value)) state.draft.interfaces.push(value);
+    state.draft.interfacesMode = "list";
+    $("iface-input").value = "";
+    renderForm();
+  });
+  $("ip-add").addEventListener("click", () => {
+    const value = $("ip-input").value.trim();
+    if (!value) return;
+    if (!state.draft.ip_whitelist.includes(value)) state.draft.ip_whitelist.push(value);
+    $("ip-input").value = "";
+    renderWhitelist();
+    edited();
+  });
+  $("f-expires-clear").addEventListener("click", () => {
+    state.draft.expires = "";
+    $("f-expires").value = "";
+    edited();
+  });
+  $("rate-add").addEventListener("click", () => {
+    const limit = { requests: Number($("rate-requests").value), per: $("rate-per").value };
+    state.draft.rate_limits = [...state.draft.rate_limits.filter((other) => other.per !== limit.per), limit];
+    $("rate-requests").value = "";
+    renderRates();
+    edited();
+  });
+  $("detail-delete").addEventListener("click", () => {
+    const key = currentKey();
+    if (key) askDelete(key);
+  });
+  window.addEventListener("beforeunload", (event) => {
+    if (dirty()) event.preventDefault();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.editing && !document.querySelector("dialog[open]")) guarded(closeEditor);
+  });
+}
+
+// ---- admin tokens ----------------------------------------------------------------------------
 
 async function showTokens() {
   $("keys").hidden = true;
@@ -269,10 +856,10 @@ async function loadTokens() {
     $("token-rows").replaceChildren(...answer.items.map((token) => el("tr", { dataset: { id: token.id } },
       el("td", { class: "token-name", text: token.name }),
       el("td", { text: token.id }),
-      el("td", { text: token.account || "Every account" }),
+      el("td", { text: token.account || t("everyAccount") }),
       el("td", { text: token.permissions.join(", ") }),
       el("td", { text: when(token.last_used_at) }),
-      el("td", {}, el("button", { type: "button", class: "revoke danger", text: "Revoke",
+      el("td", {}, el("button", { type: "button", class: "revoke danger", text: t("revoke"),
         on: { click: () => revokeToken(token) } })))));
   } catch (err) {
     notify(err.message);
@@ -291,284 +878,62 @@ async function createToken(event) {
     $("token-name").value = "";
     await loadTokens();
   } catch (err) {
-    showError("token-error", err);
+    showError("token-error", err.message);
   }
 }
 
 async function revokeToken(token) {
   try {
     await api("DELETE", `/api/v1/tokens/${encodeURIComponent(token.id)}`);
-    notify("Token revoked.", false);
+    notify(t("revoked"), false);
     await loadTokens();
   } catch (err) {
     notify(err.message);
   }
 }
 
-async function reveal(key) {
-  const answer = await api("GET", `/api/v1/keys/${encodeURIComponent(key.id)}/secret`);
-  return answer.key;
-}
-
-async function toggleReveal(key) {
-  try {
-    if (state.revealed.has(key.id)) state.revealed.delete(key.id);
-    else state.revealed.set(key.id, await reveal(key));
-    renderKeys();
-  } catch (err) {
-    notify(err.message);
-  }
-}
-
-async function copyValue(key) {
-  try {
-    const value = state.revealed.get(key.id) || (await reveal(key));
-    await navigator.clipboard.writeText(value);
-    notify("Key copied to the clipboard.", false);
-  } catch (err) {
-    notify(err.message || "The clipboard is not available.");
-  }
-}
-
-async function setEnabled(key, toggle) {
-  try {
-    replaceKey(await api("PATCH", `/api/v1/keys/${encodeURIComponent(key.id)}`, { enabled: toggle.checked }));
-  } catch (err) {
-    toggle.checked = !toggle.checked;
-    notify(err.message);
-  }
-}
-
-function replaceKey(updated) {
-  state.keys = state.keys.map((key) => (key.id === updated.id ? updated : key));
-  renderKeys();
-  if (state.detail === updated.id) renderDetail(updated, false);
-}
-
-function showNewKey(created, title = "New key created.", note = "") {
-  $("new-key-title").textContent = title;
-  $("new-key-note").textContent = note;
-  $("new-key-value").textContent = created.key;
-  $("new-key").hidden = false;
-}
-
-async function createKey(event) {
-  event.preventDefault();
-  const body = {};
-  if ($("new-name").value.trim()) body.name = $("new-name").value.trim();
-  if ($("new-account").value.trim()) body.account = $("new-account").value.trim();
-  try {
-    const created = await api("POST", "/api/v1/keys", body);
-    $("new-name").value = "";
-    $("new-account").value = "";
-    showNewKey(created);
-    await loadKeys();
-  } catch (err) {
-    notify(err.message);
-  }
-}
-
-async function copyKey(key) {
-  try {
-    showNewKey(await api("POST", `/api/v1/keys/${encodeURIComponent(key.id)}/copy`));
-    await loadKeys();
-  } catch (err) {
-    notify(err.message);
-  }
-}
-
-function askDelete(key) {
-  state.deleting = key;
-  $("delete-name").textContent = key.name;
-  $("delete-masked").textContent = key.key_masked;
-  $("delete-last-used").textContent = when(key.last_used_at);
-  $("confirm-delete").showModal();
-}
-
-async function confirmDelete() {
-  const key = state.deleting;
-  state.deleting = null;
-  if (!key || $("confirm-delete").returnValue !== "delete") return;
-  try {
-    await api("DELETE", `/api/v1/keys/${encodeURIComponent(key.id)}`);
-    if (state.detail === key.id) closeDetail();
-    state.revealed.delete(key.id);
-    await loadKeys();
-    notify("Key deleted.", false);
-  } catch (err) {
-    notify(err.message);
-  }
-}
-
-// ---- the detail panel ----------------------------------------------------------------------
-
-function openDetail(id) {
-  const key = state.keys.find((k) => k.id === id);
-  if (!key) return;
-  state.detail = id;
-  renderDetail(key, true);
-  $("detail").classList.toggle("readonly", !may("keys:write"));
-  $("detail").hidden = false;
-}
-
-function closeDetail() {
-  state.detail = null;
-  $("detail").hidden = true;
-}
-
-function renderDetail(key, fresh) {
-  if (fresh || !state.draft) {
-    state.draft = {
-      apps: key.apps === "all" ? [] : [...key.apps],
-      appsMode: key.apps === "all" ? "all" : "list",
-      interfaces: new Set(key.interfaces === "all" ? [] : key.interfaces),
-      interfacesMode: key.interfaces === "all" ? "all" : "list",
-    };
-    for (const id of ["name-error", "apps-error", "interfaces-error", "ip-error", "rate-error"]) clearError(id);
-  }
-  $("detail-title").textContent = key.name;
-  $("detail-id").textContent = key.id;
-  $("detail-masked").textContent = key.key_masked;
-  $("detail-name").value = key.name;
-  for (const radio of document.querySelectorAll("input[name=apps-mode]")) radio.checked = radio.value === state.draft.appsMode;
-  for (const radio of document.querySelectorAll("input[name=interfaces-mode]")) radio.checked = radio.value === state.draft.interfacesMode;
-  renderApps();
-  renderCatalogue();
-  renderWhitelist(key);
-  renderRates(key);
-}
-
-function chip(text, label, onRemove) {
-  return el("li", {}, el("span", { text }), el("button", { type: "button", "aria-label": label, text: "×", on: { click: onRemove } }));
-}
-
-function renderApps() {
-  $("app-list").replaceChildren(...state.draft.apps.map((app) =>
-    chip(app, `Remove app ${app}`, () => {
-      state.draft.apps = state.draft.apps.filter((a) => a !== app);
-      renderApps();
-    })));
-}
-
-function renderCatalogue() {
-  const chosen = state.draft.interfaces;
-  const box = (value, text) => {
-    const input = el("input", { type: "checkbox", value });
-    input.checked = chosen.has(value);
-    input.addEventListener("change", () => {
-      if (input.checked) chosen.add(value);
-      else chosen.delete(value);
-      state.draft.interfacesMode = "list";
-      for (const radio of document.querySelectorAll("input[name=interfaces-mode]")) radio.checked = radio.value === "list";
-    });
-    return el("label", {}, input, ` ${text}`);
-  };
-  $("catalogue").replaceChildren(...state.catalogue.map((category) => {
-    const concrete = category.interfaces.filter((id) => !id.includes("{"));
-    const patterns = category.interfaces.filter((id) => id.includes("{"));
-    return el("div", { class: "category" },
-      box(category.id, `${category.id} (every interface)`),
-      el("div", { class: "items" }, ...concrete.map((id) => box(id, id))),
-      patterns.length ? el("p", { class: "hint", text: `Also: ${patterns.join(", ")}` }) : null);
-  }));
-}
-
-function renderWhitelist(key) {
-  const list = key.ip_whitelist;
-  $("ip-count").textContent = `${list.length} / ${state.limits.ips_per_key}`;
-  $("ip-list").replaceChildren(...list.map((entry) =>
-    chip(entry, `Remove ${entry}`, () => saveWhitelist(key, list.filter((e) => e !== entry)))));
-}
-
-function renderRates(key) {
-  const limits = key.rate_limits;
-  $("rate-list").replaceChildren(...limits.map((limit) =>
-    chip(`${limit.requests} per ${limit.per}`, `Remove the ${limit.per} limit`, () =>
-      patchDetail({ rate_limits: limits.filter((l) => l.per !== limit.per) }, "rate-error"))));
-}
-
-function currentKey() {
-  return state.keys.find((k) => k.id === state.detail);
-}
-
-async function patchDetail(body, errorTarget) {
-  clearError(errorTarget);
-  try {
-    const updated = await api("PATCH", `/api/v1/keys/${encodeURIComponent(state.detail)}`, body);
-    replaceKey(updated);
-    return updated;
-  } catch (err) {
-    showError(errorTarget, err);
-    return null;
-  }
-}
-
-async function saveWhitelist(key, entries) {
-  const updated = await patchDetail({ ip_whitelist: entries }, "ip-error");
-  if (updated) $("ip-input").value = "";
-}
-
-function wireDetail() {
-  $("detail-close").addEventListener("click", closeDetail);
-  $("rename-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    patchDetail({ name: $("detail-name").value }, "name-error");
-  });
-  for (const radio of document.querySelectorAll("input[name=apps-mode]")) {
-    radio.addEventListener("change", () => { state.draft.appsMode = radio.value; });
-  }
-  for (const radio of document.querySelectorAll("input[name=interfaces-mode]")) {
-    radio.addEventListener("change", () => { state.draft.interfacesMode = radio.value; });
-  }
-  $("app-add").addEventListener("click", () => {
-    const value = $("app-input").value.trim();
-    if (!value) return;
-    if (!state.draft.apps.includes(value)) state.draft.apps.push(value);
-    state.draft.appsMode = "list";
-    $("app-input").value = "";
-    renderDetail(currentKey(), false);
-  });
-  $("apps-save").addEventListener("click", () =>
-    patchDetail({ apps: state.draft.appsMode === "all" ? "all" : state.draft.apps }, "apps-error"));
-  $("interfaces-save").addEventListener("click", () =>
-    patchDetail({ interfaces: state.draft.interfacesMode === "all" ? "all" : [...state.draft.interfaces] }, "interfaces-error"));
-  $("rate-add").addEventListener("click", () => {
-    const key = currentKey();
-    if (!key) return;
-    const limit = { requests: Number($("rate-requests").value), per: $("rate-per").value };
-    const others = key.rate_limits.filter((l) => l.per !== limit.per);  // one limit per window
-    patchDetail({ rate_limits: [...others, limit] }, "rate-error").then((updated) => {
-      if (updated) $("rate-requests").value = "";
-    });
-  });
-  $("ip-add").addEventListener("click", () => {
-    const key = currentKey();
-    const value = $("ip-input").value;
-    if (key && value.trim()) saveWhitelist(key, [...key.ip_whitelist, value]);
-  });
-}
-
-// ---- start ---------------------------------------------------------------------------------
+// ---- start -----------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
+  const saved = localStorage.getItem(LANG_KEY);
+  state.lang = saved || ((navigator.language || "").toLowerCase().startsWith("zh") ? "zh" : "en");
+  translatePage();
+  $("lang").addEventListener("change", () => setLanguage($("lang").value));
   $("sign-in-form").addEventListener("submit", signIn);
-  $("sign-out").addEventListener("click", () => signOut());
-  $("create-form").addEventListener("submit", createKey);
-  $("new-key-close").addEventListener("click", () => { $("new-key").hidden = true; });
+  $("sign-out").addEventListener("click", () => guarded(() => { closeEditor(); signOut(); }));
+  $("new-key-close").addEventListener("click", () => {
+    $("new-key").hidden = true;
+    state.newKeyId = null;
+  });
   $("new-key-copy").addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText($("new-key-value").textContent);
-      notify("Key copied to the clipboard.", false);
+      notify(t("copied"), false);
     } catch (err) {
-      notify("The clipboard is not available.");
+      notify(t("noClipboard"));
     }
+  });
+  let typing = null;
+  $("search").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(filtersChanged, 250);
+  });
+  $("filter-account").addEventListener("change", filtersChanged);
+  $("filter-status").addEventListener("change", filtersChanged);
+  $("page-next").addEventListener("click", () => state.next && loadPage(state.next).catch((err) => notify(err.message)));
+  $("page-prev").addEventListener("click", () => {
+    if (state.pages.length <= 1) return;
+    state.pages.pop();
+    reloadPage().catch((err) => notify(err.message));
   });
   $("confirm-delete").addEventListener("close", confirmDelete);
   $("confirm-rotate").addEventListener("close", confirmRotate);
-  $("show-tokens").addEventListener("click", showTokens);
+  $("confirm-duplicate").addEventListener("close", confirmDuplicate);
+  $("confirm-discard").addEventListener("close", discardClosed);
+  $("show-tokens").addEventListener("click", () => guarded(() => { closeEditor(); showTokens(); }));
   $("tokens-close").addEventListener("click", hideTokens);
   $("token-form").addEventListener("submit", createToken);
-  wireDetail();
+  wireEditor();
   if (sessionStorage.getItem(TOKEN_KEY)) enter();
   else $("sign-in").hidden = false;
 });
