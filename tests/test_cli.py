@@ -198,3 +198,12 @@ def test_rate_limits_from_the_command_line(spawn) -> None:
     assert cleared["rate_limits"] == []
     bad = cli("keys", "create", *admin, "--rate", "5/fortnight")
     assert bad.returncode == 1 and "--rate" in bad.stderr
+
+
+def test_generated_tokens_never_look_like_an_option() -> None:
+    """A token starting with `-` cannot follow `--token` on a command line (one in 64 did)."""
+    from gateway.core.sealing import generate_token
+
+    tokens = [generate_token() for _ in range(2000)]
+    assert not [token for token in tokens if token.startswith("-")]
+    assert len(set(tokens)) == 2000 and {len(token) for token in tokens} == {43}

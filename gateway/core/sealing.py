@@ -31,7 +31,12 @@ def generate_secret(prefix: str = "") -> str:
 
 
 def generate_token() -> str:
-    return _random.token_urlsafe(32)
+    """256 random bits, URL-safe; never starting with `-`, which a command line would take
+    for an option (`--token -abc...`)."""
+    while True:
+        token = _random.token_urlsafe(32)
+        if not token.startswith("-"):
+            return token
 
 
 def generate_token_id() -> str:
