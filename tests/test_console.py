@@ -242,11 +242,11 @@ async def test_paging_search_and_filters(start_proxy, browser: Browser) -> None:
     await sign_in(page, proxy.admin.token)
     rows = page.locator("#key-rows tr")
     await expect(rows).to_have_count(50)
-    await expect(page.locator("#page-info")).to_have_text("Page 1 · 50 keys shown")
+    await expect(page.locator("#page-info")).to_have_text("Page 1 · 50 on this page")
     await expect(page.locator("#page-prev")).to_be_disabled()
     seen = set(await rows.evaluate_all("nodes => nodes.map(n => n.dataset.id)"))
     await page.click("#page-next")
-    await expect(page.locator("#page-info")).to_have_text("Page 2 · 50 keys shown")
+    await expect(page.locator("#page-info")).to_have_text("Page 2 · 50 on this page")
     seen |= set(await rows.evaluate_all("nodes => nodes.map(n => n.dataset.id)"))
     await page.click("#page-next")
     await expect(rows).to_have_count(12)
@@ -254,12 +254,12 @@ async def test_paging_search_and_filters(start_proxy, browser: Browser) -> None:
     seen |= set(await rows.evaluate_all("nodes => nodes.map(n => n.dataset.id)"))
     assert seen == {key["id"] for key in made}  # every key once, across the pages
     await page.click("#page-prev")
-    await expect(page.locator("#page-info")).to_have_text("Page 2 · 50 keys shown")
+    await expect(page.locator("#page-info")).to_have_text("Page 2 · 50 on this page")
 
     # search: by name, by id, by masked key
     await page.fill("#search", "key 10")
     await expect(rows).to_have_count(10)  # Key 100 .. Key 109
-    await expect(page.locator("#page-info")).to_have_text("Page 1 · 10 keys shown")
+    await expect(page.locator("#page-info")).to_have_text("Page 1 · 10 on this page")
     target = made[42]
     await page.fill("#search", target["id"])
     await expect(rows).to_have_count(1)
@@ -371,6 +371,11 @@ async def test_no_sideways_scroll_no_favicon_401_and_no_serious_accessibility_vi
     await page.click("#key-rows button.delete >> nth=0")
     problems += await serious("delete dialog")
     await page.click("#confirm-delete button[value=cancel]")
+    await page.click("#show-tokens")
+    problems += await serious("tokens")
+    await page.click("#tokens-close")
+    await page.select_option("#lang", "zh")
+    problems += await serious("list in Chinese")
     await page.click("#sign-out")
     problems += await serious("sign in")
     assert not problems, problems
