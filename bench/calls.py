@@ -22,7 +22,6 @@ from pathlib import Path
 from common import SECRET, free_port, wait_for_port
 from run import Bench, ensure_tools, request_script, tool
 
-ROOT = Path(__file__).resolve().parent.parent
 # Runs inside the gateway process: SIGUSR1 starts the profiler, SIGUSR2 stops it and writes the stats.
 HARNESS = """
 import cProfile, pstats, signal, sys
@@ -46,19 +45,10 @@ def main() -> None:
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="gateway-calls-"))
     bench = Bench(work)
-    upstream, gateway, admin = free_port(), free_port(), free_port()
+    gateway, admin = free_port(), free_port()
     stats = work / "calls.prof"
     try:
-        bench.nginx(
-            "upstream",
-            f"server {{ listen 127.0.0.1:{upstream}; keepalive_requests 1000000;\n"
-            "  location / { default_type application/json; return 200 '{\"code\":0}'; } }",
-        )
-        db = f"sqlite:///{work}/g.db"
-        keys = work / "keys.txt"
-        subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "setup_keys.py"), db, SECRET, "10000", str(keys)], check=True
-        )
+        upstream, db, keys = bench.upstream_and_keys()
         config = work / "g.yaml"
         config.write_text(
             f"listen: {{host: 127.0.0.1, port: {gateway}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: t}}\n"

@@ -19,10 +19,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import SECRET, free_port, wait_for_port
+from common import free_port, wait_for_port
 from run import Bench, ensure_tools, request_script, wrk
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def top(raw: Path, count: int) -> None:
@@ -55,18 +53,9 @@ def main() -> None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     work = Path(tempfile.mkdtemp(prefix="gateway-profile-"))
     bench = Bench(work)
-    upstream, gateway, admin = free_port(), free_port(), free_port()
+    gateway, admin = free_port(), free_port()
     try:
-        bench.nginx(
-            "upstream",
-            f"server {{ listen 127.0.0.1:{upstream}; keepalive_requests 1000000;\n"
-            "  location / { default_type application/json; return 200 '{\"code\":0}'; } }",
-        )
-        db = f"sqlite:///{work}/g.db"
-        keys = work / "keys.txt"
-        subprocess.run(
-            [sys.executable, str(ROOT / "bench" / "setup_keys.py"), db, SECRET, "10000", str(keys)], check=True
-        )
+        upstream, db, keys = bench.upstream_and_keys()
         bench.gateway(gateway, admin, upstream, 1, db, "" if args.access_log else "log: {access: false}\n")
         wait_for_port(upstream)
         wait_for_port(gateway)

@@ -41,6 +41,16 @@ from common import SECRET, free_port, spawn_gateway, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/api/v5/app/entry/data/list"
+TARGETS = (
+    "direct",  # must stay first: the upstream itself, with no hop
+    "nginx",
+    "haproxy",
+    "gateway",
+    "gateway-nolog",
+    "gateway-2w",
+    "gateway-rl-local",
+    "gateway-rl-redis",
+)
 BODY = '{"app_id":"app7","entry_id":"e1"}'
 
 
@@ -118,6 +128,21 @@ class Bench:
             f"backend be\n  server s1 127.0.0.1:{upstream}\n"
         )
         self.pids["haproxy"] = self.spawn([tool("haproxy"), "-f", str(conf)]).pid
+
+    def upstream_and_keys(self, keys: int = 10_000) -> tuple[int, str, Path]:
+        """A tiny nginx upstream and a gateway database holding `keys` keys: (its port, the
+        database URL, the file of secrets the load generator sends)."""
+        port = free_port()
+        self.nginx(
+            "upstream",
+            f"server {{ listen 127.0.0.1:{port}; keepalive_requests 1000000;\n"
+            "  location / { default_type application/json; return 200 '{\"code\":0}'; } }",
+        )
+        db = f"sqlite:///{self.work}/g.db"
+        key_file = self.work / "keys.txt"
+        setup = [sys.executable, str(ROOT / "bench" / "setup_keys.py"), db, SECRET, str(keys), str(key_file)]
+        subprocess.run(setup, check=True)
+        return port, db, key_file
 
     def gateway(self, port: int, admin: int, upstream: int, workers: int, db: str, extra: str = "") -> None:
         extra = f"upstream: {{url: 'http://127.0.0.1:{upstream}'}}\nworkers: {workers}\n{extra}"
@@ -216,17 +241,7 @@ def main() -> int:
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     bench = Bench(work)
-    names = (
-        "upstream",
-        "nginx",
-        "haproxy",
-        "gateway",
-        "gateway-nolog",
-        "gateway-2w",
-        "gateway-rl-local",
-        "gateway-rl-redis",
-        *(f"admin{i}" for i in range(1, 6)),
-    )
+    names = ("upstream", *TARGETS[1:], *(f"admin{i}" for i in range(1, 6)))
     ports = {name: free_port() for name in names}
     try:
         bench.nginx(
@@ -269,16 +284,7 @@ def main() -> int:
             f"rate_limits: {{backend: '{redis}', {unreached}}}\n",
         )
         script = request_script(work, key_file)
-        targets = [
-            "direct",
-            "nginx",
-            "haproxy",
-            "gateway",
-            "gateway-nolog",
-            "gateway-2w",
-            "gateway-rl-local",
-            "gateway-rl-redis",
-        ]
+        targets = list(TARGETS)
         if args.only:
             targets = [t for t in targets if t in args.only.split(",") or t in ("direct", "nginx")]
         ports["direct"] = ports["upstream"]
