@@ -138,11 +138,11 @@ class Exchange:
         if not groups:
             self.forward()
             return
-        self._enter(LIMITING)
         answer = server.limiter.try_local(groups, time.time())
-        if answer is not None:
+        if answer is not None:  # decided here: no phase of waiting
             self.limited(groups, *answer)
         else:
+            self._enter(LIMITING)
             self.limiting = asyncio.ensure_future(self._check_shared(groups))
 
     async def _check_shared(self, groups: Groups) -> None:

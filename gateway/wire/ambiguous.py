@@ -71,6 +71,9 @@ def header_app_id(values: list[bytes]) -> str | _Ambiguous | None:
     return values[0].strip().decode("latin-1")
 
 
+_media_types: dict[bytes, bool] = {}  # Content-Type value -> JSON or not, for short values
+
+
 def is_json_media_type(content_types: list[bytes]) -> bool:
     """No Content-Type, or exactly one naming JSON (`application/json`, `*/*+json`), with
     at most a UTF-8 charset: an upstream that honours the header must parse what we parsed."""
@@ -78,7 +81,19 @@ def is_json_media_type(content_types: list[bytes]) -> bool:
         return True
     if len(content_types) > 1:
         return False
-    media, *params = content_types[0].split(b";")
+    value = content_types[0]
+    known = _media_types.get(value)
+    if known is None:
+        known = _is_json(value)
+        if len(value) <= 64:
+            if len(_media_types) >= 256:
+                _media_types.clear()
+            _media_types[value] = known
+    return known
+
+
+def _is_json(value: bytes) -> bool:
+    media, *params = value.split(b";")
     media = media.strip().lower()
     if media not in JSON_TYPES and not (media.endswith(b"+json") and media.count(b"/") == 1):
         return False
