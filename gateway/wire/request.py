@@ -254,27 +254,29 @@ def upstream_head(
     the client IP the decision used; `identity`: the X-Gateway-* lines of the key.
     """
     host = head.host
-    lines = [
-        b"%s %s HTTP/1.1\r\n" % (head.method, head.url),
-        b"Host: %s\r\n" % (host if rules.preserve_host and host else rules.upstream_host),
-    ]
-    append = lines.append
     drop = rules.drop
     dropped = head.connection_tokens
-    for (name, value), canon in zip(head.headers, head.names, strict=True):
-        if canon in drop or canon.startswith(b"x-gateway-") or canon in dropped:
-            continue
-        append(b"%s: %s\r\n" % (name, value))
+    lines = [
+        b"%s %s HTTP/1.1\r\nHost: %s\r\n"
+        % (head.method, head.url, host if rules.preserve_host and host else rules.upstream_host)
+    ]
+    lines += [
+        b"%s: %s\r\n" % (name, value)
+        for (name, value), canon in zip(head.headers, head.names, strict=True)
+        if not (canon in drop or canon.startswith(b"x-gateway-") or canon in dropped)
+    ]
     chain = b", ".join(head.forwarded_for) if trusted else b""
-    append(b"X-Forwarded-For: %s\r\n" % (chain + b", " + peer if chain else peer))
-    append(b"X-Real-IP: %s\r\n" % client)
-    append(b"X-Forwarded-Proto: %s\r\n" % (head.forwarded_proto or rules.scheme))
+    lines.append(
+        b"X-Forwarded-For: %s\r\nX-Real-IP: %s\r\nX-Forwarded-Proto: %s\r\n"
+        % (chain + b", " + peer if chain else peer, client, head.forwarded_proto or rules.scheme)
+    )
     if head.forwarded_host or host:
-        append(b"X-Forwarded-Host: %s\r\n" % (head.forwarded_host or host))
-    append(identity)
+        lines.append(b"X-Forwarded-Host: %s\r\n" % (head.forwarded_host or host))
     if head.chunked:
-        append(b"Transfer-Encoding: chunked\r\n")
+        framing = b"Transfer-Encoding: chunked\r\n\r\n"
     elif head.content_length is not None:
-        append(b"Content-Length: %d\r\n" % head.content_length)
-    append(b"\r\n")
+        framing = b"Content-Length: %d\r\n\r\n" % head.content_length
+    else:
+        framing = b"\r\n"
+    lines += (identity, framing)
     return b"".join(lines)
