@@ -217,6 +217,22 @@ async def test_console_manages_keys_end_to_end(start_proxy, browser: Browser) ->
     assert await page.evaluate("sessionStorage.getItem('gateway-admin-token')") is None
 
 
+async def test_the_editor_follows_changes_made_elsewhere_and_keeps_unsaved_edits(start_proxy, browser: Browser) -> None:
+    proxy: Proxy = await start_proxy()
+    key = await proxy.admin.create(name="Shared")
+    page = await open_console(browser, proxy)
+    await sign_in(page, proxy.admin.token)
+    await open_editor_for(page, "Shared")
+    await page.fill("#f-name", "Renamed")  # not saved yet
+    await row(page, "Shared").locator("button.switch").click()  # the row's switch: applies at once
+    await expect(page.locator("#f-enabled")).to_have_attribute("aria-checked", "false")
+    await expect(page.locator("#f-name")).to_have_value("Renamed")
+    await page.click("#save")
+    await expect(page.locator("#notice")).to_have_text("Changes saved.")
+    _, stored = await proxy.admin.call("GET", f"/api/v1/keys/{key['id']}")
+    assert (stored["name"], stored["enabled"]) == ("Renamed", False)  # the save did not undo the switch
+
+
 async def test_the_new_key_banner_goes_with_its_key(start_proxy, browser: Browser) -> None:
     proxy: Proxy = await start_proxy()
     page = await open_console(browser, proxy)

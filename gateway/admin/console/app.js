@@ -20,6 +20,7 @@ const state = {
   filters: { q: "", account: "", status: "" },
   newKeyId: null, // the key whose secret the banner shows
   editing: null, // null (panel closed), "new", or a key id
+  editingKey: null, // the key as the API last returned it (it may be on another page by now)
   original: null, // the form's values when the panel opened (to tell unsaved changes)
   draft: null,
   fieldErrors: new Set(),
@@ -361,6 +362,19 @@ async function setEnabled(key, button) {
 function replaceKey(updated) {
   state.keys = state.keys.map((key) => (key.id === updated.id ? updated : key));
   renderKeys();
+  if (state.editing === updated.id) followChange(updated);
+}
+
+// The key open in the editor changed elsewhere (its row's switch, a rotation, a save): fields
+// the user has not touched take the new values; the user's own edits stay as they are.
+function followChange(updated) {
+  const fresh = valuesOf(updated);
+  for (const field of Object.keys(fresh)) {
+    if (JSON.stringify(state.draft[field]) === JSON.stringify(state.original[field])) state.draft[field] = fresh[field];
+  }
+  state.original = fresh;
+  state.editingKey = updated;
+  renderForm();
 }
 
 function showNewKey(created, title, note = "") {
@@ -523,6 +537,7 @@ function discardClosed() {
 
 function openEditor(key) {
   state.editing = key ? key.id : "new";
+  state.editingKey = key;
   state.original = valuesOf(key || { ...BLANK });
   state.draft = valuesOf(key || { ...BLANK });
   state.fieldErrors.clear();
@@ -537,12 +552,13 @@ function openEditor(key) {
 
 function closeEditor() {
   state.editing = null;
+  state.editingKey = null;
   state.original = state.draft = null;
   $("detail").hidden = true;
 }
 
 function currentKey() {
-  return state.keys.find((key) => key.id === state.editing);
+  return state.editingKey;
 }
 
 function renderForm() {
@@ -712,10 +728,9 @@ async function save(event) {
       await reloadPage();
     } else {
       const updated = await api("PATCH", keyPath(state.editing), body);
-      replaceKey(updated);
       state.original = valuesOf(updated);
       state.draft = valuesOf(updated);
-      renderForm();
+      replaceKey(updated);
       loadHistory(updated);
       notify(t("saved"), false);
     }
