@@ -36,11 +36,18 @@ sys.exit(main(sys.argv[1:-1]))
 """
 
 
+def rate_limits(backend: str, bench: Bench) -> str:
+    where = bench.redis() if backend == "redis" else "local"
+    return f"rate_limits: {{backend: '{where}', default_per_key: [{{requests: 1000000, per: second}}]}}\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--top", type=int, default=30)
-    parser.add_argument("--rate-limits", action="store_true", help="every key limited (never reached), counted locally")
+    parser.add_argument(
+        "--rate-limits", choices=["local", "redis"], help="every key limited (never reached), counted here or in Redis"
+    )
     args = parser.parse_args()
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="gateway-calls-"))
@@ -53,7 +60,7 @@ def main() -> None:
         config.write_text(
             f"listen: {{host: 127.0.0.1, port: {gateway}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: t}}\n"
             f"database: '{db}'\nupstream: {{url: 'http://127.0.0.1:{upstream}'}}\n"
-            + ("rate_limits: {default_per_key: [{requests: 1000000, per: second}]}\n" if args.rate_limits else "")
+            + (rate_limits(args.rate_limits, bench) if args.rate_limits else "")
         )
         process = bench.spawn(
             [sys.executable, "-c", HARNESS, "serve", "--config", str(config), str(stats)],

@@ -148,3 +148,39 @@ async def test_a_large_limit_is_decided_locally_and_stays_within_it_across_repli
     allowed = statuses.count(200)
     assert 950 <= allowed <= 1000, allowed  # within 5% below, never above
     assert statuses.count(429) == 1300 - allowed
+
+
+async def test_an_exact_check_pushes_only_its_own_windows() -> None:
+    """A request that must ask Redis first pushes what this process counted for ITS windows
+    (so Redis sees them), and leaves the others to the batch: no pass over every window."""
+    import time
+
+    from gateway.core.ratelimit import Limit
+    from gateway.keyring.limits import RedisLimiter
+
+    limiter = RedisLimiter(redis_url())
+    limiter._syncing = asyncio.get_running_loop().create_future()  # no batch timer: only check() pushes
+    ident = uuid.uuid4().hex
+    large, small = (Limit(1000, "minute"),), (Limit(5, "minute"),)
+    try:
+        now = time.time()
+        far = [("k", f"far-{ident}", large)]
+        assert (await limiter.check(far, now))[0] is None  # first use: exact, then known far from the limit
+        for _ in range(3):
+            decided = limiter.try_local(far, now)
+            assert decided is not None and decided[0] is None  # decided here, counted as pending
+        far_window = limiter._windows[("k", f"far-{ident}", "minute")]
+        assert sum(far_window.pending.values()) == 3
+        near = [("k", f"near-{ident}", small), ("k", f"far-{ident}", large)]
+        group, verdict = await limiter.check(near, now)
+        assert group is None and verdict.remaining == 4  # the small window decides the headers
+        assert far_window.pending == {}  # pushed first: it is part of this request
+        other = [("k", f"other-{ident}", large)]
+        await limiter.check(other, now)
+        for _ in range(2):
+            limiter.try_local(other, now)
+        other_window = limiter._windows[("k", f"other-{ident}", "minute")]
+        await limiter.check([("k", f"near2-{ident}", small)], now)
+        assert sum(other_window.pending.values()) == 2  # not this request's: left for the batch
+    finally:
+        await limiter.close()

@@ -166,6 +166,7 @@ class RedisLimiter:
         self._errors = (redis.RedisError, OSError, TimeoutError)
         self._down = False
         self._windows: dict[tuple[str, str, str], SharedWindow] = {}  # (kind, id, per)
+        self._eager: set[SharedWindow] = set()  # windows synced every tick: new, or not calm
         self._syncing: asyncio.Task | None = None
 
     @staticmethod
@@ -185,14 +186,20 @@ class RedisLimiter:
                 if state is None:
                     state = SharedWindow(self._name(kind, ident, limit), limit.per)
                     self._windows[(kind, ident, limit.per)] = state
+                    self._eager.add(state)  # its global count is not known yet
                 state.seen = now
                 if state.full_until > now:
                     return index, Verdict(False, limit.requests, 0, max(1, int(state.full_until - now + 0.999)))
                 used = state.own.used(limit, now) + state.others
                 if limit.requests < FAST_MIN or used >= limit.requests * FAST_MARGIN:
-                    state.calm = False
+                    if state.calm:
+                        state.calm = False
+                        self._eager.add(state)
                     return None
-                state.calm = used < limit.requests * CALM_SHARE
+                calm = used < limit.requests * CALM_SHARE
+                if calm is not state.calm:
+                    state.calm = calm
+                    (self._eager.discard if calm else self._eager.add)(state)
                 picked.append((state, limit, used))
         tight, fewest = None, 0
         for state, limit, used in picked:
@@ -215,15 +222,23 @@ class RedisLimiter:
 
     async def _sync(self, every: bool = True) -> None:
         """Push this process's increments and pull the active windows' global counts: all of
-        them if `every`, else only those not calm (using half their limit or more)."""
+        them if `every`, else only the eager ones (new, or using half their limit or more)."""
         now = time.time()
-        active = []
-        for where, state in list(self._windows.items()):
-            idle = now - state.seen
-            if (idle < ACTIVE_SECONDS or state.pending) and (every or not state.calm):
-                active.append(state)
-            elif idle > WINDOWS["day"] * 2:
-                del self._windows[where]  # long idle: forget it
+        if every:  # a full pass, which also forgets windows long idle
+            active = []
+            for where, state in list(self._windows.items()):
+                idle = now - state.seen
+                if idle < ACTIVE_SECONDS or state.pending:
+                    active.append(state)
+                elif idle > WINDOWS["day"] * 2:
+                    del self._windows[where]
+                    self._eager.discard(state)
+        else:  # only the eager ones: no pass over every window 50 times a second
+            active = [state for state in self._eager if now - state.seen < ACTIVE_SECONDS or state.pending]
+        await self._exchange(active, now)
+
+    async def _exchange(self, active: list[SharedWindow], now: float) -> None:
+        """One script: push these windows' pending increments, pull their global counts."""
         if not active:
             return
         keys, args, taken = [], [], []
@@ -258,9 +273,12 @@ class RedisLimiter:
             self._down = False
 
     async def check(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
-        """The exact path: this process's pending increments first, then one atomic script."""
-        if any(state.pending for state in self._windows.values()):
-            await self._sync()
+        """The exact path: this request's windows' pending increments first (so Redis counts
+        them), then one atomic script."""
+        mine = [self._windows.get((kind, ident, limit.per)) for kind, ident, limits in groups for limit in limits]
+        held = [state for state in mine if state is not None and state.pending]
+        if held:
+            await self._exchange(held, time.time())
         keys, args, owners, wheres = [], [], [], []
         for index, (kind, ident, limits) in enumerate(groups):
             for limit in limits:
