@@ -106,19 +106,23 @@ return out
 """
 
 
+# The batch: ARGV[i] is "<window seconds> <slot>:<count> ..." for KEYS[i] (one argument per
+# window keeps the command small); pushes the counts, returns each window's total in its span.
 SYNC_SCRIPT = f"""
 local out = {{}}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local a = 1
 for i = 1, #KEYS do
-  local seconds, pairs = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  a = a + 2
-  for p = 1, pairs do
-    redis.call('HINCRBY', KEYS[i], ARGV[a], tonumber(ARGV[a + 1]))
-    a = a + 2
+  local seconds, pushed = nil, false
+  for word in string.gmatch(ARGV[i], '%S+') do
+    if seconds == nil then seconds = tonumber(word)
+    else
+      local slot, count = string.match(word, '^(%d+):(%d+)$')
+      redis.call('HINCRBY', KEYS[i], slot, tonumber(count))
+      pushed = true
+    end
   end
-  if pairs > 0 then redis.call('EXPIRE', KEYS[i], math.ceil(seconds * {SPAN} / {SLOTS}) + 1) end
+  if pushed then redis.call('EXPIRE', KEYS[i], math.ceil(seconds * {SPAN} / {SLOTS}) + 1) end
   local slot = math.floor(now * {SLOTS} / seconds)
   local total, fields = 0, redis.call('HGETALL', KEYS[i])
   for j = 1, #fields, 2 do
@@ -246,9 +250,7 @@ class RedisLimiter:
             pending, state.pending = state.pending, {}
             taken.append(pending)
             keys.append(state.name)
-            args += [WINDOWS[state.per], len(pending)]
-            for slot, count in pending.items():
-                args += [slot, count]
+            args.append(b"%d" % WINDOWS[state.per] + b"".join([b" %d:%d" % item for item in pending.items()]))
         try:
             totals = await self._sync_script(keys=keys, args=args)
         except self._errors as err:
