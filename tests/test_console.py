@@ -107,6 +107,7 @@ async def test_console_manages_keys_end_to_end(start_proxy, browser: Browser) ->
     orders = row(page, "Orders sync")
     await expect(orders).to_have_count(1)
     await expect(page.locator("#usage span[data-account=acme]")).to_have_text("acme: 1 / 500 keys")
+    await expect(page.locator("#account-suggestions option[value=acme]")).to_have_count(1)  # offered next time
     key_id = await orders.get_attribute("data-id")
     _, stored = await proxy.admin.call("GET", f"/api/v1/keys/{key_id}")
     assert stored["account"] == "acme" and stored["apps"] == ["A1"]

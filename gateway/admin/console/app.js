@@ -228,6 +228,7 @@ function renderAccounts() {
     ...accounts.map((account) => el("option", { value: account, text: account })));
   select.value = accounts.includes(state.filters.account) ? state.filters.account : "";
   select.hidden = Boolean(state.me.account) || accounts.length < 2;
+  $("account-suggestions").replaceChildren(...accounts.map((account) => el("option", { value: account })));
   const known = new Set();
   for (const key of state.keys) if (key.apps !== "all") for (const app of key.apps) known.add(app);
   $("app-suggestions").replaceChildren(...[...known].sort().map((app) => el("option", { value: app })));
