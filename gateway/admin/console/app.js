@@ -799,30 +799,18 @@ function wireEditor() {
   addOnEnter($("app-input"), "app-add");
   addOnEnter($("ip-input"), "ip-add");
   addOnEnter($("iface-input"), "iface-add");
-  $("app-add").addEventListener("click", () => {
-    const value = $("app-input").value.trim();
+  // the Add buttons: a value into one of the draft's lists (and that scope becomes "listed")
+  const adder = (input, field, mode) => () => {
+    const value = $(input).value.trim();
     if (!value) return;
-    if (!state.draft.apps.includes(value)) state.draft.apps.push(value);
-    state.draft.appsMode = "list";
-    $("app-input").value = "";
+    if (!state.draft[field].includes(value)) state.draft[field].push(value);
+    if (mode) state.draft[mode] = "list";
+    $(input).value = "";
     renderForm();
-  });
-  $("iface-add").addEventListener("click", () => {
-    const value = $("iface-input").value.trim();
-    if (!value) return;
-    if (!state.draft.interfaces.includes(value)) state.draft.interfaces.push(value);
-    state.draft.interfacesMode = "list";
-    $("iface-input").value = "";
-    renderForm();
-  });
-  $("ip-add").addEventListener("click", () => {
-    const value = $("ip-input").value.trim();
-    if (!value) return;
-    if (!state.draft.ip_whitelist.includes(value)) state.draft.ip_whitelist.push(value);
-    $("ip-input").value = "";
-    renderWhitelist();
-    edited();
-  });
+  };
+  $("app-add").addEventListener("click", adder("app-input", "apps", "appsMode"));
+  $("iface-add").addEventListener("click", adder("iface-input", "interfaces", "interfacesMode"));
+  $("ip-add").addEventListener("click", adder("ip-input", "ip_whitelist", null));
   $("f-expires-clear").addEventListener("click", () => {
     state.draft.expires = "";
     $("f-expires").value = "";
