@@ -234,6 +234,33 @@ async def test_the_editor_follows_changes_made_elsewhere_and_keeps_unsaved_edits
     assert (stored["name"], stored["enabled"]) == ("Renamed", False)  # the save did not undo the switch
 
 
+async def test_escape_on_a_confirmation_is_a_no_even_after_a_yes(start_proxy, browser: Browser) -> None:
+    """A dialog keeps its last answer: pressing Escape on the next one must not repeat it."""
+    proxy: Proxy = await start_proxy()
+    for name in ("First", "Second"):
+        await proxy.admin.create(name=name)
+    page = await open_console(browser, proxy)
+    await sign_in(page, proxy.admin.token)
+    await row(page, "First").locator("button.delete").click()
+    await page.click("#delete-confirm")
+    await expect(page.locator("#key-rows tr")).to_have_count(1)
+    await row(page, "Second").locator("button.delete").click()
+    await expect(page.locator("#confirm-delete")).to_be_visible()
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#confirm-delete")).to_be_hidden()
+    await page.wait_for_timeout(300)
+    await expect(page.locator("#key-rows tr")).to_have_count(1)
+    assert len((await proxy.admin.call("GET", "/api/v1/keys"))[1]["items"]) == 1
+    # the same for Duplicate
+    await row(page, "Second").locator("button.duplicate").click()
+    await page.click("#duplicate-confirm")
+    await expect(page.locator("#key-rows tr")).to_have_count(2)
+    await row(page, "Second").first.locator("button.duplicate").click()
+    await page.keyboard.press("Escape")
+    await page.wait_for_timeout(300)
+    await expect(page.locator("#key-rows tr")).to_have_count(2)
+
+
 async def test_the_new_key_banner_goes_with_its_key(start_proxy, browser: Browser) -> None:
     proxy: Proxy = await start_proxy()
     page = await open_console(browser, proxy)

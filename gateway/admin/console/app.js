@@ -24,10 +24,6 @@ const state = {
   original: null, // the form's values when the panel opened (to tell unsaved changes)
   draft: null,
   fieldErrors: new Set(),
-  pending: null, // what to do once the discard dialog says yes
-  deleting: null,
-  rotating: null,
-  duplicating: null,
   me: { actor: "", account: null, permissions: [] },
 };
 const may = (permission) => state.me.permissions.includes(permission);
@@ -397,16 +393,21 @@ function forgetSecret(keyId) {
 
 // ---- confirmations: rotate, duplicate, delete -----------------------------------------------
 
-function askRotate(key) {
-  state.rotating = key;
-  $("rotate-name").textContent = key.name;
-  $("confirm-rotate").showModal();
+// A confirmation dialog: `action` runs once, if the user picks the button whose value is
+// `accept` (Escape, Cancel or another button run nothing).
+function confirmThen(dialogId, accept, action) {
+  const dialog = $(dialogId);
+  dialog.returnValue = "";
+  dialog.addEventListener("close", () => { if (dialog.returnValue === accept) action(); }, { once: true });
+  dialog.showModal();
 }
 
-async function confirmRotate() {
-  const key = state.rotating;
-  state.rotating = null;
-  if (!key || $("confirm-rotate").returnValue !== "rotate") return;
+function askRotate(key) {
+  $("rotate-name").textContent = key.name;
+  confirmThen("confirm-rotate", "rotate", () => rotate(key));
+}
+
+async function rotate(key) {
   try {
     const rotated = await api("POST", keyPath(key.id, "/rotate"), { grace_seconds: Number($("rotate-grace").value) });
     state.revealed.delete(key.id);
@@ -419,15 +420,11 @@ async function confirmRotate() {
 }
 
 function askDuplicate(key) {
-  state.duplicating = key;
   $("duplicate-name").textContent = key.name;
-  $("confirm-duplicate").showModal();
+  confirmThen("confirm-duplicate", "duplicate", () => duplicate(key));
 }
 
-async function confirmDuplicate() {
-  const key = state.duplicating;
-  state.duplicating = null;
-  if (!key || $("confirm-duplicate").returnValue !== "duplicate") return;
+async function duplicate(key) {
   try {
     showNewKey(await api("POST", keyPath(key.id, "/copy")), t("duplicated"));
     await loadSettings();
@@ -438,17 +435,13 @@ async function confirmDuplicate() {
 }
 
 function askDelete(key) {
-  state.deleting = key;
   $("delete-name").textContent = key.name;
   $("delete-masked").textContent = key.key_masked;
   $("delete-last-used").textContent = when(key.last_used_at);
-  $("confirm-delete").showModal();
+  confirmThen("confirm-delete", "delete", () => remove(key));
 }
 
-async function confirmDelete() {
-  const key = state.deleting;
-  state.deleting = null;
-  if (!key || $("confirm-delete").returnValue !== "delete") return;
+async function remove(key) {
   try {
     await api("DELETE", keyPath(key.id));
     forgetSecret(key.id);
@@ -526,14 +519,7 @@ function guarded(action) {
     action();
     return;
   }
-  state.pending = action;
-  $("confirm-discard").showModal();
-}
-
-function discardClosed() {
-  const action = state.pending;
-  state.pending = null;
-  if (action && $("confirm-discard").returnValue === "discard") action();
+  confirmThen("confirm-discard", "discard", action);
 }
 
 function openEditor(key) {
@@ -930,10 +916,6 @@ document.addEventListener("DOMContentLoaded", () => {
     state.pages.pop();
     reloadPage().catch((err) => notify(err.message));
   });
-  $("confirm-delete").addEventListener("close", confirmDelete);
-  $("confirm-rotate").addEventListener("close", confirmRotate);
-  $("confirm-duplicate").addEventListener("close", confirmDuplicate);
-  $("confirm-discard").addEventListener("close", discardClosed);
   $("show-tokens").addEventListener("click", () => guarded(() => { closeEditor(); showTokens(); }));
   $("tokens-close").addEventListener("click", hideTokens);
   $("token-form").addEventListener("submit", createToken);
