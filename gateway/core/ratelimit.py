@@ -153,9 +153,8 @@ def check_one(window: Window, limit: Limit, now: float) -> tuple[int | None, Ver
     requests = limit.requests
     if used >= requests:
         return 0, Verdict(False, requests, 0, window.reset_after(limit, now))
-    window.add()  # (after it the oldest counted slot is known: no request leaves it empty)
-    reset = math.ceil((window.oldest + SPAN) * limit.seconds / SLOTS - now)
-    return None, Verdict(True, requests, requests - used - 1, reset if reset > 1 else 1)
+    window.add()
+    return None, Verdict(True, requests, requests - used - 1, window.reset_after(limit, now))
 
 
 def check(counters: list[tuple[Window, Limit, int]], now: float) -> tuple[int | None, Verdict]:

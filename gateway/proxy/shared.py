@@ -15,7 +15,7 @@ from gateway.core.decision import KeySnapshot
 from gateway.core.routes import RouteTable
 from gateway.keyring.index import Keyring, Usage
 from gateway.keyring.limits import open_limiter
-from gateway.observe.accesslog import MAX_FIELD, AccessLog, clip
+from gateway.observe.accesslog import AccessLog, clip
 from gateway.observe.metrics import Metrics
 from gateway.proxy.upstream import UpstreamPool
 from gateway.wire.forwarded import TrustedProxies
@@ -87,11 +87,7 @@ class Shared:
         if self.access.enabled:
             account = key.account if key is not None else None
             key_id = key.id if key is not None else None
-            if interface is not None and len(interface) > MAX_FIELD:
-                interface = clip(interface)
-            if app is not None and len(app) > MAX_FIELD:
-                app = clip(app)
-            entry = (time.time(), client, key_id, account, interface, app, reason, status, latency, size)
+            entry = (time.time(), client, key_id, account, clip(interface), clip(app), reason, status, latency, size)
             self.access.record(entry)
 
     def upstream_failed(self, err: OSError) -> None:
