@@ -91,3 +91,13 @@ def test_usage_batches() -> None:
     usage.touch("k1")
     usage.restore(batch)  # a failed flush is merged back, nothing lost
     assert {k: n for k, (_, n) in usage.take().items()} == {"k1": 4, "k2": 1}
+
+
+def test_a_memo_is_bounded_in_entries() -> None:
+    from gateway.core.memo import remember
+
+    memo: dict[int, int] = {}
+    for n in range(10):
+        assert remember(memo, n, n * n, 4) == n * n
+        assert len(memo) <= 4 and memo[n] == n * n
+    assert memo == {8: 64, 9: 81}  # emptied when full, then filled again

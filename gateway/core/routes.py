@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from gateway.core.errors import RuleError
+from gateway.core.memo import remember
 from gateway.core.record import CATEGORIES
 
 PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -247,9 +248,7 @@ class RouteTable:
         segments = split_path(path)
         result = None if segments is None else self._resolve(method, segments)
         if len(path) <= CACHED_PATH:  # bounded in bytes too: long paths are resolved each time
-            if len(cache) >= CACHE_ENTRIES:
-                cache.clear()
-            cache[key] = result
+            remember(cache, key, result, CACHE_ENTRIES)
         return result
 
     def _resolve(self, method: str, segments: list[str]) -> RouteMatch | None:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from gateway.core.decision import Interner, KeySnapshot
+from gateway.core.memo import remember
 from gateway.core.record import Key
 from gateway.core.sealing import could_be_secret
 
@@ -91,10 +92,7 @@ class Keyring:
             return None
         snapshot = self._by_digest.get(self._digest(presented))
         if snapshot is not None and self._hot_size:
-            hot = self._hot
-            if len(hot) >= self._hot_size:
-                hot.clear()
-            hot[presented] = snapshot
+            remember(self._hot, presented, snapshot, self._hot_size)
         return snapshot
 
 

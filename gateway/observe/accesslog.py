@@ -17,6 +17,8 @@ import threading
 import time
 from typing import BinaryIO
 
+from gateway.core.memo import remember
+
 FIELDS = ("time", "client_ip", "key_id", "account", "interface", "app", "reason", "status", "latency_ms", "bytes")
 FLUSH_SECONDS = 0.2
 SLICE = 256  # entries formatted between two yields to the event loop
@@ -39,9 +41,7 @@ def _quote(value: str | None) -> str:
     if found is None:
         if value is not None and len(value) > MEMO_LENGTH:
             return json.dumps(value)
-        if len(_quoted) >= MEMO_ENTRIES:
-            _quoted.clear()
-        found = _quoted[value] = json.dumps(value)
+        found = remember(_quoted, value, json.dumps(value), MEMO_ENTRIES)
     return found
 
 
@@ -75,9 +75,7 @@ def _middle(who: tuple) -> str:
             f'"interface":{q(interface)},"app":{q(app)},"reason":"{reason}"'
         )
         if len(found) <= 4 * MEMO_LENGTH + 128:
-            if len(_middles) >= MEMO_ENTRIES:
-                _middles.clear()
-            _middles[who] = found
+            remember(_middles, who, found, MEMO_ENTRIES)
     return found
 
 

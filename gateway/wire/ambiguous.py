@@ -12,6 +12,8 @@ import json
 from typing import Final
 from urllib.parse import unquote_plus
 
+from gateway.core.memo import remember
+
 
 class _Ambiguous:
     def __repr__(self) -> str:
@@ -86,9 +88,7 @@ def is_json_media_type(content_types: list[bytes]) -> bool:
     if known is None:
         known = _is_json(value)
         if len(value) <= 64:
-            if len(_media_types) >= 256:
-                _media_types.clear()
-            _media_types[value] = known
+            remember(_media_types, value, known, 256)
     return known
 
 

@@ -9,6 +9,7 @@ head `ambiguous` when the upstream could read its key, method or host another wa
 from __future__ import annotations
 
 from gateway.core.decision import malformed_key
+from gateway.core.memo import remember
 from gateway.wire.ambiguous import METHOD_OVERRIDES, canonical, target_is_ambiguous
 
 HOP_BY_HOP = frozenset(
@@ -49,9 +50,7 @@ def spellings(name: bytes) -> tuple[bytes, bytes]:
         lower = name.lower()
         found = (lower, canonical(lower))
         if len(name) <= NAME_MEMO_LENGTH:
-            if len(_names) >= NAME_MEMO_ENTRIES:
-                _names.clear()
-            _names[name] = found
+            remember(_names, name, found, NAME_MEMO_ENTRIES)
     return found
 
 

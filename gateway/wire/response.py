@@ -8,6 +8,7 @@ and 304 answers have no body.
 
 from __future__ import annotations
 
+from gateway.core.memo import remember
 from gateway.wire.refusals import status_line
 from gateway.wire.request import HOP_BY_HOP, tokens
 
@@ -55,9 +56,7 @@ def plan_response(
     if plan is None:
         plan = plan_response_afresh(method, version, status, reason, headers, keep_alive)
         if len(plan.head) <= PLAN_MEMO_MAX_HEAD:
-            if len(_plans) >= PLAN_MEMO_ENTRIES:
-                _plans.clear()
-            _plans[memo] = plan
+            remember(_plans, memo, plan, PLAN_MEMO_ENTRIES)
     if extra:
         return ResponsePlan(plan.head[:-2] + extra + b"\r\n", plan.chunked, plan.close_delimited, plan.keep_alive)
     return plan
