@@ -14,12 +14,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import SECRET, free_port, wait_for_port
+from common import free_port, spawn_gateway, wait_for_port
 from run import Bench, ensure_tools, request_script, tool
 
 # Runs inside the gateway process: SIGUSR1 starts the profiler, SIGUSR2 stops it and writes the stats.
@@ -56,17 +55,11 @@ def main() -> None:
     stats = work / "calls.prof"
     try:
         upstream, db, keys = bench.upstream_and_keys()
-        config = work / "g.yaml"
-        config.write_text(
-            f"listen: {{host: 127.0.0.1, port: {gateway}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: t}}\n"
-            f"database: '{db}'\nupstream: {{url: 'http://127.0.0.1:{upstream}'}}\n"
-            + (rate_limits(args.rate_limits, bench) if args.rate_limits else "")
-        )
-        process = bench.spawn(
-            [sys.executable, "-c", HARNESS, "serve", "--config", str(config), str(stats)],
-            cwd=work,
-            env={**os.environ, "GATEWAY_SECRET_KEY": SECRET},
-        )
+        extra = f"upstream: {{url: 'http://127.0.0.1:{upstream}'}}\n"
+        if args.rate_limits:
+            extra += rate_limits(args.rate_limits, bench)
+        process = spawn_gateway(work, "calls", gateway, admin, db, extra, ("-c", HARNESS), (str(stats),))
+        bench.processes.append(process)
         wait_for_port(upstream)
         wait_for_port(gateway)
         script = request_script(work, keys)

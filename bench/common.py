@@ -30,15 +30,25 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 SECRET = "bench-secret-key-0123456789abcdef"
 
 
-def spawn_gateway(work: Path, name: str, proxy: int, admin: int, database: str, extra: str = "") -> subprocess.Popen:
-    """`gateway serve` in its own process, with a config written to `work`; output discarded."""
+def spawn_gateway(
+    work: Path,
+    name: str,
+    proxy: int,
+    admin: int,
+    database: str,
+    extra: str = "",
+    launcher: tuple[str, ...] = ("-m", "gateway"),
+    after: tuple[str, ...] = (),
+) -> subprocess.Popen:
+    """`gateway serve` in its own process, with a config written to `work`; output discarded.
+    `launcher` replaces `-m gateway` (a harness around the CLI); `after` ends its arguments."""
     config = work / f"{name}.yaml"
     config.write_text(
         f"listen: {{host: 127.0.0.1, port: {proxy}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: bench-token}}\n"
         f"database: '{database}'\n{extra}"
     )
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        [sys.executable, *launcher, "serve", "--config", str(config), *after],
         cwd=work,
         env={**os.environ, "GATEWAY_SECRET_KEY": SECRET},
         stdout=subprocess.DEVNULL,
