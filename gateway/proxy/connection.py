@@ -198,11 +198,11 @@ class ClientConnection(asyncio.Protocol):
         self.corked = True
 
     def write(self, data: bytes) -> None:
-        """Write now, or collect while corked: one send per burst of callbacks, not one per piece."""
+        """Queue for the outbox, or collect while corked: one send per burst of callbacks."""
         if self.corked:
             self.out.append(data)
         elif self.transport is not None and not self.closing:
-            self.transport.write(data)
+            self.server.outbox.send(self.transport, data)
 
     def uncork(self) -> None:
         self.corked = False
@@ -210,8 +210,8 @@ class ClientConnection(asyncio.Protocol):
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(data)
+            if self.transport is not None and not self.closing:
+                self.server.outbox.send(self.transport, data)
 
     def pause_reading(self, reason: int) -> None:
         if not self.paused and self.transport is not None and not self.closing:
@@ -270,6 +270,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        self.server.outbox.flush()  # what is queued goes before the FIN
         if transport.can_write_eof():
             transport.write_eof()
             self.linger_until = self.server.now + LINGER

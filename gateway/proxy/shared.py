@@ -17,6 +17,7 @@ from gateway.keyring.index import Keyring, Usage
 from gateway.keyring.limits import open_limiter
 from gateway.observe.accesslog import AccessLog, clip
 from gateway.observe.metrics import Metrics
+from gateway.proxy.outbox import Outbox
 from gateway.proxy.upstream import UpstreamPool
 from gateway.wire.forwarded import TrustedProxies
 from gateway.wire.request import HeadRules
@@ -45,7 +46,8 @@ class Shared:
         self.keyring = keyring
         self.routes = routes
         self.usage = usage
-        self.pool = UpstreamPool(config.upstream)
+        self.outbox = Outbox()  # every write of the data path leaves through it
+        self.pool = UpstreamPool(config.upstream, self.outbox)
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.head_rules = HeadRules(
             config.auth.header,

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from gateway.config import Upstream
+from gateway.proxy.outbox import Outbox
 from gateway.proxy.seams import Receiver
 
 
@@ -101,7 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
     # the seam a relay uses
     def write(self, data: bytes) -> None:
         assert self.transport is not None
-        self.transport.write(data)
+        self.pool.outbox.send(self.transport, data)
 
     def pause_reading(self) -> None:
         if self.transport is not None:
@@ -119,7 +120,8 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    def __init__(self, config: Upstream) -> None:
+    def __init__(self, config: Upstream, outbox: Outbox) -> None:
+        self.outbox = outbox
         url = urlsplit(config.url)
         self.tls = url.scheme == "https"
         self.host = url.hostname or "127.0.0.1"
@@ -170,6 +172,7 @@ class UpstreamPool:
             self.idle.remove(conn)
 
     def close(self) -> None:
+        self.outbox.flush()
         for conn in self.idle:
             if conn.transport is not None:
                 conn.transport.close()
