@@ -364,3 +364,55 @@ async def test_https_upstream_is_verified(start_gateway, tmp_path) -> None:
             assert status == expected, verify
     finally:
         await runner.cleanup()
+
+
+class ScriptedUpstream(asyncio.Protocol):
+    """Answers the n-th request head it reads with the n-th scripted answer, each in one write
+    (`None` for the head first and the body in a later write)."""
+
+    answers: list[tuple[bytes, bytes | None]] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            first, later = self.answers.pop(0)
+            self.transport.write(first)  # type: ignore[attr-defined]
+            if later is not None:
+                asyncio.get_running_loop().call_later(0.05, self.transport.write, later)  # type: ignore[attr-defined]
+
+
+async def test_repeated_upstream_heads_are_read_without_the_parser_and_framed_right(start_gateway) -> None:
+    """A head seen before and its whole body in one read take the parser-free path; a HEAD
+    request, a body arriving later and two answers in one read still go through the parser."""
+    ok = b"HTTP/1.1 200 OK\r\nX-Up: 1\r\nContent-Length: 5\r\n\r\n"
+    ScriptedUpstream.answers = [
+        (ok + b"first", None),
+        (ok + b"again", None),  # known head, whole body: no parser
+        (ok, None),  # the answer to a HEAD request: the same head, and no body
+        (ok, b"later"),  # the body in a second read
+        (ok + b"fifth", None),
+    ]
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(ScriptedUpstream, "127.0.0.1", 0)
+    running = await start_gateway(upstream={"url": f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"})
+    key = (await running.admin.create())["key"]
+    client = await RawClient.connect(running.gateway.proxy.port)
+    bodies = []
+    for n, method in enumerate(("GET", "GET", "HEAD", "GET", "GET")):
+        await client.send(head(method, PATH, key))
+        response = (await client.read_responses(n + 1, head_only=method == "HEAD"))[n]
+        if method == "HEAD":
+            client.reset_parser()
+        assert response.status == 200 and response.headers["content-length"] == "5"
+        assert response.headers["x-up"] == "1"
+        bodies.append(response.body)
+    assert bodies == [b"first", b"again", b"", b"later", b"fifth"]
+    assert len(running.gateway.proxy.pool.shapes._memo) == 1  # learnt once, from the first answer
+    assert running.gateway.proxy.pool.shapes.misses == 1
+    await client.close()
+    server.close()

@@ -3,12 +3,13 @@ head, planning the client's response head, walking X-Forwarded-For."""
 
 from __future__ import annotations
 
+import httptools
 import pytest
 
 from gateway.wire.forwarded import TrustedProxies
 from gateway.wire.refusals import status_line
 from gateway.wire.request import FramingError, HeadRules, RequestHead, read_head, upstream_head
-from gateway.wire.response import LAST_CHUNK, chunk, plan_response
+from gateway.wire.response import LAST_CHUNK, SHAPE_MAX_HEAD, ResponseShapes, chunk, plan_response
 
 RULES = HeadRules("Authorization", "Bearer", "X-Plugin-Id", upstream_host=b"up:9000")
 
@@ -165,6 +166,86 @@ def test_response_drops_hop_by_hop_and_connection_tokens() -> None:
     ]
     plan = plan_response(b"GET", b"1.1", 200, b"OK", headers, True)
     assert plan.head == b"HTTP/1.1 200 OK\r\nX-Kept: k\r\nContent-Length: 2\r\n\r\n"
+
+
+class ParsedOnce:
+    """What the upstream connection hands `ResponseShapes.learn`: httptools' reading of one read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.messages, self.headers, self.reason, self.body_size = 0, [], b"", 0
+        self.parser = httptools.HttpResponseParser(self)
+        self.parser.feed_data(data)
+
+    def on_headers_complete(self) -> None:
+        self.status, self.keep = self.parser.get_status_code(), self.parser.should_keep_alive()
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+
+
+def learnt(data: bytes) -> ResponseShapes:
+    shapes = ResponseShapes()
+    read = ParsedOnce(data)
+    shapes.learn(data, read.status, read.reason, read.headers, read.keep, read.body_size)
+    return shapes
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nDate: Fri, 27 Nov 2026 10:00:00 GMT\r\nContent-Length: 5\r\n\r\n"
+
+
+def test_a_known_response_head_is_read_without_a_parser() -> None:
+    shapes = learnt(OK_HEAD + b"hello")
+    shape, body = shapes.whole(OK_HEAD + b"world") or (None, b"")
+    assert shape is not None and body == b"world"
+    assert (shape.status, shape.reason, shape.length, shape.keep_alive) == (200, b"OK", 5, True)
+    assert shape.headers == ((b"Date", b"Fri, 27 Nov 2026 10:00:00 GMT"), (b"Content-Length", b"5"))
+    assert shapes.whole(OK_HEAD + b"hell") is None  # not all of the body: the parser reads it
+    assert shapes.whole(OK_HEAD + b"hello" + OK_HEAD + b"again") is None  # two answers in one read
+    assert shapes.whole(OK_HEAD.replace(b"10:00:00", b"10:00:01") + b"hello") is None  # another head
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",  # not Content-Length
+        b"HTTP/1.1 200 OK\r\n\r\nhello",  # ends when the upstream closes
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        OK_HEAD + b"hello" + OK_HEAD + b"again",  # the parser read two answers
+        OK_HEAD + b"hel",  # the parser has not seen the whole body
+        b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * SHAPE_MAX_HEAD + b"\r\nContent-Length: 5\r\n\r\nhello",
+    ],
+)
+def test_response_heads_never_remembered(data: bytes) -> None:
+    shapes = learnt(data)
+    assert shapes.whole(data) is None and shapes.whole(data[: data.find(b"\r\n\r\n") + 4] + b"hello") is None
+
+
+def test_a_head_with_a_bare_line_feed_is_never_remembered() -> None:
+    """A lenient reader could end such a head elsewhere; `learn` is told a body it cannot place."""
+    shapes = ResponseShapes()
+    data = b"HTTP/1.1 200 OK\nContent-Length: 5\r\n\r\nhello"
+    shapes.learn(data, 200, b"OK", [(b"Content-Length", b"5")], True, 5)
+    assert shapes.whole(data) is None
+
+
+def test_learning_stays_cheap_for_heads_that_never_repeat() -> None:
+    shapes = ResponseShapes()
+    asked = []
+    for n in range(32):
+        assert shapes.whole(b"HTTP/1.1 200 OK\r\nX-Request-Id: %d\r\nContent-Length: 0\r\n\r\n" % n) is None
+        asked.append(shapes.learning())
+    assert asked.count(True) == 4 and asked[0] is True  # the first miss learns, then one in eight
 
 
 def test_chunks() -> None:

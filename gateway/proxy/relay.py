@@ -12,18 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from gateway.core import decision as decide
 from gateway.proxy.seams import Requester
 from gateway.proxy.upstream import UpstreamConnection
 from gateway.wire.request import upstream_head
-from gateway.wire.response import LAST_CHUNK, ResponsePlan, chunk, plan_response
+from gateway.wire.response import LAST_CHUNK, ResponsePlan, ResponseShape, chunk, plan_response
 
 UPSTREAM_FULL = 2  # a reason for the client connection to stop reading (see proxy.exchange)
 
 
 class Relay:
-    __slots__ = ("connecting", "exchange", "paused", "plan", "replay", "reused", "seen", "sent_at", "spoke", "upstream")
+    __slots__ = (
+        "connecting",
+        "exchange",
+        "head_only",
+        "paused",
+        "plan",
+        "replay",
+        "reused",
+        "seen",
+        "sent_at",
+        "spoke",
+        "upstream",
+    )
 
     def __init__(self, exchange: Requester, replay: bool) -> None:
         self.exchange = exchange
@@ -36,6 +49,7 @@ class Relay:
         self.seen = exchange.conn.server.now  # the upstream's last sign of life
         self.sent_at = 0.0
         self.plan: ResponsePlan | None = None
+        self.head_only = exchange.head.method == b"HEAD"  # the answer has a head and no body
 
     def start(self) -> None:
         upstream = self.exchange.conn.server.pool.take_idle()
@@ -104,7 +118,7 @@ class Relay:
         self.exchange.conn.uncork()
 
     def on_response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], upstream_keep_alive: bool
+        self, status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], upstream_keep_alive: bool
     ) -> None:
         exchange = self.exchange
         exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
@@ -119,6 +133,14 @@ class Relay:
             self.on_response_complete(reusable=False)  # the parser would wait for a body that never comes
         elif not upstream_keep_alive and self.upstream is not None:
             self.upstream.keep = False
+
+    def on_whole_response(self, shape: ResponseShape, body: bytes) -> None:
+        """The whole answer arrived in one read, its head known (see wire.response)."""
+        self.receiving()
+        self.on_response_head(shape.status, shape.reason, shape.headers, shape.keep_alive)
+        self.on_response_body(body)
+        self.on_response_complete()
+        self.received()
 
     def on_response_body(self, data: bytes) -> None:
         exchange = self.exchange

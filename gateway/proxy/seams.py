@@ -9,10 +9,12 @@ one place (as uvicorn hands its request cycle a transport, flow control and call
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from gateway.core.decision import Deny, KeySnapshot
 from gateway.wire.request import RequestHead
+from gateway.wire.response import ResponseShape
 
 
 class Client(Protocol):
@@ -61,11 +63,14 @@ class Requester(Protocol):
 class Receiver(Protocol):
     """What an upstream connection asks of the relay it carries."""
 
+    head_only: bool  # the request was HEAD: its answer has no body, whatever its head says
+
     def receiving(self) -> None: ...
     def received(self) -> None: ...
     def on_response_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], upstream_keep_alive: bool
+        self, status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], upstream_keep_alive: bool
     ) -> None: ...
+    def on_whole_response(self, shape: ResponseShape, body: bytes) -> None: ...
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_complete(self) -> None: ...
     def on_upstream_lost(self) -> None: ...

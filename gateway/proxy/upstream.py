@@ -15,10 +15,26 @@ import httptools
 from gateway.config import Upstream
 from gateway.proxy.outbox import Outbox
 from gateway.proxy.seams import Receiver
+from gateway.wire.response import ResponseShapes
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("closed", "headers", "interim", "keep", "parser", "pool", "reason", "relay", "transport")
+    __slots__ = (
+        "body_size",
+        "chunk",
+        "closed",
+        "headers",
+        "idle",
+        "interim",
+        "keep",
+        "keep_alive",
+        "parser",
+        "pool",
+        "reason",
+        "relay",
+        "status",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -30,6 +46,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = False
         self.keep = True  # False once the upstream said it closes this connection after its answer
         self.closed = False
+        self.idle = True  # the parser stands between two messages
+        self.chunk: bytes | None = None  # the read being parsed, when its head may be learnt
+        self.status = 0
+        self.keep_alive = True  # what the head being read says of the connection
+        self.body_size = 0
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -40,6 +61,12 @@ class UpstreamConnection(asyncio.Protocol):
         if relay is None:  # nothing was asked: an upstream talking out of turn
             self.abort()
             return
+        if self.idle and not relay.head_only:
+            whole = self.pool.shapes.whole(data)
+            if whole is not None:  # a known head and all of its body: no parser needed
+                relay.on_whole_response(*whole)
+                return
+            self.chunk = data if self.pool.shapes.learning() else None
         relay.receiving()
         try:
             self.parser.feed_data(data)
@@ -68,8 +95,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self.idle = False
         self.headers = []
         self.reason = b""
+        self.body_size = 0
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -78,23 +107,29 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        self.status = status = self.parser.get_status_code()
         if status < 200:
             self.interim = True  # 1xx: not forwarded; the final answer follows
             return
+        self.keep_alive = keep_alive = self.parser.should_keep_alive()
         relay = self.relay
         if relay is not None:
-            relay.on_response_head(status, self.reason, self.headers, self.parser.should_keep_alive())
+            relay.on_response_head(status, self.reason, self.headers, keep_alive)
 
     def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
         relay = self.relay
         if relay is not None:
             relay.on_response_body(body)
 
     def on_message_complete(self) -> None:
+        self.idle = True
+        chunk, self.chunk = self.chunk, None  # a later message in this read did not start it
         if self.interim:
             self.interim = False
             return
+        if chunk is not None:
+            self.pool.shapes.learn(chunk, self.status, self.reason, self.headers, self.keep_alive, self.body_size)
         relay = self.relay
         if relay is not None:
             relay.on_response_complete()
@@ -139,6 +174,7 @@ class UpstreamPool:
                 self.ssl.check_hostname = False
                 self.ssl.verify_mode = ssl.CERT_NONE
         self.idle: list[UpstreamConnection] = []
+        self.shapes = ResponseShapes()  # response heads seen before (see wire.response)
 
     def take_idle(self) -> UpstreamConnection | None:
         idle = self.idle

@@ -8,11 +8,16 @@ and 304 answers have no body.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.core.memo import remember
 from gateway.wire.refusals import status_line
 from gateway.wire.request import HOP_BY_HOP, tokens
 
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+SHAPE_MEMO_ENTRIES = 256
+SHAPE_MAX_HEAD = 2048  # bytes of a response head beyond which it is never remembered
+LEARN_EVERY = 8  # an upstream whose heads never repeat pays for learning on one miss in 8
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -43,7 +48,7 @@ def plan_response(
     version: bytes,
     status: int,
     reason: bytes,
-    headers: list[tuple[bytes, bytes]],
+    headers: Sequence[tuple[bytes, bytes]],
     keep_alive: bool,
     extra: bytes = b"",
 ) -> ResponsePlan:
@@ -67,7 +72,7 @@ def plan_response_afresh(
     version: bytes,
     status: int,
     reason: bytes,
-    headers: list[tuple[bytes, bytes]],
+    headers: Sequence[tuple[bytes, bytes]],
     keep_alive: bool,
 ) -> ResponsePlan:
     """`method`, `version`: the client's request; `keep_alive`: whether the client connection
@@ -107,3 +112,71 @@ def plan_response_afresh(
         append(b"Connection: keep-alive\r\n")
     append(b"\r\n")
     return ResponsePlan(b"".join(lines), chunked, close_delimited, keep_alive)
+
+
+class ResponseShape:
+    """A final Content-Length response head as the parser read it once."""
+
+    __slots__ = ("headers", "keep_alive", "length", "reason", "status")
+
+    def __init__(
+        self, status: int, reason: bytes, headers: tuple[tuple[bytes, bytes], ...], keep_alive: bool, length: int
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.keep_alive = keep_alive  # the upstream keeps the connection open after it
+        self.length = length  # of the body that follows
+
+
+class ResponseShapes:
+    """Upstream response heads by their bytes: the same head bytes read from a parser's start
+    state mean the same status, headers and body length, so an answer that arrives whole in
+    one read, with a head seen before, needs no parser. Most upstreams repeat their heads
+    (the Date header changes once a second). Bounded in entries and in head size."""
+
+    __slots__ = ("_memo", "misses")
+
+    def __init__(self) -> None:
+        self._memo: dict[bytes, ResponseShape] = {}
+        self.misses = 0
+
+    def whole(self, data: bytes) -> tuple[ResponseShape, bytes] | None:
+        """`data` as one whole response with a known head: its shape and its body."""
+        end = data.find(b"\r\n\r\n") + 4
+        shape = self._memo.get(data[:end]) if end >= 4 else None
+        if shape is None:
+            self.misses += 1
+            return None
+        if len(data) - end != shape.length:
+            return None
+        return shape, data[end:]
+
+    def learning(self) -> bool:
+        """Whether the parser's reading of the next unknown head should be remembered."""
+        return self.misses % LEARN_EVERY == 1
+
+    def learn(
+        self,
+        data: bytes,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        body_size: int,
+    ) -> None:
+        """The parser read all of `data`, from its start state, as one final response with
+        `body_size` body bytes: remember its head if the framing was plain Content-Length."""
+        end = data.find(b"\r\n\r\n") + 4
+        if end < 4 or end > SHAPE_MAX_HEAD or end + body_size != len(data) or status < 200 or status in (204, 304):
+            return
+        head = data[:end]
+        if head.count(b"\n") != head.count(b"\r\n"):
+            return  # a bare LF: a lenient reader could end the head elsewhere
+        lengths = [value.strip() for name, value in headers if name.lower() == b"content-length"]
+        if len(lengths) != 1 or lengths[0] != b"%d" % body_size:
+            return
+        if any(name.lower() == b"transfer-encoding" for name, _ in headers):
+            return
+        shape = ResponseShape(status, reason, tuple(headers), keep_alive, body_size)
+        remember(self._memo, head, shape, SHAPE_MEMO_ENTRIES)
