@@ -89,11 +89,24 @@ def test_facts_read_in_one_pass() -> None:
         trusted=False,
     )
     assert head.host == b"api.example" and head.plugin and head.expect_continue
-    assert head.content_types == [b"application/json"] and head.content_encoded
+    assert head.content_types == (b"application/json",) and head.content_encoded
     assert head.connection_tokens == {b"keep-alive", b"x-hop"}
-    assert head.forwarded_for == [b"1.1.1.1"] and head.forwarded_proto == b""  # untrusted: not believed
+    assert head.forwarded_for == (b"1.1.1.1",) and head.forwarded_proto == b""  # untrusted: not believed
     assert head.values(b"x-app-id") == [b"A1", b"A2"]
     assert head_of((b"X-Forwarded-Proto", b"https"), trusted=True).forwarded_proto == b"https"
+
+
+def test_header_roles_follow_each_configuration() -> None:
+    """What a name means is remembered per configuration: the key header of one gateway is an
+    ordinary header to another, and a plugin header named like a forwarding header wins."""
+    custom = HeadRules("X-Api-Key", "", "X-Forwarded-For")
+    for _ in range(2):  # the second pass reads the remembered roles
+        mine = read_head(
+            b"GET", b"/a", "1.1", [(b"X-Api-Key", b"k1"), (b"X-Forwarded-For", b"1.1.1.1")], True, custom, True
+        )
+        assert (mine.presented, mine.plugin, mine.forwarded_for) == (b"k1", True, ())
+        other = head_of((b"X-Api-Key", b"k1"), (b"X-Forwarded-For", b"1.1.1.1"), trusted=True)
+        assert (other.presented, other.plugin, other.forwarded_for) == (b"", False, (b"1.1.1.1",))
 
 
 def test_upstream_head_drops_what_the_gateway_sets_and_keeps_order() -> None:

@@ -9,6 +9,7 @@ request is refused instead of authorized on one reading and executed on another.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Final
 from urllib.parse import unquote_plus
 
@@ -76,7 +77,7 @@ def header_app_id(values: list[bytes]) -> str | _Ambiguous | None:
 _media_types: dict[bytes, bool] = {}  # Content-Type value -> JSON or not, for short values
 
 
-def is_json_media_type(content_types: list[bytes]) -> bool:
+def is_json_media_type(content_types: Sequence[bytes]) -> bool:
     """No Content-Type, or exactly one naming JSON (`application/json`, `*/*+json`), with
     at most a UTF-8 charset: an upstream that honours the header must parse what we parsed."""
     if not content_types:

@@ -40,18 +40,25 @@ REQUEST_DROP = HOP_BY_HOP | {
 NO_TOKENS: frozenset[bytes] = frozenset()
 NAME_MEMO_ENTRIES = 1024
 NAME_MEMO_LENGTH = 64
-_names: dict[bytes, tuple[bytes, bytes]] = {}  # header name as sent -> (lower-cased, canonical)
 
-
-def spellings(name: bytes) -> tuple[bytes, bytes]:
-    """A header name lower-cased, and canonical; short names are memoised (clients repeat them)."""
-    found = _names.get(name)
-    if found is None:
-        lower = name.lower()
-        found = (lower, canonical(lower))
-        if len(name) <= NAME_MEMO_LENGTH:
-            remember(_names, name, found, NAME_MEMO_ENTRIES)
-    return found
+# What a header is to `read_head`, decided once per spelling of its name (see HeadRules.role).
+OTHER, KEY, HOST, LENGTH, CODING, CONNECTION, TYPE, ENCODING, PLUGIN, FORWARDED_FOR, UPGRADE = range(11)
+EXPECT, OVERRIDE, FORWARDED_PROTO, FORWARDED_HOST = range(11, 15)
+ROLES_BY_LOWER = {
+    b"host": HOST,
+    b"content-length": LENGTH,
+    b"transfer-encoding": CODING,
+    b"connection": CONNECTION,
+    b"content-type": TYPE,
+    b"content-encoding": ENCODING,
+}
+LATER_ROLES_BY_LOWER = {  # after the plugin header: a plugin header of such a name wins
+    b"x-forwarded-for": FORWARDED_FOR,
+    b"upgrade": UPGRADE,
+    b"expect": EXPECT,
+    b"x-forwarded-proto": FORWARDED_PROTO,
+    b"x-forwarded-host": FORWARDED_HOST,
+}
 
 
 class FramingError(Exception):
@@ -59,13 +66,15 @@ class FramingError(Exception):
 
 
 class HeadRules:
-    """What reading and rewriting a head needs to know of the configuration, as bytes."""
+    """What reading and rewriting a head needs to know of the configuration, as bytes, and
+    what each spelling of a header name means under it (memoised: clients repeat names)."""
 
     __slots__ = (
         "auth_header",
         "auth_scheme",
         "drop",
         "malformed_key",
+        "names",
         "plugin_header",
         "preserve_host",
         "scheme",
@@ -93,6 +102,30 @@ class HeadRules:
         self.malformed_key = malformed_key(auth_header, auth_scheme)
         # canonical names never forwarded (the key header too, when it is stripped)
         self.drop = REQUEST_DROP | {self.auth_header} if strip_auth else REQUEST_DROP
+        self.names: dict[bytes, tuple[bytes, int]] = {}  # name as sent -> (canonical, role)
+
+    def role(self, name: bytes) -> tuple[bytes, int]:
+        """A header name's canonical spelling and its role; short names are memoised."""
+        found = self.names.get(name)
+        if found is None:
+            lower = name.lower()
+            canon = canonical(lower)
+            if canon == self.auth_header:
+                role = KEY
+            elif lower in ROLES_BY_LOWER:
+                role = ROLES_BY_LOWER[lower]
+            elif canon == self.plugin_header:
+                role = PLUGIN
+            elif lower in LATER_ROLES_BY_LOWER:
+                role = LATER_ROLES_BY_LOWER[lower]
+            elif canon in METHOD_OVERRIDES:
+                role = OVERRIDE
+            else:
+                role = OTHER
+            found = (canon, role)
+            if len(name) <= NAME_MEMO_LENGTH:
+                remember(self.names, name, found, NAME_MEMO_ENTRIES)
+        return found
 
 
 class RequestHead:
@@ -139,9 +172,9 @@ class RequestHead:
         self.expect_continue = False
         self.upgrade = False
         self.connection_tokens: frozenset[bytes] | set[bytes] = NO_TOKENS
-        self.content_types: list[bytes] = []
+        self.content_types: tuple[bytes, ...] = ()
         self.content_encoded = False
-        self.forwarded_for: list[bytes] = []
+        self.forwarded_for: tuple[bytes, ...] = ()
         self.forwarded_proto = b""
         self.forwarded_host = b""
 
@@ -183,49 +216,52 @@ def read_head(
     trusted: bool,
 ) -> RequestHead:
     """One pass over the headers. `trusted`: the peer is a proxy whose X-Forwarded-* we believe."""
-    head = RequestHead(method, url, version.encode(), headers)
+    head = RequestHead(method, url, b"1.1" if version == "1.1" else version.encode(), headers)
     head.keep_alive = keep_alive
     names = head.names
-    lengths: set[bytes] = set()
+    known = rules.names
+    lengths: list[bytes] = []
     codings = []
     key_headers = hosts = 0
     for name, value in headers:
-        lower, canon = spellings(name)
+        canon, role = known.get(name) or rules.role(name)
         names.append(canon)
-        if canon == rules.auth_header:
+        if not role:
+            continue
+        if role == KEY:
             key_headers += 1
             stripped = value.strip()
             head.key_sent = bool(stripped)
             head.presented = presented_key(stripped, rules.auth_scheme)
-        elif lower == b"host":
+        elif role == HOST:
             hosts += 1
             head.host = value
-        elif lower == b"content-length":
-            lengths.add(value.strip())
-        elif lower == b"transfer-encoding":
+        elif role == LENGTH:
+            lengths.append(value.strip())
+        elif role == TYPE:
+            head.content_types = (*head.content_types, value)
+        elif role == CODING:
             codings.append(value.strip().lower())
-        elif lower == b"connection":
+        elif role == CONNECTION:
             head.connection_tokens = head.connection_tokens | tokens(value)
-        elif lower == b"content-type":
-            head.content_types.append(value)
-        elif lower == b"content-encoding":
+        elif role == ENCODING:
             head.content_encoded = True
-        elif canon == rules.plugin_header:
+        elif role == PLUGIN:
             head.plugin = True  # present, even empty
-        elif lower == b"x-forwarded-for":
-            head.forwarded_for.append(value)
-        elif lower == b"upgrade":
+        elif role == FORWARDED_FOR:
+            head.forwarded_for = (*head.forwarded_for, value)
+        elif role == UPGRADE:
             head.upgrade = True
-        elif lower == b"expect":
+        elif role == EXPECT:
             if value.strip().lower() != b"100-continue":
                 raise FramingError
             head.expect_continue = version == "1.1"
-        elif canon in METHOD_OVERRIDES:
+        elif role == OVERRIDE:
             if value.strip().upper() != method:
                 head.ambiguous = True
-        elif trusted and lower == b"x-forwarded-proto":
+        elif trusted and role == FORWARDED_PROTO:
             head.forwarded_proto = value
-        elif trusted and lower == b"x-forwarded-host":
+        elif trusted and role == FORWARDED_HOST:
             head.forwarded_host = value
     if key_headers > 1 or hosts > 1:
         head.ambiguous = True
@@ -234,10 +270,8 @@ def read_head(
             raise FramingError
         head.chunked = True
     elif lengths:
-        if len(lengths) > 1:
-            raise FramingError
-        (text,) = lengths
-        if not text.isdigit():
+        text = lengths[0]
+        if lengths.count(text) != len(lengths) or not text.isdigit():
             raise FramingError
         head.content_length = int(text)
     return head
