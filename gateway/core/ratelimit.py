@@ -11,6 +11,7 @@ most one slot (1/60 of the window) later than an exact log would.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,58 +68,47 @@ def parse_rate(text: str) -> Limit:
 
 
 class Window:
-    """The counters of one limit for one key or account: a ring of SPAN slots, with their
-    running total and the slot of the oldest counted request (so neither a count nor a reset
-    time scans the slots; a slot leaving the span costs one subtraction)."""
+    """The counters of one limit for one key or account: only the slots that hold requests,
+    oldest first (their numbers in `slots`, their requests in `counts`), with their running
+    total. A request costs a comparison and an increment; a slot leaving the span costs two
+    pops and a subtraction, however long the window was idle (no walk over empty slots)."""
 
-    __slots__ = ("counts", "last", "oldest", "total")
+    __slots__ = ("counts", "last", "slots", "total")
 
     def __init__(self) -> None:
-        self.counts = [0] * SPAN  # slot number s is counted at counts[s % SPAN]
+        self.slots: deque[int] = deque()
+        self.counts: deque[int] = deque()
         self.last = -1  # the newest slot number seen; requests are counted there
-        self.oldest = -1  # the slot number of the oldest counted request, -1 when none
         self.total = 0
 
     def used(self, limit: Limit, now: float) -> int:
         """The requests counted in the span ending now (forgetting slots that left it)."""
         slot = int(now * SLOTS // limit.seconds)
-        last = self.last
-        if slot > last:  # (a clock stepping back keeps counting in the newest slot)
+        if slot > self.last:  # (a clock stepping back keeps counting in the newest slot)
             self.last = slot
-            if not self.total:
-                return 0
-            counts = self.counts
-            if slot - last >= SPAN:
-                self.counts = [0] * SPAN
-                self.total = 0
-                self.oldest = -1
-                return 0
-            for entering in range(last + 1, slot + 1):  # these ring places held slots now outside
-                place = entering % SPAN
-                if counts[place]:
-                    self.total -= counts[place]
-                    counts[place] = 0
-            keep_from = slot - SPAN + 1
-            if self.oldest < keep_from:
-                self.oldest = -1
-                for kept in range(keep_from, slot + 1):
-                    if counts[kept % SPAN]:
-                        self.oldest = kept
-                        break
+            slots = self.slots
+            if slots and slots[0] <= slot - SPAN:  # that slot and older ones left the span
+                gone = slot - SPAN
+                counts = self.counts
+                while slots and slots[0] <= gone:
+                    slots.popleft()
+                    self.total -= counts.popleft()
         return self.total
 
     def add(self) -> None:
         """Count one request in the slot of the last `used` call."""
-        self.counts[self.last % SPAN] += 1
+        if self.slots and self.slots[-1] == self.last:
+            self.counts[-1] += 1
+        else:
+            self.slots.append(self.last)
+            self.counts.append(1)
         self.total += 1
-        if self.oldest < 0:
-            self.oldest = self.last
 
     def reset_after(self, limit: Limit, now: float) -> int:
         """Whole seconds (at least 1) until the oldest counted slot leaves the span."""
-        if self.oldest < 0:
+        if not self.slots:
             return 1
-        return max(1, math.ceil((self.oldest + SPAN) * limit.seconds / SLOTS - now))
+        return max(1, math.ceil((self.slots[0] + SPAN) * limit.seconds / SLOTS - now))
 
 
 class Verdict:

@@ -42,15 +42,20 @@ class LocalLimiter:
         self._groups: dict[tuple[str, str], tuple[tuple[Limit, ...], list[Window]]] = {}
 
     def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
+        if len(groups) == 1:  # the common case: one key's limits
+            kind, ident, limits = groups[0]
+            found = self._groups.get((kind, ident))
+            if found is not None and found[0] is limits and len(limits) == 1:
+                return check_one(found[1][0], limits[0], now)
         counters = []
         for index, (kind, ident, limits) in enumerate(groups):
             found = self._groups.get((kind, ident))
             if found is None or found[0] is not limits:
                 found = self._groups[(kind, ident)] = (limits, self._windows_for(found, limits))
-            if len(groups) == 1 and len(limits) == 1:
-                return check_one(found[1][0], limits[0], now)
             for limit, window in zip(limits, found[1], strict=True):
                 counters.append((window, limit, index))
+        if len(counters) == 1:
+            return check_one(counters[0][0], counters[0][1], now)
         return check(counters, now)
 
     @staticmethod
