@@ -126,6 +126,11 @@ def test_json_media_types(types: list[bytes], json: bool) -> None:
         (b"", None),
         (b"{", None),
         (b'{"app_id": "A1"}x', None),
+        (b'{"app_id": "A1"}{"app_id": "A2"}', None),  # two documents: a streaming reader takes either
+        (b'{"app_id": "A1"} \t\r\n', "A1"),
+        (b'{"app_id": "A1"}\x0c', None),  # form feed is not JSON whitespace
+        (b" \t\r\n", None),
+        (b'{"app_id": NaN}', None),
         (b"\xef\xbb\xbf" + b'{"app_id": "A1"}', None),
         ('{"app_id": "A1"}'.encode("utf-16"), None),
         (b'{"app_id": "\xff"}', None),

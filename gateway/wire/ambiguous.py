@@ -109,7 +109,10 @@ class _Members(list):
     """The members of a JSON object in document order (a top-level array stays a plain list)."""
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_Members)  # built once: json.loads(..., hook) builds one per call
+# The C scanner of a decoder built once (json.loads(..., hook) builds a decoder per call), called
+# directly: JSONDecoder.decode wraps it in Python and two regex matches for the whitespace.
+_SCAN = json.JSONDecoder(object_pairs_hook=_Members).scan_once
+JSON_SPACE = " \t\n\r"  # what JSON allows around a document
 
 
 def body_app_id(body: bytes, name: str) -> str | _Ambiguous | None:
@@ -120,10 +123,11 @@ def body_app_id(body: bytes, name: str) -> str | _Ambiguous | None:
     are AMBIGUOUS: first-wins and last-wins parsers would pick different values.
     """
     try:
-        document = _DECODER.decode(body.decode("utf-8"))
-    except (ValueError, RecursionError):
+        text = body.decode("utf-8").strip(JSON_SPACE)
+        document, end = _SCAN(text, 0)
+    except (ValueError, RecursionError, StopIteration):  # StopIteration: no document at all
         return None
-    if not isinstance(document, _Members):
+    if end != len(text) or not isinstance(document, _Members):  # trailing data: not one document
         return None
     wanted = name.casefold()
     values = [value for key, value in document if key.casefold() == wanted]
