@@ -49,6 +49,7 @@ class Gate:
     port: int
     admin: Admin
     upstream: RawUpstream
+    proxy: Any = None  # the gateway's data path, for tests that look at a connection's state
 
     async def key(self, **fields: Any) -> str:
         return (await self.admin.create(**fields))["key"]
@@ -76,7 +77,7 @@ class Gate:
 @pytest.fixture
 async def gate(start_gateway: Any, raw_upstream: RawUpstream) -> Gate:
     running = await start_gateway(upstream={"url": raw_upstream.url}, routes={"rules": RULES})
-    return Gate(running.gateway.proxy.port, running.admin, raw_upstream)
+    return Gate(running.gateway.proxy.port, running.admin, raw_upstream, running.gateway.proxy)
 
 
 def request(
@@ -539,3 +540,89 @@ async def test_a_broken_request_behind_one_in_flight_is_answered_in_turn(
     assert [r.status for r in responses] == [200, status]
     assert closed
     assert [seen.url for seen in gate.upstream.seen] == [APP_LIST + b"?first"]
+
+
+# 12. Requests recognised by their bytes: a read that equals the connection's last parsed
+# request but for the key (same length, letters and digits) and the body (same length) skips
+# the parser. Each such request must still be decided and forwarded with its own key and body.
+def shaped(key: str, app: bytes) -> bytes:
+    return request(b"POST", V5_LIST, key, [(b"Content-Type", b"application/json")], b'{"app_id":"%s"}' % app)
+
+
+async def test_requests_of_one_shape_are_each_decided_on_their_own_key_and_body(gate: Gate) -> None:
+    first = await gate.admin.create(account="acme", apps=["A1"])
+    second = await gate.admin.create(account="acme", apps=["A2"])
+    other_account = await gate.admin.create(account="other", apps=["A1"], enabled=False)
+    unknown = "Q" * len(first["key"])
+    client = await RawClient.connect(gate.port)
+    steps = [
+        (first["key"], b"A1", 200, None),  # parsed, and learnt as this connection's shape
+        (second["key"], b"A2", 200, None),  # the same shape: another key, another body
+        (second["key"], b"A1", 403, "app_not_allowed"),  # the body decides, not the first request
+        (first["key"], b"A1", 200, None),
+    ]
+    for n, (key, app, status, why) in enumerate(steps):
+        await client.send(shaped(key, app))
+        answer = (await client.read_responses(n + 1))[n]
+        assert answer.status == status and (why is None or reason(answer) == why), n
+    (connection,) = gate.proxy.connections
+    assert connection.shape is not None and connection.misses == 1  # only the first one was parsed
+    for status, key, why in ((403, other_account["key"], "key_disabled"), (401, unknown, "invalid_key")):
+        await client.send(shaped(key, b"A1"))  # refused on its head, before its body: then closed
+        answer = (await client.read_responses(len(steps) + 1))[-1]
+        assert (answer.status, reason(answer)) == (status, why)
+        assert connection.misses == 1 and await client.wait_closed()
+        await client.close()
+        client = await RawClient.connect(gate.port)  # learn the shape again on a new connection
+        steps = [(first["key"], b"A1", 200, None)]
+        await client.send(shaped(first["key"], b"A1"))
+        await client.read_responses(1)
+        (connection,) = [c for c in gate.proxy.connections if not c.closing]
+    await client.close()
+    ids = [seen.header("X-Gateway-Key-Id")[0].decode() for seen in gate.upstream.seen]
+    assert ids == [first["id"], second["id"], first["id"], first["id"], first["id"]]
+    assert [json.loads(seen.body)["app_id"] for seen in gate.upstream.seen] == ["A1", "A2", "A1", "A1", "A1"]
+    assert all(seen.header("Authorization") == [] for seen in gate.upstream.seen)
+
+
+@pytest.mark.parametrize(
+    "slot",
+    [
+        b" " * 4,  # "Bearer AAAA    " reads as another key
+        b"\r\nX:",  # a line break in the slot: a header of its own
+        b",A,B",
+        b'"A"B',
+    ],
+)
+async def test_a_slot_holding_other_bytes_is_read_by_the_parser(
+    start_gateway: Any, raw_upstream: RawUpstream, slot: bytes
+) -> None:
+    running = await start_gateway(upstream={"url": raw_upstream.url})
+    created = await running.admin.create(account="acme", apps=["A1"])
+    client = await RawClient.connect(running.gateway.proxy.port)
+    await client.send(shaped(created["key"], b"A1"))
+    assert (await client.read_responses(1))[0].status == 200
+    (connection,) = running.gateway.proxy.connections
+    assert connection.shape is not None
+    forged = shaped(created["key"], b"A1").replace(created["key"].encode(), created["key"][:-4].encode() + slot)
+    assert len(forged) == len(shaped(created["key"], b"A1"))
+    await client.send(forged)
+    answers = await client.read_responses(2)
+    assert len(answers) == 2 and answers[1].status in (400, 401)
+    assert connection.misses == 2  # it went to the parser
+    assert len(raw_upstream.seen) == 1  # nothing of it was forwarded
+    await client.close()
+
+
+async def test_two_requests_of_one_shape_in_one_read_are_both_answered_in_order(gate: Gate) -> None:
+    first = await gate.admin.create(account="acme", apps=["A1"])
+    second = await gate.admin.create(account="acme", apps=["A2"])
+    client = await RawClient.connect(gate.port)
+    await client.send(shaped(first["key"], b"A1"))
+    await client.read_responses(1)
+    await client.send(shaped(second["key"], b"A2") + shaped(first["key"], b"A1"))
+    answers = await client.read_responses(3)
+    assert [a.status for a in answers] == [200, 200, 200]
+    ids = [seen.header("X-Gateway-Key-Id")[0].decode() for seen in gate.upstream.seen]
+    assert ids == [first["id"], second["id"], first["id"]]
+    await client.close()

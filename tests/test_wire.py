@@ -8,7 +8,7 @@ import pytest
 
 from gateway.wire.forwarded import TrustedProxies
 from gateway.wire.refusals import status_line
-from gateway.wire.request import FramingError, HeadRules, RequestHead, read_head, upstream_head
+from gateway.wire.request import FramingError, HeadRules, RequestHead, read_head, request_shape, upstream_head
 from gateway.wire.response import LAST_CHUNK, SHAPE_MAX_HEAD, ResponseShapes, chunk, plan_response
 
 RULES = HeadRules("Authorization", "Bearer", "X-Plugin-Id", upstream_host=b"up:9000")
@@ -107,6 +107,114 @@ def test_header_roles_follow_each_configuration() -> None:
         assert (mine.presented, mine.plugin, mine.forwarded_for) == (b"k1", True, ())
         other = head_of((b"X-Api-Key", b"k1"), (b"X-Forwarded-For", b"1.1.1.1"), trusted=True)
         assert (other.presented, other.plugin, other.forwarded_for) == (b"", False, (b"1.1.1.1",))
+
+
+class ParsedRequest:
+    """What the client connection hands `request_shape`: httptools' reading of one read."""
+
+    def __init__(self, data: bytes, rules: HeadRules = RULES) -> None:
+        self.url, self.headers, self.messages, self.head = b"", [], 0, None
+        self.rules = rules
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.feed_data(data)
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        self.head = read_head(
+            p.get_method(), self.url, p.get_http_version(), self.headers, p.should_keep_alive(), self.rules, False
+        )
+
+
+KEY = b"A" * 16 + b"b" * 15 + b"9"
+SHAPED = b"POST /api/v5/app/list HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer %s\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def shape_of(data: bytes, rules: HeadRules = RULES):
+    try:
+        read = ParsedRequest(data, rules)
+    except httptools.HttpParserError:
+        return None  # the gateway refuses it
+    return request_shape(data, read.head, rules) if read.head is not None and read.messages == 1 else None
+
+
+def test_a_request_of_a_known_shape_is_read_with_its_own_key_and_body() -> None:
+    shape = shape_of(SHAPED % KEY)
+    assert shape is not None
+    other = b"Zz09_-" * 5 + b"xy"
+    data = (SHAPED % other)[:-2] + b"[]"
+    assert shape.key_in(data) == other and data[-shape.body_length :] == b"[]"
+    head = shape.with_key(other)
+    expected = ParsedRequest(data).head  # what the parser itself makes of it
+    for fact in RequestHead.__slots__:
+        assert getattr(head, fact) == getattr(expected, fact), fact
+    assert shape.head.presented == KEY  # the learnt head is left as it was
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        KEY[:-1] + b" ",  # a space: "Bearer AAA B" reads another way
+        KEY[:10] + b" " + KEY[11:],
+        KEY[:-3] + b"\r\nX",  # a line break: another header
+        KEY[:-1] + b",",
+        KEY[:-1] + b'"',
+        KEY[:-1] + b"\xff",
+        KEY[:-1],  # another length
+        KEY + b"A",
+    ],
+)
+def test_a_key_slot_holding_anything_but_key_bytes_is_not_that_shape(key: bytes) -> None:
+    shape = shape_of(SHAPED % KEY)
+    assert shape is not None and shape.key_in(SHAPED % key) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        SHAPED % KEY + b"GET / HTTP/1.1\r\n\r\n",  # a second request in the same read
+        (SHAPED % KEY)[:-1],  # not all of the body
+        (SHAPED % KEY).replace(b"Content-Length: 2", b"Transfer-Encoding: chunked")[:-2] + b"2\r\n{}\r\n0\r\n\r\n",
+        (SHAPED % KEY).replace(b"HTTP/1.1", b"HTTP/1.0"),
+        (SHAPED % KEY).replace(b"Host: h", b"Connection: close\r\nHost: h"),
+        (SHAPED % KEY).replace(b"Host: h", b"Expect: 100-continue\r\nHost: h"),
+        (SHAPED % KEY).replace(b"Host: h", b"Host: h\r\nHost: i"),  # ambiguous
+        (SHAPED % KEY).replace(b"Host: h", b"Host: " + KEY),  # the key twice: which one is the slot?
+        (SHAPED % KEY).replace(KEY, KEY + b" "),  # the key does not end its line
+        (SHAPED % KEY).replace(b"Host: h\r\n", b"Host: h\n"),  # a bare LF
+        (SHAPED % (b"a/b" + KEY[3:])),  # a key with other bytes is never learnt
+        b"POST /api/v5/app/list HTTP/1.1\r\nHost: h\r\nX: "
+        + b"x" * 5000
+        + b"\r\nAuthorization: Bearer "
+        + KEY
+        + b"\r\nContent-Length: 0\r\n\r\n",  # too long a head
+    ],
+)
+def test_requests_never_learnt_as_a_shape(data: bytes) -> None:
+    assert shape_of(data) is None
+
+
+def test_a_head_with_a_bare_line_feed_is_never_a_shape() -> None:
+    """httptools refuses one; were a head with one handed over, it is still not learnt."""
+    crlf = SHAPED % KEY
+    head = ParsedRequest(crlf).head
+    assert request_shape(crlf, head, RULES) is not None
+    assert request_shape(crlf.replace(b"Host: h\r\n", b"Host: h \n"), head, RULES) is None
+
+
+def test_a_key_header_that_parsers_read_for_framing_is_never_a_slot() -> None:
+    odd = HeadRules("Connection", "", "X-Plugin-Id")
+    data = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keepalive1\r\n\r\n"
+    assert ParsedRequest(data, odd).head.presented == b"keepalive1"
+    assert shape_of(data, odd) is None
 
 
 def test_upstream_head_drops_what_the_gateway_sets_and_keeps_order() -> None:

@@ -24,12 +24,13 @@ from gateway.wire.refusals import (
     UPGRADE_NOT_SUPPORTED,
     deny_response,
 )
-from gateway.wire.request import FramingError, read_head
+from gateway.wire.request import FramingError, RequestHead, RequestShape, read_head, request_shape
 
 if TYPE_CHECKING:
     from gateway.proxy.shared import Shared
 
 LINGER = 2.0  # seconds a closing connection keeps draining what the client still sends
+LEARN_EVERY = 8  # a client whose requests change shape pays for learning on one miss in 8
 
 
 class StopReading(Exception):
@@ -74,6 +75,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_bytes = 0
         self.in_head = False
         self.head_started = 0.0
+        # requests recognised by their bytes (see wire.request.RequestShape)
+        self.shape: RequestShape | None = None  # the shape of this client's requests
+        self.chunk: bytes | None = None  # the read being parsed, when it began between requests
+        self.misses = 0  # reads between requests that were not of the shape
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,6 +94,17 @@ class ClientConnection(asyncio.Protocol):
         self.last_seen = self.server.now
         if self.closing:
             return
+        self.chunk = None
+        if self.current is None and self.parsing is None and not self.in_head and not self.last_request:
+            shape = self.shape  # between requests: this read may be one whole request
+            if shape is not None:
+                key = shape.key_in(data)
+                if key is not None:  # the same request as before but for its key and body: no parser
+                    self.take(shape, key, data)
+                    return
+            self.misses += 1
+            if self.misses % LEARN_EVERY == 1:
+                self.chunk = data  # the parser's reading of it may give this connection its shape
         self.corked = True
         try:
             self.parser.feed_data(data)
@@ -168,6 +184,10 @@ class ClientConnection(asyncio.Protocol):
             )
         except FramingError:
             raise ProtocolError(BAD_REQUEST) from None
+        self.begin(head)
+
+    def begin(self, head: RequestHead) -> None:
+        """A request head is read: answer it now, or queue it behind the ones before it."""
         if head.upgrade:
             raise ProtocolError(UPGRADE_NOT_SUPPORTED)
         if not head.keep_alive:
@@ -189,8 +209,23 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self.parsing
         self.parsing = None
+        chunk, self.chunk = self.chunk, None  # a later request in this read did not begin it
+        if chunk is not None and exchange is not None and exchange.key is not None:  # a real key's request
+            self.shape = request_shape(chunk, exchange.head, self.server.head_rules) or self.shape
         if exchange is not None:
             exchange.on_request_complete()
+
+    def take(self, shape: RequestShape, key: bytes, data: bytes) -> None:
+        """A read that is one whole request of a known shape: what the parser's callbacks
+        would do, without the parser (it stays between requests)."""
+        self.corked = True
+        try:
+            self.begin(shape.with_key(key))
+            if shape.body_length:
+                self.on_body(data[-shape.body_length :])
+            self.on_message_complete()
+        finally:
+            self.uncork()
 
     # the seam an exchange uses
     def cork(self) -> None:

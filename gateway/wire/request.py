@@ -178,6 +178,19 @@ class RequestHead:
         self.forwarded_proto = b""
         self.forwarded_host = b""
 
+    def copy(self, headers: list[tuple[bytes, bytes]], presented: bytes) -> RequestHead:
+        """The same facts for the same request with another key (see RequestShape)."""
+        head = RequestHead.__new__(RequestHead)
+        head.method, head.url, head.version, head.headers = self.method, self.url, self.version, headers
+        head.names, head.keep_alive, head.ambiguous = self.names, self.keep_alive, self.ambiguous
+        head.presented, head.key_sent, head.plugin, head.host = presented, self.key_sent, self.plugin, self.host
+        head.content_length, head.chunked = self.content_length, self.chunked
+        head.expect_continue, head.upgrade = self.expect_continue, self.upgrade
+        head.connection_tokens, head.content_types = self.connection_tokens, self.content_types
+        head.content_encoded, head.forwarded_for = self.content_encoded, self.forwarded_for
+        head.forwarded_proto, head.forwarded_host = self.forwarded_proto, self.forwarded_host
+        return head
+
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
@@ -313,3 +326,79 @@ def upstream_head(
         framing = b"\r\n"
     lines += (identity, framing)
     return b"".join(lines)
+
+
+# Bytes a key may hold for a head to be recognised by its shape: letters, digits, `_` and `-`
+# are ordinary bytes of a header value to every HTTP parser (no space, comma, quote or CR/LF).
+KEY_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+SHAPE_MAX_HEAD = 4096  # bytes of a request head beyond which it is never remembered
+# Headers whose values HTTP parsers read for framing or the connection: never the key's slot.
+PARSER_READ = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"proxy-connection"})
+
+
+class RequestShape:
+    """A request head as the parser read it once, with its key cut out: `prefix` + a key of
+    `key_length` bytes + `suffix`, then a body of `body_length` bytes. A read that is exactly
+    that, whatever the key (of KEY_BYTES only) and the body, is the same request with another
+    key and body: every byte a parser could read differently is the same."""
+
+    __slots__ = ("body_length", "head", "key_header", "key_length", "length", "prefix", "suffix")
+
+    def __init__(self, head: RequestHead, prefix: bytes, suffix: bytes, key_length: int, key_header: int) -> None:
+        self.head = head
+        self.prefix = prefix
+        self.suffix = suffix
+        self.key_length = key_length
+        self.key_header = key_header  # the key header's index in head.headers
+        self.body_length = head.content_length or 0
+        self.length = len(prefix) + key_length + len(suffix) + self.body_length
+
+    def key_in(self, data: bytes) -> bytes | None:
+        """The key, if `data` is one request of this shape (a key of KEY_BYTES only)."""
+        if len(data) != self.length or not data.startswith(self.prefix):
+            return None
+        start = len(self.prefix)
+        end = start + self.key_length
+        if not data.startswith(self.suffix, end):
+            return None
+        key = data[start:end]
+        return None if key.translate(None, KEY_BYTES) else key
+
+    def with_key(self, key: bytes) -> RequestHead:
+        """The head of a request of this shape that presented `key`."""
+        headers = self.head.headers.copy()
+        name, value = headers[self.key_header]
+        headers[self.key_header] = (name, value[: -self.key_length] + key)
+        return self.head.copy(headers, key)
+
+
+def request_shape(data: bytes, head: RequestHead, rules: HeadRules) -> RequestShape | None:
+    """The shape of `data`, which the parser read, from its start state, as exactly the one
+    request `head` (with a Content-Length body or none): None unless the head is plain enough
+    to be recognised by its bytes."""
+    key = head.presented
+    end = data.find(b"\r\n\r\n") + 4
+    if (
+        not key
+        or end < 4
+        or end > SHAPE_MAX_HEAD
+        or end + (head.content_length or 0) != len(data)
+        or head.ambiguous
+        or head.chunked
+        or head.upgrade
+        or head.expect_continue
+        or not head.keep_alive
+        or head.version != b"1.1"
+        or key.translate(None, KEY_BYTES)
+    ):
+        return None
+    raw = data[:end]
+    if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(key) != 1:
+        return None  # a bare LF could end a line elsewhere; the key must be found once
+    start = raw.find(key)
+    if raw[start - 1 : start] != b" " or raw[start + len(key) : start + len(key) + 2] != b"\r\n":
+        return None  # the key must end its line, after the scheme's space
+    slots = [i for i, canon in enumerate(head.names) if canon == rules.auth_header]
+    if len(slots) != 1 or head.names[slots[0]] in PARSER_READ or not head.headers[slots[0]][1].endswith(key):
+        return None
+    return RequestShape(head, raw[:start], raw[start + len(key) :], len(key), slots[0])
