@@ -210,6 +210,26 @@ def test_a_head_with_a_bare_line_feed_is_never_a_shape() -> None:
     assert request_shape(crlf.replace(b"Host: h\r\n", b"Host: h \n"), head, RULES) is None
 
 
+def test_requests_of_one_shape_share_their_upstream_head_but_not_the_identity() -> None:
+    shape = shape_of(SHAPED % KEY)
+    assert shape is not None
+    first = upstream_head(shape.head, RULES, False, b"1.1.1.1", b"1.1.1.1", b"X-Gateway-Key-Id: k1\r\n")
+    other = shape.with_key(b"B" * 32)
+    again = upstream_head(other, RULES, False, b"1.1.1.1", b"1.1.1.1", b"X-Gateway-Key-Id: k2\r\n")
+    assert again == first.replace(b"k1", b"k2") and b"Authorization" not in again
+    elsewhere = upstream_head(other, RULES, False, b"2.2.2.2", b"2.2.2.2", b"")  # another client: written afresh
+    assert b"X-Real-IP: 2.2.2.2" in elsewhere and b"1.1.1.1" not in elsewhere
+
+
+def test_a_forwarded_key_header_is_never_shared() -> None:
+    keeps = HeadRules("Authorization", "Bearer", "X-Plugin-Id", strip_auth=False)
+    shape = shape_of(SHAPED % KEY, keeps)
+    assert shape is not None
+    assert KEY in upstream_head(shape.head, keeps, False, b"1.1.1.1", b"1.1.1.1", b"")
+    other = upstream_head(shape.with_key(b"B" * 32), keeps, False, b"1.1.1.1", b"1.1.1.1", b"")
+    assert b"Authorization: Bearer " + b"B" * 32 in other and KEY not in other
+
+
 def test_a_key_header_that_parsers_read_for_framing_is_never_a_slot() -> None:
     odd = HeadRules("Connection", "", "X-Plugin-Id")
     data = b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keepalive1\r\n\r\n"

@@ -151,6 +151,7 @@ class RequestHead:
         "plugin",
         "presented",
         "upgrade",
+        "upstream",
         "url",
         "version",
     )
@@ -177,6 +178,8 @@ class RequestHead:
         self.forwarded_for: tuple[bytes, ...] = ()
         self.forwarded_proto = b""
         self.forwarded_host = b""
+        # written by upstream_head: (peer, client, trusted) -> the head without identity and framing
+        self.upstream: tuple[tuple[bytes, bytes, bool], bytes, bytes] | None = None
 
     def copy(self, headers: list[tuple[bytes, bytes]], presented: bytes) -> RequestHead:
         """The same facts for the same request with another key (see RequestShape)."""
@@ -189,6 +192,7 @@ class RequestHead:
         head.connection_tokens, head.content_types = self.connection_tokens, self.content_types
         head.content_encoded, head.forwarded_for = self.content_encoded, self.forwarded_for
         head.forwarded_proto, head.forwarded_host = self.forwarded_proto, self.forwarded_host
+        head.upstream = self.upstream
         return head
 
     @property
@@ -297,8 +301,13 @@ def upstream_head(
     the gateway sets itself, then forwarding and identity headers and the framing.
 
     `trusted`: the peer's X-Forwarded-For chain is kept (the peer appended to it); `client`:
-    the client IP the decision used; `identity`: the X-Gateway-* lines of the key.
+    the client IP the decision used; `identity`: the X-Gateway-* lines of the key. All but the
+    identity is kept on the head when it holds no key (the key header is stripped), so the
+    requests of one shape (see RequestShape), which share their facts, write it once.
     """
+    kept = head.upstream
+    if kept is not None and kept[0] == (peer, client, trusted):
+        return kept[1] + identity + kept[2]
     host = head.host
     drop = rules.drop
     dropped = head.connection_tokens
@@ -324,8 +333,10 @@ def upstream_head(
         framing = b"Content-Length: %d\r\n\r\n" % head.content_length
     else:
         framing = b"\r\n"
-    lines += (identity, framing)
-    return b"".join(lines)
+    forwarded = b"".join(lines)
+    if rules.strip_auth:
+        head.upstream = ((peer, client, trusted), forwarded, framing)
+    return forwarded + identity + framing
 
 
 # Bytes a key may hold for a head to be recognised by its shape: letters, digits, `_` and `-`
