@@ -354,6 +354,24 @@ def test_a_known_response_head_is_read_without_a_parser() -> None:
     assert shapes.whole(OK_HEAD.replace(b"10:00:00", b"10:00:01") + b"hello") is None  # another head
 
 
+def test_a_known_head_plans_the_client_head_as_the_parser_path_does() -> None:
+    answer = OK_HEAD.replace(b"Content-Length", b"Connection: close\r\nX-A: 1\r\nContent-Length") + b"hello"
+    shape, _ = learnt(answer).whole(answer) or (None, b"")
+    assert shape is not None
+    for method in (b"GET", b"POST", b"HEAD"):
+        for version in (b"1.0", b"1.1"):
+            for keep in (True, False):
+                for extra in (b"", b"RateLimit-Limit: 5\r\n"):
+                    plan = shape.plan(method, version, keep, extra)
+                    expected = plan_response(method, version, 200, b"OK", list(shape.headers), keep, extra)
+                    assert (plan.head, plan.chunked, plan.keep_alive) == (
+                        expected.head,
+                        expected.chunked,
+                        expected.keep_alive,
+                    )
+    assert len(shape.plans) == 8
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -97,7 +97,10 @@ class Exchange:
         head, conn = self.head, self.conn
         server = conn.server
         if not head.ambiguous:
-            self.route = server.routes.match(head.method.decode("latin-1"), head.path.decode("latin-1"))
+            route = head.route  # known for the requests of one shape (see wire.request.RequestShape)
+            if route is None:
+                route = head.route = server.routes.match(head.method.decode("latin-1"), head.path.decode("latin-1"))
+            self.route = route
         self.key = server.keyring.lookup(head.presented) if head.presented else None
         ip = conn.peer_ip
         if conn.peer_trusted and head.forwarded_for:

@@ -118,14 +118,23 @@ class Relay:
         self.exchange.conn.uncork()
 
     def on_response_head(
-        self, status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], upstream_keep_alive: bool
+        self,
+        status: int,
+        reason: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        upstream_keep_alive: bool,
+        shape: ResponseShape | None = None,
     ) -> None:
+        """`shape`: the head is a known one, which keeps the client heads planned from it."""
         exchange = self.exchange
         exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
         head = exchange.head
-        plan = plan_response(
-            head.method, head.version, status, reason, headers, exchange.reusable, exchange.rate_headers
-        )
+        if shape is not None:
+            plan = shape.plan(head.method, head.version, exchange.reusable, exchange.rate_headers)
+        else:
+            plan = plan_response(
+                head.method, head.version, status, reason, headers, exchange.reusable, exchange.rate_headers
+            )
         self.plan = plan
         exchange.answering(status, plan.keep_alive)
         exchange.conn.write(plan.head)
@@ -137,7 +146,7 @@ class Relay:
     def on_whole_response(self, shape: ResponseShape, body: bytes) -> None:
         """The whole answer arrived in one read, its head known (see wire.response)."""
         self.receiving()
-        self.on_response_head(shape.status, shape.reason, shape.headers, shape.keep_alive)
+        self.on_response_head(shape.status, shape.reason, shape.headers, shape.keep_alive, shape)
         self.on_response_body(body)
         self.on_response_complete()
         self.received()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from gateway.core.decision import malformed_key
 from gateway.core.memo import remember
+from gateway.core.routes import RouteMatch
 from gateway.wire.ambiguous import METHOD_OVERRIDES, canonical, target_is_ambiguous
 
 HOP_BY_HOP = frozenset(
@@ -150,6 +151,7 @@ class RequestHead:
         "names",
         "plugin",
         "presented",
+        "route",
         "upgrade",
         "upstream",
         "url",
@@ -178,6 +180,7 @@ class RequestHead:
         self.forwarded_for: tuple[bytes, ...] = ()
         self.forwarded_proto = b""
         self.forwarded_host = b""
+        self.route: RouteMatch | None = None  # the route of its method and path, once looked up
         # written by upstream_head: (peer, client, trusted) -> the head without identity and framing
         self.upstream: tuple[tuple[bytes, bytes, bool], bytes, bytes] | None = None
 
@@ -192,7 +195,7 @@ class RequestHead:
         head.connection_tokens, head.content_types = self.connection_tokens, self.content_types
         head.content_encoded, head.forwarded_for = self.content_encoded, self.forwarded_for
         head.forwarded_proto, head.forwarded_host = self.forwarded_proto, self.forwarded_host
-        head.upstream = self.upstream
+        head.upstream, head.route = self.upstream, self.route
         return head
 
     @property

@@ -37,6 +37,10 @@ class ResponsePlan:
         self.close_delimited = close_delimited  # the upstream's body ends when it closes
         self.keep_alive = keep_alive  # the client connection may serve another request
 
+    def with_lines(self, extra: bytes) -> ResponsePlan:
+        """The same plan with the gateway's own lines (RateLimit-*) at the end of the head."""
+        return ResponsePlan(self.head[:-2] + extra + b"\r\n", self.chunked, self.close_delimited, self.keep_alive)
+
 
 PLAN_MEMO_ENTRIES = 512
 PLAN_MEMO_MAX_HEAD = 2048  # bytes of upstream headers beyond which a head is planned afresh
@@ -62,9 +66,7 @@ def plan_response(
         plan = plan_response_afresh(method, version, status, reason, headers, keep_alive)
         if len(plan.head) <= PLAN_MEMO_MAX_HEAD:
             remember(_plans, memo, plan, PLAN_MEMO_ENTRIES)
-    if extra:
-        return ResponsePlan(plan.head[:-2] + extra + b"\r\n", plan.chunked, plan.close_delimited, plan.keep_alive)
-    return plan
+    return plan.with_lines(extra) if extra else plan
 
 
 def plan_response_afresh(
@@ -115,9 +117,10 @@ def plan_response_afresh(
 
 
 class ResponseShape:
-    """A final Content-Length response head as the parser read it once."""
+    """A final Content-Length response head as the parser read it once, with the client heads
+    planned from it (by the request's method, version and whether the connection stays)."""
 
-    __slots__ = ("headers", "keep_alive", "length", "reason", "status")
+    __slots__ = ("headers", "keep_alive", "length", "plans", "reason", "status")
 
     def __init__(
         self, status: int, reason: bytes, headers: tuple[tuple[bytes, bytes], ...], keep_alive: bool, length: int
@@ -127,6 +130,18 @@ class ResponseShape:
         self.headers = headers
         self.keep_alive = keep_alive  # the upstream keeps the connection open after it
         self.length = length  # of the body that follows
+        self.plans: dict[tuple[bool, bytes, bool], ResponsePlan] = {}  # a few: see `plan`
+
+    def plan(self, method: bytes, version: bytes, keep_alive: bool, extra: bytes = b"") -> ResponsePlan:
+        """`plan_response` for this head, remembered here instead of in the shared memo (a plan
+        depends on the method only through HEAD, so this holds a handful of plans at most)."""
+        key = (method == b"HEAD", version, keep_alive)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = plan_response_afresh(method, version, self.status, self.reason, self.headers, keep_alive)
+            if len(self.plans) < 8:
+                self.plans[key] = plan
+        return plan.with_lines(extra) if extra else plan
 
 
 class ResponseShapes:
