@@ -1,9 +1,10 @@
 """The access log: one JSON line per proxied request, written in batches off the hot path.
 
-A request only appends a tuple to a list. Every 200 ms a task formats the batch in slices
-(yielding to the event loop between them, so no request waits long) and hands the bytes to
-a writer thread, so a slow or blocked stdout never stalls the loop: if the writer falls far
-behind, lines are dropped and counted. The key itself never appears, only its id.
+A request formats its line when it is recorded (a small, steady cost: formatting a whole
+batch at flush time held the event loop for milliseconds at a time and doubled the p99
+latency). Every 200 ms a task joins the lines and hands the bytes to a writer thread, so a
+slow or blocked stdout never stalls the loop: if the writer falls far behind, lines are
+dropped and counted. The key itself never appears, only its id.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from gateway.core.memo import remember
 
 FIELDS = ("time", "client_ip", "key_id", "account", "interface", "app", "reason", "status", "latency_ms", "bytes")
 FLUSH_SECONDS = 0.2
-SLICE = 256  # entries formatted between two yields to the event loop
 MAX_BACKLOG = 64 * 1024 * 1024  # bytes waiting for the writer; beyond this, lines are dropped
 MAX_FIELD = 256  # characters of a client-chosen field (interface, app id) kept in a line
 MEMO_ENTRIES = 4096
@@ -52,12 +52,11 @@ class _Clock:
         self.second = -1
         self.prefix = ""
 
-    def stamp(self, at: float) -> str:
-        second = int(at)
+    def prefix_of(self, second: int) -> str:
         if second != self.second:
             self.second = second
             self.prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self.prefix}.{int((at - second) * 1000):03d}Z"
+        return self.prefix
 
 
 _middles: dict[tuple, str] = {}
@@ -79,21 +78,34 @@ def _middle(who: tuple) -> str:
     return found
 
 
-def format_lines(entries: list[tuple], clock: _Clock | None = None) -> bytes:
-    clock = clock or _Clock()
-    lines = [
-        f'{{"time":"{clock.stamp(entry[0])}",{_middle(entry[1:7])},"status":{entry[7]},'
-        f'"latency_ms":{entry[8] * 1000:.3f},"bytes":{entry[9]}}}\n'
-        for entry in entries
-    ]
-    return "".join(lines).encode()
+LINE = '{"time":"%s.%03dZ",%s,"status":%d,"latency_ms":%.3f,"bytes":%d}\n'
+
+
+def format_line(
+    clock: _Clock,
+    at: float,
+    ip: str,
+    key_id: str | None,
+    account: str | None,
+    interface: str | None,
+    app: str | None,
+    reason: str,
+    status: int,
+    latency: float,
+    size: int,
+) -> str:
+    """One line; `at` is epoch seconds, `latency` seconds."""
+    second = int(at)
+    prefix = clock.prefix if second == clock.second else clock.prefix_of(second)
+    who = (ip, key_id, account, interface, app, reason)
+    return LINE % (prefix, (at - second) * 1000, _middles.get(who) or _middle(who), status, latency * 1000, size)
 
 
 class AccessLog:
     def __init__(self, enabled: bool, stream: BinaryIO | None = None) -> None:
         self.enabled = enabled
         self.stream = stream
-        self.pending: list[tuple] = []
+        self.pending: list[str] = []  # lines not yet handed to the writer
         self.backlog = 0  # bytes handed to the writer and not yet written
         self.dropped = 0
         self._clock = _Clock()
@@ -101,8 +113,22 @@ class AccessLog:
         self._task: asyncio.Task | None = None
         self._thread: threading.Thread | None = None
 
-    def record(self, entry: tuple) -> None:
-        self.pending.append(entry)
+    def record(
+        self,
+        at: float,
+        ip: str,
+        key_id: str | None,
+        account: str | None,
+        interface: str | None,
+        app: str | None,
+        reason: str,
+        status: int,
+        latency: float,
+        size: int,
+    ) -> None:
+        self.pending.append(
+            format_line(self._clock, at, ip, key_id, account, interface, app, reason, status, latency, size)
+        )
 
     def start(self) -> None:
         if self.enabled:
@@ -113,10 +139,12 @@ class AccessLog:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_SECONDS)
-            pending, self.pending = self.pending, []
-            for start in range(0, len(pending), SLICE):
-                self._hand_over(format_lines(pending[start : start + SLICE], self._clock))
-                await asyncio.sleep(0)
+            self._hand_over_pending()
+
+    def _hand_over_pending(self) -> None:
+        pending, self.pending = self.pending, []
+        if pending:
+            self._hand_over("".join(pending).encode())
 
     def _hand_over(self, chunk: bytes) -> None:
         if self.backlog + len(chunk) > MAX_BACKLOG:
@@ -145,9 +173,7 @@ class AccessLog:
                 await self._task
             self._task = None
         if self._thread is not None:
-            pending, self.pending = self.pending, []
-            if pending:
-                self._hand_over(format_lines(pending, self._clock))
+            self._hand_over_pending()
             self._chunks.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 5.0)
             self._thread = None

@@ -89,8 +89,9 @@ class Shared:
         if self.access.enabled:
             account = key.account if key is not None else None
             key_id = key.id if key is not None else None
-            entry = (time.time(), client, key_id, account, clip(interface), clip(app), reason, status, latency, size)
-            self.access.record(entry)
+            self.access.record(
+                time.time(), client, key_id, account, clip(interface), clip(app), reason, status, latency, size
+            )
 
     def upstream_failed(self, err: OSError) -> None:
         """Log an upstream outage once per 10 s, with how many connects failed meanwhile."""
