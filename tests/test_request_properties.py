@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import aiohttp
+import httptools
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -247,6 +248,22 @@ def exchange(port: int, pieces: list[bytes]) -> tuple[bytes, float | None]:
         sock.close()
 
 
+def assert_the_key_may_make(live: Live, seen: Any) -> None:
+    """What reached the upstream is a request the key may make, however an upstream reads it."""
+    strict = split_path(seen.url.decode("latin-1").partition("?")[0])
+    assert strict is not None and strict == permissive_segments(seen.url), seen.url
+    route = live.gateway.proxy.routes.match(seen.method, seen.url.decode("latin-1").partition("?")[0])
+    assert route is not None and route.interface in SCOPE, seen.url
+    assert app_ids_an_upstream_could_read(seen, route.interface) == {"A1"}, seen
+    assert seen.header("X-Gateway-Account") == [live.account.encode()]
+    assert seen.header("X-Real-IP") == [b"127.0.0.1"]
+    assert seen.header("X-Forwarded-For") == [b"127.0.0.1"]
+    assert not [name for name, _ in seen.headers if b"_" in name and b"gateway" in name.lower()]
+    assert not seen.header("Forwarded")
+    overrides = seen.header("X-HTTP-Method-Override") + seen.header("X_HTTP_Method_Override")
+    assert all(value.strip().upper() == seen.method.encode() for value in overrides)
+
+
 @settings(
     max_examples=int(os.environ.get("GATEWAY_PROPERTY_EXAMPLES", "80")),
     deadline=None,
@@ -268,19 +285,117 @@ def test_random_requests_never_get_past_the_gateway(live: Live, data: st.DataObj
     assert not received or received.startswith(b"HTTP/1.1 ")
     for seen in forwarded:
         assert any(seen.url in request.split(b"\r\n", 1)[0] for request in requests), seen.url
-        strict = split_path(seen.url.decode("latin-1").partition("?")[0])
-        assert strict is not None and strict == permissive_segments(seen.url), seen.url
-        route = live.gateway.proxy.routes.match(seen.method, seen.url.decode("latin-1").partition("?")[0])
-        assert route is not None and route.interface in SCOPE, seen.url
-        assert app_ids_an_upstream_could_read(seen, route.interface) == {"A1"}, seen
-        assert seen.header("X-Gateway-Account") == [live.account.encode()]
-        assert seen.header("X-Real-IP") == [b"127.0.0.1"]
-        assert seen.header("X-Forwarded-For") == [b"127.0.0.1"]
-        assert not [name for name, _ in seen.headers if b"_" in name and b"gateway" in name.lower()]
-        assert not seen.header("Forwarded")
-        overrides = seen.header("X-HTTP-Method-Override") + seen.header("X_HTTP_Method_Override")
-        assert all(value.strip().upper() == seen.method.encode() for value in overrides)
+        assert_the_key_may_make(live, seen)
 
     plain = b"GET /api/v5/app/list HTTP/1.1\r\nHost: a\r\nConnection: close\r\nAuthorization: Bearer %s\r\n\r\n"
     answer, _ = exchange(live.port, [plain % live.key.encode()])
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
+SHAPE_BODY = b'{"app_id":"A1"}'
+BODIES = [b'{"app_id":"A2"}', b'{"APP_ID":"A2"}', b'{"app_id":1234}', b'["app_id","A1"]', b'{"app_id":"A1"}']
+ODD_BYTES = b" ,;:\t\r\n\"'\\_-./\x00\x7f\xff"
+
+
+def shaped_request(key: bytes, body: bytes = SHAPE_BODY) -> bytes:
+    return (
+        b"POST /api/v5/app/entry/data/list HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (key, len(body), body)
+    )
+
+
+KEY_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+
+@st.composite
+def mutation(draw: st.DrawFn, key: bytes, kind: str) -> bytes:
+    """The learnt request with the same length, its key slot, body or any other byte changed."""
+    odd = st.sampled_from(KEY_LETTERS + ODD_BYTES)
+    slot, body = key, SHAPE_BODY
+    if kind in ("key", "key and body"):  # another key of key bytes: unknown to the gateway
+        slot = bytes(KEY_LETTERS[c % 64] for c in draw(st.binary(min_size=len(key), max_size=len(key))))
+    if kind == "odd key":  # the key with some bytes a parser reads as something else
+        slot = bytearray(key)
+        for _ in range(draw(st.integers(1, 3))):
+            slot[draw(st.integers(0, len(key) - 1))] = draw(st.sampled_from(ODD_BYTES))
+        slot = bytes(slot)
+    if kind in ("body", "key and body"):
+        body = draw(st.one_of(st.sampled_from(BODIES), st.lists(odd, min_size=15, max_size=15).map(bytes)))
+    raw = bytearray(shaped_request(slot, body))
+    if kind == "odd byte":  # any byte of the head or body
+        raw[draw(st.integers(0, len(raw) - 1))] = draw(st.sampled_from(b"Aa0 :\r\n" + ODD_BYTES))
+    return bytes(raw)
+
+
+def of_the_shape(variant: bytes, key: bytes) -> bool:
+    """Whether the variant differs from the learnt request only in a key of key bytes and the body."""
+    base = shaped_request(key)
+    start = base.index(key)
+    end, body = start + len(key), len(base) - len(SHAPE_BODY)
+    return (
+        len(variant) == len(base)
+        and variant[:start] == base[:start]
+        and variant[end:body] == base[end:body]
+        and not variant[start:end].translate(None, KEY_LETTERS)
+    )
+
+
+class Answers:
+    """Responses read off a raw socket, counted as they complete."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_complete(self) -> None:
+        self.statuses.append(self.parser.get_status_code())
+
+
+def converse(port: int, requests: list[bytes]) -> list[int | None]:
+    """Send each request after the answer to the one before; a status per request, None when
+    the gateway closed instead of answering (nothing is sent after that)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(CLOSE_WITHIN)
+    answers, results = Answers(), []
+    try:
+        for request in requests:
+            sock.sendall(request)
+            wanted = len(answers.statuses) + 1
+            while len(answers.statuses) < wanted:
+                try:
+                    data = sock.recv(65536)
+                except (ConnectionResetError, TimeoutError):
+                    data = b""
+                if not data:
+                    return [*results, None]
+                answers.parser.feed_data(data)
+            results.append(answers.statuses[-1])
+        return results
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("kind", ["again", "key", "body", "key and body", "odd key", "odd byte"])
+@settings(
+    max_examples=max(10, int(os.environ.get("GATEWAY_PROPERTY_EXAMPLES", "80")) // 4),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_a_request_like_a_learnt_one_is_decided_as_a_fresh_parse_decides_it(
+    live: Live, kind: str, data: st.DataObject
+) -> None:
+    """A connection that learnt its client's request shape reads the next request without the
+    parser when only the key and the body differ: every variant must get the answer it gets on a
+    fresh connection, and reach the upstream only as a request the key may make."""
+    key = live.key.encode()
+    variant = data.draw(mutation(key, kind), label="variant")
+    before = len(live.upstream.seen)
+    learnt = converse(live.port, [shaped_request(key), variant])
+    assert learnt[0] == 200
+    fresh = converse(live.port, [variant])
+    event(f"answer: {fresh[0]}, read without the parser: {of_the_shape(variant, key)}")
+    assert learnt[1:] == fresh, (variant, learnt, fresh)
+    for seen in live.upstream.seen[before:]:
+        assert_the_key_may_make(live, seen)
