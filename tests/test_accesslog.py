@@ -63,16 +63,17 @@ AT = calendar.timegm((2026, 11, 27, 18, 31, 10)) + 0.0456
     ],
 )
 def test_lines(fields: tuple, expected: dict) -> None:
-    line = format_line(_Clock(), *fields)
+    line = format_line(_Clock(), fields)
     assert line.endswith("\n") and line.count("\n") == 1
     assert json.loads(line) == expected
 
 
 def test_a_clock_moves_on_with_the_seconds() -> None:
     clock = _Clock()
-    first = json.loads(format_line(clock, AT, "1.2.3.4", None, None, None, None, "missing_key", 401, 0.0, 0))
-    later = json.loads(format_line(clock, AT + 61, "1.2.3.4", None, None, None, None, "missing_key", 401, 0.0, 0))
-    again = json.loads(format_line(clock, AT, "1.2.3.4", None, None, None, None, "missing_key", 401, 0.0, 0))
+    first, later, again = (
+        json.loads(format_line(clock, (at, "1.2.3.4", None, None, None, None, "missing_key", 401, 0.0, 0)))
+        for at in (AT, AT + 61, AT)
+    )
     assert (first["time"], later["time"], again["time"]) == (
         "2026-11-27T18:31:10.045Z",
         "2026-11-27T18:32:11.045Z",

@@ -79,22 +79,12 @@ def _middle(who: tuple) -> str:
 
 
 LINE = '{"time":"%s.%03dZ",%s,"status":%d,"latency_ms":%.3f,"bytes":%d}\n'
+# time (epoch seconds), client_ip, key_id, account, interface, app, reason, status, latency (s), bytes
+Entry = tuple[float, str, str | None, str | None, str | None, str | None, str, int, float, int]
 
 
-def format_line(
-    clock: _Clock,
-    at: float,
-    ip: str,
-    key_id: str | None,
-    account: str | None,
-    interface: str | None,
-    app: str | None,
-    reason: str,
-    status: int,
-    latency: float,
-    size: int,
-) -> str:
-    """One line; `at` is epoch seconds, `latency` seconds."""
+def format_line(clock: _Clock, entry: Entry) -> str:
+    at, ip, key_id, account, interface, app, reason, status, latency, size = entry
     second = int(at)
     prefix = clock.prefix if second == clock.second else clock.prefix_of(second)
     who = (ip, key_id, account, interface, app, reason)
@@ -113,22 +103,8 @@ class AccessLog:
         self._task: asyncio.Task | None = None
         self._thread: threading.Thread | None = None
 
-    def record(
-        self,
-        at: float,
-        ip: str,
-        key_id: str | None,
-        account: str | None,
-        interface: str | None,
-        app: str | None,
-        reason: str,
-        status: int,
-        latency: float,
-        size: int,
-    ) -> None:
-        self.pending.append(
-            format_line(self._clock, at, ip, key_id, account, interface, app, reason, status, latency, size)
-        )
+    def record(self, entry: Entry) -> None:
+        self.pending.append(format_line(self._clock, entry))
 
     def start(self) -> None:
         if self.enabled:

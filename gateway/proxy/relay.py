@@ -118,38 +118,41 @@ class Relay:
         self.exchange.conn.uncork()
 
     def on_response_head(
-        self,
-        status: int,
-        reason: bytes,
-        headers: Sequence[tuple[bytes, bytes]],
-        upstream_keep_alive: bool,
-        shape: ResponseShape | None = None,
+        self, status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]], upstream_keep_alive: bool
     ) -> None:
-        """`shape`: the head is a known one, which keeps the client heads planned from it."""
         exchange = self.exchange
-        exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
         head = exchange.head
-        if shape is not None:
-            plan = shape.plan(head.method, head.version, exchange.reusable, exchange.rate_headers)
-        else:
-            plan = plan_response(
-                head.method, head.version, status, reason, headers, exchange.reusable, exchange.rate_headers
-            )
-        self.plan = plan
-        exchange.answering(status, plan.keep_alive)
-        exchange.conn.write(plan.head)
-        if head.method == b"HEAD":
-            self.on_response_complete(reusable=False)  # the parser would wait for a body that never comes
-        elif not upstream_keep_alive and self.upstream is not None:
-            self.upstream.keep = False
+        plan = plan_response(
+            head.method, head.version, status, reason, headers, exchange.reusable, exchange.rate_headers
+        )
+        self.answer(status, plan, upstream_keep_alive)
 
     def on_whole_response(self, shape: ResponseShape, body: bytes) -> None:
-        """The whole answer arrived in one read, its head known (see wire.response)."""
+        """The whole answer arrived in one read, its head known (see wire.response): the shape
+        keeps the client heads planned from it."""
         self.receiving()
-        self.on_response_head(shape.status, shape.reason, shape.headers, shape.keep_alive, shape)
+        exchange = self.exchange
+        head = exchange.head
+        self.answer(
+            shape.status,
+            shape.plan(head.method, head.version, exchange.reusable, exchange.rate_headers),
+            shape.keep_alive,
+        )
         self.on_response_body(body)
         self.on_response_complete()
         self.received()
+
+    def answer(self, status: int, plan: ResponsePlan, upstream_keep_alive: bool) -> None:
+        """The answer's head goes to the client as `plan` says; its body follows."""
+        exchange = self.exchange
+        exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
+        self.plan = plan
+        exchange.answering(status, plan.keep_alive)
+        exchange.conn.write(plan.head)
+        if exchange.head.method == b"HEAD":
+            self.on_response_complete(reusable=False)  # the parser would wait for a body that never comes
+        elif not upstream_keep_alive and self.upstream is not None:
+            self.upstream.keep = False
 
     def on_response_body(self, data: bytes) -> None:
         exchange = self.exchange

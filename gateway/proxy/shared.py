@@ -89,9 +89,8 @@ class Shared:
         if self.access.enabled:
             account = key.account if key is not None else None
             key_id = key.id if key is not None else None
-            self.access.record(
-                time.time(), client, key_id, account, clip(interface), clip(app), reason, status, latency, size
-            )
+            entry = (time.time(), client, key_id, account, clip(interface), clip(app), reason, status, latency, size)
+            self.access.record(entry)
 
     def upstream_failed(self, err: OSError) -> None:
         """Log an upstream outage once per 10 s, with how many connects failed meanwhile."""
