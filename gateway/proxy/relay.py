@@ -122,10 +122,11 @@ class Relay:
     ) -> None:
         exchange = self.exchange
         head = exchange.head
-        plan = plan_response(
-            head.method, head.version, status, reason, headers, exchange.reusable, exchange.rate_headers
+        self.answer(
+            status,
+            plan_response(head.method, head.version, status, reason, headers, exchange.reusable),
+            upstream_keep_alive,
         )
-        self.answer(status, plan, upstream_keep_alive)
 
     def on_whole_response(self, shape: ResponseShape, body: bytes) -> None:
         """The whole answer arrived in one read, its head known (see wire.response): the shape
@@ -133,11 +134,7 @@ class Relay:
         self.receiving()
         exchange = self.exchange
         head = exchange.head
-        self.answer(
-            shape.status,
-            shape.plan(head.method, head.version, exchange.reusable, exchange.rate_headers),
-            shape.keep_alive,
-        )
+        self.answer(shape.status, shape.plan(head.method, head.version, exchange.reusable), shape.keep_alive)
         self.on_response_body(body)
         self.on_response_complete()
         self.received()
@@ -148,7 +145,7 @@ class Relay:
         exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
         self.plan = plan
         exchange.answering(status, plan.keep_alive)
-        exchange.conn.write(plan.head)
+        exchange.conn.write(plan.head_with(exchange.rate_headers))
         if exchange.head.method == b"HEAD":
             self.on_response_complete(reusable=False)  # the parser would wait for a body that never comes
         elif not upstream_keep_alive and self.upstream is not None:

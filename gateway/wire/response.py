@@ -37,9 +37,9 @@ class ResponsePlan:
         self.close_delimited = close_delimited  # the upstream's body ends when it closes
         self.keep_alive = keep_alive  # the client connection may serve another request
 
-    def with_lines(self, extra: bytes) -> ResponsePlan:
-        """The same plan with the gateway's own lines (RateLimit-*) at the end of the head."""
-        return ResponsePlan(self.head[:-2] + extra + b"\r\n", self.chunked, self.close_delimited, self.keep_alive)
+    def head_with(self, lines: bytes) -> bytes:
+        """The head with the gateway's own lines (RateLimit-*, different for every request) at its end."""
+        return self.head[:-2] + lines + b"\r\n" if lines else self.head
 
 
 PLAN_MEMO_ENTRIES = 512
@@ -54,19 +54,18 @@ def plan_response(
     reason: bytes,
     headers: Sequence[tuple[bytes, bytes]],
     keep_alive: bool,
-    extra: bytes = b"",
 ) -> ResponsePlan:
     """`plan_response_afresh`, remembered: an upstream answers most requests with the same
     header set (its Date changes once a second), so most heads are planned once. The memo is
-    bounded in entries, and only small heads enter it. `extra`, the gateway's own lines
-    (RateLimit-*, different for every request), goes last, outside the memo."""
+    bounded in entries, and only small heads enter it. The gateway's own lines are added when
+    the head is written (`ResponsePlan.head_with`)."""
     memo = (method, version, status, reason, tuple(headers), keep_alive)
     plan = _plans.get(memo)
     if plan is None:
         plan = plan_response_afresh(method, version, status, reason, headers, keep_alive)
         if len(plan.head) <= PLAN_MEMO_MAX_HEAD:
             remember(_plans, memo, plan, PLAN_MEMO_ENTRIES)
-    return plan.with_lines(extra) if extra else plan
+    return plan
 
 
 def plan_response_afresh(
@@ -132,7 +131,7 @@ class ResponseShape:
         self.length = length  # of the body that follows
         self.plans: dict[tuple[bool, bytes, bool], ResponsePlan] = {}  # a few: see `plan`
 
-    def plan(self, method: bytes, version: bytes, keep_alive: bool, extra: bytes = b"") -> ResponsePlan:
+    def plan(self, method: bytes, version: bytes, keep_alive: bool) -> ResponsePlan:
         """`plan_response` for this head, remembered here instead of in the shared memo (a plan
         depends on the method only through HEAD, so this holds a handful of plans at most)."""
         key = (method == b"HEAD", version, keep_alive)
@@ -141,7 +140,7 @@ class ResponseShape:
             plan = plan_response_afresh(method, version, self.status, self.reason, self.headers, keep_alive)
             if len(self.plans) < 8:
                 self.plans[key] = plan
-        return plan.with_lines(extra) if extra else plan
+        return plan
 
 
 class ResponseShapes:
