@@ -321,22 +321,32 @@ def mutation(draw: st.DrawFn, key: bytes, kind: str) -> bytes:
         slot = bytes(slot)
     if kind in ("body", "key and body"):
         body = draw(st.one_of(st.sampled_from(BODIES), st.lists(odd, min_size=15, max_size=15).map(bytes)))
+    if kind == "body length":  # as many Content-Length digits (10 to 99 bytes), or more or fewer
+        filler = draw(st.text(alphabet="abc", min_size=0, max_size=120))
+        body = draw(st.sampled_from([b'{"app_id":"A1","x":"%s"}', b'{"app_id":"A2","x":"%s"}'])) % filler.encode()
     raw = bytearray(shaped_request(slot, body))
+    if kind == "odd length":  # the Content-Length digits changed to other bytes
+        at = raw.index(b"Content-Length: ") + len(b"Content-Length: ")
+        raw[at + draw(st.integers(0, 1))] = draw(st.sampled_from(b"0123456789 +-x\xd9"))
     if kind == "odd byte":  # any byte of the head or body
         raw[draw(st.integers(0, len(raw) - 1))] = draw(st.sampled_from(b"Aa0 :\r\n" + ODD_BYTES))
     return bytes(raw)
 
 
 def of_the_shape(variant: bytes, key: bytes) -> bool:
-    """Whether the variant differs from the learnt request only in a key of key bytes and the body."""
+    """Whether the variant differs from the learnt request only in a key of key bytes, the
+    Content-Length digits (as many) and a body of that length."""
     base = shaped_request(key)
-    start = base.index(key)
+    start, length = base.index(key), base.index(b"Content-Length: ") + len(b"Content-Length: ")
     end, body = start + len(key), len(base) - len(SHAPE_BODY)
+    digits = variant[length : length + 2]
     return (
-        len(variant) == len(base)
-        and variant[:start] == base[:start]
-        and variant[end:body] == base[end:body]
+        variant[:start] == base[:start]
+        and variant[end:length] == base[end:length]
+        and variant[length + 2 : body] == base[length + 2 : body]
         and not variant[start:end].translate(None, KEY_LETTERS)
+        and digits.isdigit()
+        and len(variant) == body + int(digits)
     )
 
 
@@ -375,9 +385,11 @@ def converse(port: int, requests: list[bytes]) -> list[int | None]:
         sock.close()
 
 
-@pytest.mark.parametrize("kind", ["again", "key", "body", "key and body", "odd key", "odd byte"])
+@pytest.mark.parametrize(
+    "kind", ["again", "key", "body", "key and body", "body length", "odd key", "odd length", "odd byte"]
+)
 @settings(
-    max_examples=max(10, int(os.environ.get("GATEWAY_PROPERTY_EXAMPLES", "80")) // 4),
+    max_examples=max(10, int(os.environ.get("GATEWAY_PROPERTY_EXAMPLES", "80")) // 5),
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

@@ -98,9 +98,9 @@ class ClientConnection(asyncio.Protocol):
         if self.current is None and self.parsing is None and not self.in_head and not self.last_request:
             shape = self.shape  # between requests: this read may be one whole request
             if shape is not None:
-                key = shape.key_in(data)
-                if key is not None:  # the same request as before but for its key and body: no parser
-                    self.take(shape, key, data)
+                found = shape.read(data)
+                if found is not None:  # the same request as before but for its key and body: no parser
+                    self.take(shape, *found, data)
                     return
             self.misses += 1
             if self.misses % LEARN_EVERY == 1:
@@ -215,14 +215,14 @@ class ClientConnection(asyncio.Protocol):
         if exchange is not None:
             exchange.on_request_complete()
 
-    def take(self, shape: RequestShape, key: bytes, data: bytes) -> None:
+    def take(self, shape: RequestShape, key: bytes, digits: bytes, data: bytes) -> None:
         """A read that is one whole request of a known shape: what the parser's callbacks
         would do, without the parser (it stays between requests)."""
         self.corked = True
         try:
-            self.begin(shape.with_key(key))
-            if shape.body_length:
-                self.on_body(data[-shape.body_length :])
+            self.begin(shape.with_key(key, digits))
+            if len(data) > shape.head_length:
+                self.on_body(data[shape.head_length :])
             self.on_message_complete()
         finally:
             self.uncork()

@@ -182,7 +182,7 @@ class RequestHead:
         self.forwarded_host = b""
         self.route: RouteMatch | None = None  # the route of its method and path, once looked up
         # written by upstream_head: (peer, client, trusted) -> the head without identity and framing
-        self.upstream: tuple[tuple[bytes, bytes, bool], bytes, bytes] | None = None
+        self.upstream: tuple[tuple[bytes, bytes, bool], bytes] | None = None
 
     def copy(self, headers: list[tuple[bytes, bytes]], presented: bytes) -> RequestHead:
         """The same facts for the same request with another key (see RequestShape)."""
@@ -310,7 +310,7 @@ def upstream_head(
     """
     kept = head.upstream
     if kept is not None and kept[0] == (peer, client, trusted):
-        return kept[1] + identity + kept[2]
+        return kept[1] + identity + framing_of(head)
     host = head.host
     drop = rules.drop
     dropped = head.connection_tokens
@@ -330,16 +330,19 @@ def upstream_head(
     )
     if head.forwarded_host or host:
         lines.append(b"X-Forwarded-Host: %s\r\n" % (head.forwarded_host or host))
-    if head.chunked:
-        framing = b"Transfer-Encoding: chunked\r\n\r\n"
-    elif head.content_length is not None:
-        framing = b"Content-Length: %d\r\n\r\n" % head.content_length
-    else:
-        framing = b"\r\n"
     forwarded = b"".join(lines)
     if rules.strip_auth:
-        head.upstream = ((peer, client, trusted), forwarded, framing)
-    return forwarded + identity + framing
+        head.upstream = ((peer, client, trusted), forwarded)
+    return forwarded + identity + framing_of(head)
+
+
+def framing_of(head: RequestHead) -> bytes:
+    """The upstream head's last lines: how its body is framed."""
+    if head.chunked:
+        return b"Transfer-Encoding: chunked\r\n\r\n"
+    if head.content_length is not None:
+        return b"Content-Length: %d\r\n\r\n" % head.content_length
+    return b"\r\n"
 
 
 # Bytes a key may hold for a head to be recognised by its shape: letters, digits, `_` and `-`
@@ -351,39 +354,61 @@ PARSER_READ = frozenset({b"content-length", b"transfer-encoding", b"connection",
 
 
 class RequestShape:
-    """A request head as the parser read it once, with its key cut out: `prefix` + a key of
-    `key_length` bytes + `suffix`, then a body of `body_length` bytes. A read that is exactly
-    that, whatever the key (of KEY_BYTES only) and the body, is the same request with another
-    key and body: every byte a parser could read differently is the same."""
+    """A request head as the parser read it once, with its variable parts cut out: the key
+    (KEY_BYTES only) and, for a request with a body, its Content-Length digits (as many as
+    before). A read that is the same fixed bytes around such slots, then exactly that many body
+    bytes, is the same request with another key and body: every byte a parser could read
+    differently is the same."""
 
-    __slots__ = ("body_length", "head", "key_header", "key_length", "length", "prefix", "suffix")
+    __slots__ = ("fixed", "head", "head_length", "key_header", "length_header", "slots")
 
-    def __init__(self, head: RequestHead, prefix: bytes, suffix: bytes, key_length: int, key_header: int) -> None:
+    def __init__(
+        self,
+        head: RequestHead,
+        fixed: list[bytes],
+        slots: list[tuple[bool, int]],
+        key_header: int,
+        length_header: int | None,
+    ) -> None:
         self.head = head
-        self.prefix = prefix
-        self.suffix = suffix
-        self.key_length = key_length
-        self.key_header = key_header  # the key header's index in head.headers
-        self.body_length = head.content_length or 0
-        self.length = len(prefix) + key_length + len(suffix) + self.body_length
+        self.fixed = fixed  # the bytes before, between and after the slots
+        self.slots = slots  # in order: (is the key, its length in bytes)
+        self.key_header = key_header  # the headers' indexes in head.headers
+        self.length_header = length_header
+        self.head_length = sum(map(len, fixed)) + sum(size for _, size in slots)
 
-    def key_in(self, data: bytes) -> bytes | None:
-        """The key, if `data` is one request of this shape (a key of KEY_BYTES only)."""
-        if len(data) != self.length or not data.startswith(self.prefix):
+    def read(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """(key, Content-Length digits or b"") if `data` is one whole request of this shape."""
+        fixed = self.fixed
+        if not data.startswith(fixed[0]):
             return None
-        start = len(self.prefix)
-        end = start + self.key_length
-        if not data.startswith(self.suffix, end):
-            return None
-        key = data[start:end]
-        return None if key.translate(None, KEY_BYTES) else key
+        at, key, digits, length = len(fixed[0]), b"", b"", 0
+        for (is_key, size), after in zip(self.slots, fixed[1:], strict=True):
+            piece = data[at : at + size]
+            at += size
+            if not data.startswith(after, at):
+                return None
+            at += len(after)
+            if is_key:
+                if piece.translate(None, KEY_BYTES):
+                    return None
+                key = piece
+            elif piece.isdigit():  # bytes.isdigit: ASCII digits only
+                digits, length = piece, int(piece)
+            else:
+                return None
+        return (key, digits) if len(data) == at + length else None
 
-    def with_key(self, key: bytes) -> RequestHead:
-        """The head of a request of this shape that presented `key`."""
+    def with_key(self, key: bytes, digits: bytes) -> RequestHead:
+        """The head of a request of this shape that presented `key`, with a body of `digits` bytes."""
         headers = self.head.headers.copy()
         name, value = headers[self.key_header]
-        headers[self.key_header] = (name, value[: -self.key_length] + key)
-        return self.head.copy(headers, key)
+        headers[self.key_header] = (name, value[: -len(key)] + key)
+        head = self.head.copy(headers, key)
+        if self.length_header is not None:
+            headers[self.length_header] = (headers[self.length_header][0], digits)
+            head.content_length = int(digits)
+        return head
 
 
 def request_shape(data: bytes, head: RequestHead, rules: HeadRules) -> RequestShape | None:
@@ -412,7 +437,26 @@ def request_shape(data: bytes, head: RequestHead, rules: HeadRules) -> RequestSh
     start = raw.find(key)
     if raw[start - 1 : start] != b" " or raw[start + len(key) : start + len(key) + 2] != b"\r\n":
         return None  # the key must end its line, after the scheme's space
-    slots = [i for i, canon in enumerate(head.names) if canon == rules.auth_header]
-    if len(slots) != 1 or head.names[slots[0]] in PARSER_READ or not head.headers[slots[0]][1].endswith(key):
+    keys = [i for i, canon in enumerate(head.names) if canon == rules.auth_header]
+    if len(keys) != 1 or head.names[keys[0]] in PARSER_READ or not head.headers[keys[0]][1].endswith(key):
         return None
-    return RequestShape(head, raw[:start], raw[start + len(key) :], len(key), slots[0])
+    cuts = [(start, True, len(key))]
+    lengths = [i for i, canon in enumerate(head.names) if canon == b"content-length"]
+    length_header = None
+    if lengths:
+        if len(lengths) != 1:
+            return None
+        length_header = lengths[0]
+        name, digits = head.headers[length_header]
+        line = b"\r\n" + name + b": " + digits + b"\r\n"  # exactly one space, digits only
+        if not digits.isdigit() or raw.count(line) != 1:
+            return None
+        cuts.append((raw.find(line) + len(line) - 2 - len(digits), False, len(digits)))
+    cuts.sort()
+    fixed, slots, previous = [], [], 0
+    for at, is_key, size in cuts:
+        fixed.append(raw[previous:at])
+        slots.append((is_key, size))
+        previous = at + size
+    fixed.append(raw[previous:])
+    return RequestShape(head, fixed, slots, keys[0], length_header)
