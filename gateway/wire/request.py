@@ -182,7 +182,7 @@ class RequestHead:
         self.forwarded_host = b""
         self.route: RouteMatch | None = None  # the route of its method and path, once looked up
         # written by upstream_head: (peer, client, trusted) -> the head without identity and framing
-        self.upstream: tuple[tuple[bytes, bytes, bool], bytes] | None = None
+        self.upstream: tuple[tuple[bytes, bytes, bool], bytes, int | None, bytes] | None = None
 
     def copy(self, headers: list[tuple[bytes, bytes]], presented: bytes) -> RequestHead:
         """The same facts for the same request with another key (see RequestShape)."""
@@ -310,7 +310,7 @@ def upstream_head(
     """
     kept = head.upstream
     if kept is not None and kept[0] == (peer, client, trusted):
-        return kept[1] + identity + framing_of(head)
+        return kept[1] + identity + (kept[3] if head.content_length == kept[2] else framing_of(head))
     host = head.host
     drop = rules.drop
     dropped = head.connection_tokens
@@ -330,10 +330,10 @@ def upstream_head(
     )
     if head.forwarded_host or host:
         lines.append(b"X-Forwarded-Host: %s\r\n" % (head.forwarded_host or host))
-    forwarded = b"".join(lines)
+    forwarded, framing = b"".join(lines), framing_of(head)
     if rules.strip_auth:
-        head.upstream = ((peer, client, trusted), forwarded)
-    return forwarded + identity + framing_of(head)
+        head.upstream = ((peer, client, trusted), forwarded, head.content_length, framing)
+    return forwarded + identity + framing
 
 
 def framing_of(head: RequestHead) -> bytes:
@@ -360,7 +360,21 @@ class RequestShape:
     bytes, is the same request with another key and body: every byte a parser could read
     differently is the same."""
 
-    __slots__ = ("fixed", "head", "head_length", "key_header", "length_header", "slots")
+    __slots__ = (
+        "digits_end",
+        "digits_start",
+        "first",
+        "head",
+        "head_length",
+        "key_end",
+        "key_header",
+        "key_start",
+        "length_header",
+        "second",
+        "second_at",
+        "third",
+        "third_at",
+    )
 
     def __init__(
         self,
@@ -370,34 +384,40 @@ class RequestShape:
         key_header: int,
         length_header: int | None,
     ) -> None:
+        """`fixed`: the bytes before, between and after the slots (two or three pieces);
+        `slots`: in order, (is the key, its length in bytes)."""
         self.head = head
-        self.fixed = fixed  # the bytes before, between and after the slots
-        self.slots = slots  # in order: (is the key, its length in bytes)
         self.key_header = key_header  # the headers' indexes in head.headers
         self.length_header = length_header
-        self.head_length = sum(map(len, fixed)) + sum(size for _, size in slots)
+        offsets, at = [], 0
+        self.key_start = self.key_end = self.digits_start = self.digits_end = 0
+        for segment, (is_key, size) in zip(fixed, [*slots, (False, 0)], strict=True):
+            offsets.append(at)
+            at += len(segment)
+            if is_key:
+                self.key_start, self.key_end = at, at + size
+            elif size:
+                self.digits_start, self.digits_end = at, at + size
+            at += size
+        self.head_length = at
+        self.first, self.second, self.second_at = fixed[0], fixed[1], offsets[1]
+        self.third, self.third_at = (fixed[2], offsets[2]) if len(fixed) > 2 else (None, 0)
 
     def read(self, data: bytes) -> tuple[bytes, bytes] | None:
         """(key, Content-Length digits or b"") if `data` is one whole request of this shape."""
-        fixed = self.fixed
-        if not data.startswith(fixed[0]):
+        if not (data.startswith(self.first) and data.startswith(self.second, self.second_at)):
             return None
-        at, key, digits, length = len(fixed[0]), b"", b"", 0
-        for (is_key, size), after in zip(self.slots, fixed[1:], strict=True):
-            piece = data[at : at + size]
-            at += size
-            if not data.startswith(after, at):
-                return None
-            at += len(after)
-            if is_key:
-                if piece.translate(None, KEY_BYTES):
-                    return None
-                key = piece
-            elif piece.isdigit():  # bytes.isdigit: ASCII digits only
-                digits, length = piece, int(piece)
-            else:
-                return None
-        return (key, digits) if len(data) == at + length else None
+        if self.third is not None and not data.startswith(self.third, self.third_at):
+            return None
+        key = data[self.key_start : self.key_end]
+        if key.translate(None, KEY_BYTES):
+            return None
+        if not self.digits_end:
+            return (key, b"") if len(data) == self.head_length else None
+        digits = data[self.digits_start : self.digits_end]
+        if not digits.isdigit() or len(data) != self.head_length + int(digits):  # isdigit: ASCII only
+            return None
+        return key, digits
 
     def with_key(self, key: bytes, digits: bytes) -> RequestHead:
         """The head of a request of this shape that presented `key`, with a body of `digits` bytes."""
@@ -405,8 +425,9 @@ class RequestShape:
         name, value = headers[self.key_header]
         headers[self.key_header] = (name, value[: -len(key)] + key)
         head = self.head.copy(headers, key)
-        if self.length_header is not None:
-            headers[self.length_header] = (headers[self.length_header][0], digits)
+        at = self.length_header
+        if at is not None and headers[at][1] != digits:
+            headers[at] = (headers[at][0], digits)
             head.content_length = int(digits)
         return head
 
