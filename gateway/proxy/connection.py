@@ -24,13 +24,12 @@ from gateway.wire.refusals import (
     UPGRADE_NOT_SUPPORTED,
     deny_response,
 )
-from gateway.wire.request import FramingError, RequestHead, RequestShape, read_head, request_shape
+from gateway.wire.request import LEARN_EVERY, FramingError, RequestHead, RequestShape, read_head, request_shape
 
 if TYPE_CHECKING:
     from gateway.proxy.shared import Shared
 
 LINGER = 2.0  # seconds a closing connection keeps draining what the client still sends
-LEARN_EVERY = 8  # a client whose requests change shape pays for learning on one miss in 8
 
 
 class StopReading(Exception):

@@ -345,6 +345,20 @@ def framing_of(head: RequestHead) -> bytes:
     return b"\r\n"
 
 
+LEARN_EVERY = 8  # a peer whose messages never repeat their shape pays for learning on one miss in 8
+
+
+def whole_head(data: bytes, limit: int, body: int) -> bytes | None:
+    """The head `data` starts with (through its blank line) when it is at most `limit` bytes,
+    `body` bytes follow it to the end of `data`, and every line ends in CRLF: a bare LF could end
+    a line elsewhere for a lenient reader, so such a head is never recognised by its bytes."""
+    end = data.find(b"\r\n\r\n") + 4
+    if end < 4 or end > limit or end + body != len(data):
+        return None
+    head = data[:end]
+    return head if head.count(b"\n") == head.count(b"\r\n") else None
+
+
 # Bytes a key may hold for a head to be recognised by its shape: letters, digits, `_` and `-`
 # are ordinary bytes of a header value to every HTTP parser (no space, comma, quote or CR/LF).
 KEY_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
@@ -379,29 +393,25 @@ class RequestShape:
     def __init__(
         self,
         head: RequestHead,
-        fixed: list[bytes],
-        slots: list[tuple[bool, int]],
+        raw: bytes,
+        key: tuple[int, int],
+        digits: tuple[int, int] | None,
         key_header: int,
         length_header: int | None,
     ) -> None:
-        """`fixed`: the bytes before, between and after the slots (two or three pieces);
-        `slots`: in order, (is the key, its length in bytes)."""
+        """`raw`: the head's bytes; `key`, `digits`: where the slots are in it (start, end);
+        `key_header`, `length_header`: the headers' indexes in head.headers."""
         self.head = head
-        self.key_header = key_header  # the headers' indexes in head.headers
+        self.key_header = key_header
         self.length_header = length_header
-        offsets, at = [], 0
-        self.key_start = self.key_end = self.digits_start = self.digits_end = 0
-        for segment, (is_key, size) in zip(fixed, [*slots, (False, 0)], strict=True):
-            offsets.append(at)
-            at += len(segment)
-            if is_key:
-                self.key_start, self.key_end = at, at + size
-            elif size:
-                self.digits_start, self.digits_end = at, at + size
-            at += size
-        self.head_length = at
-        self.first, self.second, self.second_at = fixed[0], fixed[1], offsets[1]
-        self.third, self.third_at = (fixed[2], offsets[2]) if len(fixed) > 2 else (None, 0)
+        self.head_length = len(raw)
+        self.key_start, self.key_end = key
+        self.digits_start, self.digits_end = digits or (0, 0)
+        edges = [0, *(edge for slot in sorted([key, *([digits] if digits else [])]) for edge in slot), len(raw)]
+        fixed = [(edges[i], raw[edges[i] : edges[i + 1]]) for i in range(0, len(edges), 2)]  # around the slots
+        self.first = fixed[0][1]
+        self.second_at, self.second = fixed[1]
+        self.third_at, self.third = fixed[2] if len(fixed) > 2 else (0, None)
 
     def read(self, data: bytes) -> tuple[bytes, bytes] | None:
         """(key, Content-Length digits or b"") if `data` is one whole request of this shape."""
@@ -437,12 +447,10 @@ def request_shape(data: bytes, head: RequestHead, rules: HeadRules) -> RequestSh
     request `head` (with a Content-Length body or none): None unless the head is plain enough
     to be recognised by its bytes."""
     key = head.presented
-    end = data.find(b"\r\n\r\n") + 4
+    raw = whole_head(data, SHAPE_MAX_HEAD, head.content_length or 0)
     if (
-        not key
-        or end < 4
-        or end > SHAPE_MAX_HEAD
-        or end + (head.content_length or 0) != len(data)
+        raw is None
+        or not key
         or head.ambiguous
         or head.chunked
         or head.upgrade
@@ -450,34 +458,21 @@ def request_shape(data: bytes, head: RequestHead, rules: HeadRules) -> RequestSh
         or not head.keep_alive
         or head.version != b"1.1"
         or key.translate(None, KEY_BYTES)
+        or raw.count(key) != 1
     ):
         return None
-    raw = data[:end]
-    if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(key) != 1:
-        return None  # a bare LF could end a line elsewhere; the key must be found once
     start = raw.find(key)
     if raw[start - 1 : start] != b" " or raw[start + len(key) : start + len(key) + 2] != b"\r\n":
         return None  # the key must end its line, after the scheme's space
     keys = [i for i, canon in enumerate(head.names) if canon == rules.auth_header]
     if len(keys) != 1 or head.names[keys[0]] in PARSER_READ or not head.headers[keys[0]][1].endswith(key):
         return None
-    cuts = [(start, True, len(key))]
     lengths = [i for i, canon in enumerate(head.names) if canon == b"content-length"]
-    length_header = None
-    if lengths:
-        if len(lengths) != 1:
-            return None
-        length_header = lengths[0]
-        name, digits = head.headers[length_header]
-        line = b"\r\n" + name + b": " + digits + b"\r\n"  # exactly one space, digits only
-        if not digits.isdigit() or raw.count(line) != 1:
-            return None
-        cuts.append((raw.find(line) + len(line) - 2 - len(digits), False, len(digits)))
-    cuts.sort()
-    fixed, slots, previous = [], [], 0
-    for at, is_key, size in cuts:
-        fixed.append(raw[previous:at])
-        slots.append((is_key, size))
-        previous = at + size
-    fixed.append(raw[previous:])
-    return RequestShape(head, fixed, slots, keys[0], length_header)
+    if not lengths:
+        return RequestShape(head, raw, (start, start + len(key)), None, keys[0], None)
+    name, digits = head.headers[lengths[0]]
+    line = b"\r\n" + name + b": " + digits + b"\r\n"  # exactly one space, digits only
+    if len(lengths) != 1 or not digits.isdigit() or raw.count(line) != 1:
+        return None
+    at = raw.find(line) + len(line) - 2 - len(digits)
+    return RequestShape(head, raw, (start, start + len(key)), (at, at + len(digits)), keys[0], lengths[0])

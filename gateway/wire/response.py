@@ -12,12 +12,11 @@ from collections.abc import Sequence
 
 from gateway.core.memo import remember
 from gateway.wire.refusals import status_line
-from gateway.wire.request import HOP_BY_HOP, tokens
+from gateway.wire.request import HOP_BY_HOP, LEARN_EVERY, tokens, whole_head
 
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 SHAPE_MEMO_ENTRIES = 256
 SHAPE_MAX_HEAD = 2048  # bytes of a response head beyond which it is never remembered
-LEARN_EVERY = 8  # an upstream whose heads never repeat pays for learning on one miss in 8
 LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -181,12 +180,9 @@ class ResponseShapes:
     ) -> None:
         """The parser read all of `data`, from its start state, as one final response with
         `body_size` body bytes: remember its head if the framing was plain Content-Length."""
-        end = data.find(b"\r\n\r\n") + 4
-        if end < 4 or end > SHAPE_MAX_HEAD or end + body_size != len(data) or status < 200 or status in (204, 304):
+        head = whole_head(data, SHAPE_MAX_HEAD, body_size)
+        if head is None or status < 200 or status in (204, 304):
             return
-        head = data[:end]
-        if head.count(b"\n") != head.count(b"\r\n"):
-            return  # a bare LF: a lenient reader could end the head elsewhere
         lengths = [value.strip() for name, value in headers if name.lower() == b"content-length"]
         if len(lengths) != 1 or lengths[0] != b"%d" % body_size:
             return
