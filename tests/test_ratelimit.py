@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gateway.core.errors import RuleError
-from gateway.core.ratelimit import Limit, Window, check, check_one, parse_limits, parse_rate
+from gateway.core.ratelimit import Limit, Window, check, parse_limits, parse_rate
 
 T0 = 1_800_000_000.0
 
@@ -89,6 +89,7 @@ def test_never_more_than_n_in_any_window(seed: int) -> None:
 
 @pytest.mark.parametrize("per", ["second", "minute"])
 def test_the_one_window_shortcut_agrees_with_check(per: str) -> None:
+    """`Window.take` counts, refuses and reports exactly as `check` does for one window."""
     rng = random.Random(per)
     limit = Limit(5, per)
     general, single = Window(), Window()
@@ -96,10 +97,8 @@ def test_the_one_window_shortcut_agrees_with_check(per: str) -> None:
     for _ in range(2000):
         now += rng.expovariate(8 / limit.seconds)
         group, verdict = check([(general, limit, 0)], now)
-        group_one, verdict_one = check_one(single, limit, now)
-        assert (group, verdict.allowed, verdict.remaining, verdict.reset) == (
-            group_one,
-            verdict_one.allowed,
-            verdict_one.remaining,
-            verdict_one.reset,
-        )
+        lines = single.take(limit, now)
+        assert (group is None) is (lines is not None)
+        if lines is not None:
+            assert lines == verdict.headers()
+        assert (single.total, list(single.slots)) == (general.total, list(general.slots))

@@ -74,6 +74,22 @@ async def test_per_account_limits_and_defaults(start_proxy: Any) -> None:
     assert status == 429 and b"key_rate_limited" in body
 
 
+async def test_an_edit_of_a_limit_applies_to_the_next_request(proxy: Proxy) -> None:
+    """A key with one limit is counted through its snapshot's binding; an edit makes a new
+    snapshot, so the new limit holds at once and the counts so far carry over."""
+    key = await proxy.admin.create(rate_limits=second(5))
+    assert [(await call(proxy, key["key"]))[0] for _ in range(3)] == [200] * 3
+    status, _ = await proxy.admin.call("PATCH", f"/api/v1/keys/{key['id']}", {"rate_limits": second(4)})
+    assert status == 200
+    answers = [await call(proxy, key["key"]) for _ in range(2)]
+    assert [(s, h["RateLimit-Limit"], h["RateLimit-Remaining"]) for s, h, _ in answers] == [
+        (200, "4", "0"),
+        (429, "4", "0"),
+    ]
+    status, _ = await proxy.admin.call("PATCH", f"/api/v1/keys/{key['id']}", {"rate_limits": []})
+    assert (await call(proxy, key["key"]))[:1] == (200,) and "RateLimit-Limit" not in (await call(proxy, key["key"]))[1]
+
+
 async def test_keys_without_limits_carry_no_headers(proxy: Proxy) -> None:
     key = await proxy.admin.create()
     status, headers, _ = await call(proxy, key["key"])
@@ -126,6 +142,45 @@ async def test_a_redis_outage_fails_open_or_closed_and_recovers(start_proxy: Any
         status, headers, _ = await call(proxy, key["key"])
         assert status == 200 and headers["RateLimit-Limit"] == "100"
         assert any("rate-limit backend is back" in r.getMessage() for r in caplog.records)
+    finally:
+        await relay.close()
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny"])
+async def test_an_outage_reaches_keys_decided_locally(start_proxy: Any, caplog: Any, mode: str) -> None:
+    """A large limit is decided in this process, without Redis; once the batch finds Redis
+    gone, those keys too follow on_backend_error, and count again when it is back."""
+    caplog.set_level(logging.INFO, logger="gateway.ratelimit")
+    server = urlsplit(redis_url())
+    relay = TcpRelay(server.hostname or "127.0.0.1", server.port or 6379)
+    await relay.start()
+    try:
+        backend = f"redis://127.0.0.1:{relay.port}{server.path or '/0'}"
+        proxy: Proxy = await start_proxy(rate_limits={"backend": backend, "on_backend_error": mode})
+        key = await proxy.admin.create(rate_limits=[{"requests": 100_000, "per": "minute"}])
+        for _ in range(3):
+            status, headers, _ = await call(proxy, key["key"])
+            assert status == 200 and headers["RateLimit-Limit"] == "100000"
+        relay.cut()
+        for _ in range(50):  # the batch (every 20 ms, 0.5 s timeout) notices
+            if any("rate-limit backend unavailable" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the outage was not noticed")
+        for _ in range(3):
+            status, headers, body = await call(proxy, key["key"])
+            if mode == "allow":
+                assert status == 200 and "RateLimit-Limit" not in headers
+            else:
+                assert status == 503 and b"rate_limit_unavailable" in body
+        relay.restore()
+        for _ in range(50):
+            if any("rate-limit backend is back" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.1)
+        status, headers, _ = await call(proxy, key["key"])
+        assert status == 200 and headers["RateLimit-Limit"] == "100000"
     finally:
         await relay.close()
 

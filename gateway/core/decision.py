@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.core.iprules import Whitelist
-from gateway.core.ratelimit import Limit
+from gateway.core.ratelimit import Binding, Limit
 from gateway.core.record import Key, parse_time
 from gateway.core.routes import RouteMatch
 
@@ -25,6 +25,7 @@ class KeySnapshot:
     rate_limits: tuple[Limit, ...] = ()  # the key's own; none: the configured default applies
     expires_at: float | None = None  # epoch seconds: key_expired from then on
     retired_at: float | None = None  # a rotated-out secret: invalid_key from then on
+    counters: Binding = field(default_factory=Binding, compare=False, repr=False)  # see ratelimit.Binding
 
     @classmethod
     def of(cls, key: Key, shared: Interner | None = None) -> KeySnapshot:

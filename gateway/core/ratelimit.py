@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.core.errors import RuleError
 
@@ -22,6 +22,7 @@ SLOTS = 60
 SPAN = SLOTS + 1  # counters kept: a window ending mid-slot starts in the slot SLOTS back
 MAX_REQUESTS = 1_000_000
 MAX_LIMITS = 4
+LINES = b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %%d\r\nRateLimit-Reset: %%d\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +30,11 @@ class Limit:
     requests: int
     per: str
     seconds: int = field(init=False, repr=False, compare=False)  # the window's length
+    lines: bytes = field(init=False, repr=False, compare=False)  # RateLimit-* lines, % (remaining, reset)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seconds", WINDOWS[self.per])
+        object.__setattr__(self, "lines", LINES % self.requests)
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "per": self.per}
@@ -87,13 +90,16 @@ class Window:
         if slot > self.last:  # (a clock stepping back keeps counting in the newest slot)
             self.last = slot
             slots = self.slots
-            if slots and slots[0] <= slot - SPAN:  # that slot and older ones left the span
-                gone = slot - SPAN
-                counts = self.counts
-                while slots and slots[0] <= gone:
-                    slots.popleft()
-                    self.total -= counts.popleft()
+            if slots and slots[0] <= slot - SPAN:
+                self._forget(slot - SPAN)
         return self.total
+
+    def _forget(self, gone: int) -> None:
+        """Drop the slots numbered `gone` and older: they left the span."""
+        slots, counts = self.slots, self.counts
+        while slots and slots[0] <= gone:
+            slots.popleft()
+            self.total -= counts.popleft()
 
     def add(self) -> None:
         """Count one request in the slot of the last `used` call."""
@@ -110,6 +116,58 @@ class Window:
             return 1
         return max(1, math.ceil((self.slots[0] + SPAN) * limit.seconds / SLOTS - now))
 
+    def take(self, limit: Limit, now: float) -> bytes | None:
+        """`used`, `add` and `reset_after` in one call, for a window that decides alone (a key
+        with one limit and no account limit, the common case): the RateLimit lines when the
+        request is counted, None when the window is full (nothing is counted)."""
+        slot = int(now * SLOTS // limit.seconds)
+        slots = self.slots
+        if slot > self.last:
+            self.last = slot
+            gone = slot - SPAN
+            if slots and slots[0] <= gone:
+                counts = self.counts
+                while slots and slots[0] <= gone:
+                    slots.popleft()
+                    self.total -= counts.popleft()
+        total = self.total
+        if total >= limit.requests:
+            return None
+        if slots and slots[-1] == self.last:
+            self.counts[-1] += 1
+        else:
+            slots.append(self.last)
+            self.counts.append(1)
+        self.total = total + 1
+        reset = math.ceil((slots[0] + SPAN) * limit.seconds / SLOTS - now)
+        return limit.lines % (limit.requests - total - 1, reset if reset > 1 else 1)
+
+
+class Taker(Protocol):
+    def take(self, limit: Limit, now: float) -> bytes | None: ...
+
+
+class Binding:
+    """A key snapshot's place for the window that decides alone for that key (one limit, no
+    account limit), filled by the limiter that owns the window: later requests with the same
+    snapshot reach the window without a lookup, while `owner` is the limiter's current token.
+    A new snapshot (any edit) starts empty. `window.take` answers None when it cannot decide
+    alone: the request then goes the general way."""
+
+    __slots__ = ("limit", "owner", "window")
+
+    def __init__(self) -> None:
+        self.owner: object = None  # the token of the limiter that filled it; until then, placeholders
+        self.window: Taker = _UNBOUND[0]
+        self.limit = _UNBOUND[1]
+
+    def bind(self, owner: object, window: Taker, limit: Limit) -> None:
+        self.window, self.limit = window, limit
+        self.owner = owner
+
+
+_UNBOUND = (Window(), Limit(1, "second"))
+
 
 class Verdict:
     """The outcome of a rate check: `allowed`, and the window with the fewest remaining
@@ -124,27 +182,13 @@ class Verdict:
         self.reset = reset
 
     def headers(self) -> bytes:
-        return b"RateLimit-Limit: %d\r\nRateLimit-Remaining: %d\r\nRateLimit-Reset: %d\r\n" % (
-            self.limit,
-            self.remaining,
-            self.reset,
-        )
+        return LINES % self.limit % (self.remaining, self.reset)
 
 
 def tightest(states: list[tuple[Limit, int, int]], allowed: bool) -> Verdict:
     """From (limit, used after this request, reset) per window, the one with the fewest remaining."""
     limit, used, reset = min(states, key=lambda state: state[0].requests - state[1])
     return Verdict(allowed, limit.requests, max(0, limit.requests - used), reset)
-
-
-def check_one(window: Window, limit: Limit, now: float) -> tuple[int | None, Verdict]:
-    """`check` for the common case of one window (a key with one limit, no account limit)."""
-    used = window.used(limit, now)
-    requests = limit.requests
-    if used >= requests:
-        return 0, Verdict(False, requests, 0, window.reset_after(limit, now))
-    window.add()
-    return None, Verdict(True, requests, requests - used - 1, window.reset_after(limit, now))
 
 
 def check(counters: list[tuple[Window, Limit, int]], now: float) -> tuple[int | None, Verdict]:

@@ -3,8 +3,10 @@ replica in Redis (`RedisLimiter`).
 
 Both answer `try_local(groups, now)` at once when they can, else `check(groups, now)` (awaited),
 where groups are [(kind, id, limits)] in the contract's order (the account first, then the
-key): the index of the first group that is over its limit, or None, and the verdict whose
-numbers go into the RateLimit-* headers.
+key; `groups(key)` makes them): the index of the first group that is over its limit, or None,
+and the verdict whose numbers go into the RateLimit-* headers. `LocalLimiter.groups` also binds
+a key whose one window decides alone (one limit, no account limit: the common case) to its
+snapshot (`core.ratelimit.Binding`), so its next requests go straight to `Window.take`.
 
 Redis, without a round trip per request: a window far from its limit (fewer than
 FAST_MARGIN of it used, by the last known global count plus this process's own requests) is
@@ -23,7 +25,8 @@ import logging
 import time
 from typing import Any
 
-from gateway.core.ratelimit import SLOTS, SPAN, WINDOWS, Limit, Verdict, Window, check, check_one, tightest
+from gateway.core.decision import KeySnapshot
+from gateway.core.ratelimit import SLOTS, SPAN, WINDOWS, Limit, Verdict, Window, check, tightest
 
 log = logging.getLogger("gateway.ratelimit")
 Groups = list[tuple[str, str, tuple[Limit, ...]]]
@@ -33,29 +36,53 @@ class LimiterUnavailable(Exception):
     """The shared backend did not answer."""
 
 
-class LocalLimiter:
+class Policy:
+    """The limits that apply to a key: the configured account limits, and the key's own or,
+    when it sets none, the configured default."""
+
+    def __init__(self, account_limits: tuple[Limit, ...] = (), default_key_limits: tuple[Limit, ...] = ()) -> None:
+        self.account_limits = account_limits
+        self.default_key_limits = default_key_limits
+        self.always = bool(account_limits or default_key_limits)  # every key is limited
+        self.token = object()  # what key snapshots are bound with (see ratelimit.Binding); a new one unbinds all
+
+    def groups(self, key: KeySnapshot) -> Groups:
+        """The key's groups; a key whose one window decides alone is bound to it as well."""
+        groups = [("a", key.account, self.account_limits)] if self.account_limits else []
+        limits = key.rate_limits or self.default_key_limits
+        if limits:
+            groups.append(("k", key.id, limits))
+            if len(groups) == 1 and len(limits) == 1:
+                self.bind(key, limits)
+        return groups
+
+    def bind(self, key: KeySnapshot, limits: tuple[Limit, ...]) -> None:
+        """Bind `key.counters` to its one window (see ratelimit.Binding), if this limiter can."""
+
+
+class LocalLimiter(Policy):
     """Exact within this process; with several workers each counts alone. It always decides
     at once, so `check` is never needed."""
 
-    def __init__(self) -> None:
+    def __init__(self, account_limits: tuple[Limit, ...] = (), default_key_limits: tuple[Limit, ...] = ()) -> None:
+        super().__init__(account_limits, default_key_limits)
         # (kind, id) -> its limits and one window per limit: bounded by keys and accounts
         self._groups: dict[tuple[str, str], tuple[tuple[Limit, ...], list[Window]]] = {}
 
+    def bind(self, key: KeySnapshot, limits: tuple[Limit, ...]) -> None:
+        key.counters.bind(self.token, self._windows(key.id, limits)[0], limits[0])
+
+    def _windows(self, ident: str, limits: tuple[Limit, ...], kind: str = "k") -> list[Window]:
+        found = self._groups.get((kind, ident))
+        if found is None or found[0] is not limits:
+            found = self._groups[(kind, ident)] = (limits, self._windows_for(found, limits))
+        return found[1]
+
     def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
-        if len(groups) == 1:  # the common case: one key's limits
-            kind, ident, limits = groups[0]
-            found = self._groups.get((kind, ident))
-            if found is not None and found[0] is limits and len(limits) == 1:
-                return check_one(found[1][0], limits[0], now)
         counters = []
         for index, (kind, ident, limits) in enumerate(groups):
-            found = self._groups.get((kind, ident))
-            if found is None or found[0] is not limits:
-                found = self._groups[(kind, ident)] = (limits, self._windows_for(found, limits))
-            for limit, window in zip(limits, found[1], strict=True):
+            for limit, window in zip(limits, self._windows(ident, limits, kind), strict=True):
                 counters.append((window, limit, index))
-        if len(counters) == 1:
-            return check_one(counters[0][0], counters[0][1], now)
         return check(counters, now)
 
     @staticmethod
@@ -161,12 +188,38 @@ class SharedWindow:
         self.seen = 0.0  # last use: windows idle for a while are no longer synced
         self.calm = False  # under CALM_SHARE of its limit used at the last local decision
 
+    def take(self, limit: Limit, now: float) -> bytes | None:
+        """`RedisLimiter.try_local` for this window alone, when it changes nothing but counts
+        (far from the limit, not known full, no change of calm): the RateLimit lines; None: the
+        general way decides."""
+        own, requests = self.own, limit.requests
+        used = own.used(limit, now) + self.others
+        if (
+            self.full_until > now
+            or requests < FAST_MIN
+            or used >= requests * FAST_MARGIN
+            or (used < requests * CALM_SHARE) is not self.calm
+        ):
+            return None
+        self.seen = now
+        own.add()
+        slot = own.last
+        self.pending[slot] = self.pending.get(slot, 0) + 1
+        return limit.lines % (requests - used - 1, own.reset_after(limit, now))
 
-class RedisLimiter:
+
+class RedisLimiter(Policy):
     """One budget across every worker and replica; an outage is logged once, and each request
     then follows `on_backend_error` until Redis answers again (redis-py reconnects by itself)."""
 
-    def __init__(self, url: str, timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str,
+        account_limits: tuple[Limit, ...] = (),
+        default_key_limits: tuple[Limit, ...] = (),
+        timeout: float = 0.5,
+    ) -> None:
+        super().__init__(account_limits, default_key_limits)
         import redis.asyncio as redis  # only deployments that use Redis need the package
 
         self._client: Any = redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -182,6 +235,17 @@ class RedisLimiter:
     def _name(kind: str, ident: str, limit: Limit) -> str:
         return f"gateway:rl:{kind}:{ident}:{limit.per}"
 
+    def _window(self, kind: str, ident: str, limit: Limit) -> SharedWindow:
+        state = self._windows.get((kind, ident, limit.per))
+        if state is None:
+            state = self._windows[(kind, ident, limit.per)] = SharedWindow(self._name(kind, ident, limit), limit.per)
+            self._eager.add(state)  # its global count is not known yet
+        return state
+
+    def bind(self, key: KeySnapshot, limits: tuple[Limit, ...]) -> None:
+        if not self._down:
+            key.counters.bind(self.token, self._window("k", key.id, limits[0]), limits[0])
+
     def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict] | None:
         """Decide here when every window is far from its limit or known full; None: ask Redis."""
         if self._down:
@@ -191,11 +255,7 @@ class RedisLimiter:
         picked = []
         for index, (kind, ident, limits) in enumerate(groups):
             for limit in limits:
-                state = self._windows.get((kind, ident, limit.per))
-                if state is None:
-                    state = SharedWindow(self._name(kind, ident, limit), limit.per)
-                    self._windows[(kind, ident, limit.per)] = state
-                    self._eager.add(state)  # its global count is not known yet
+                state = self._window(kind, ident, limit)
                 state.seen = now
                 if state.full_until > now:
                     return index, Verdict(False, limit.requests, 0, max(1, int(state.full_until - now + 0.999)))
@@ -273,6 +333,7 @@ class RedisLimiter:
         if not self._down:
             log.warning("rate-limit backend unavailable: %s", err)
             self._down = True
+            self.token = object()  # every request asks the backend (and follows on_backend_error)
 
     def _back(self) -> None:
         if self._down:
@@ -319,5 +380,9 @@ class RedisLimiter:
         await self._client.aclose()
 
 
-def open_limiter(backend: str) -> LocalLimiter | RedisLimiter:
-    return LocalLimiter() if backend == "local" else RedisLimiter(backend)
+def open_limiter(
+    backend: str, account_limits: tuple[Limit, ...] = (), default_key_limits: tuple[Limit, ...] = ()
+) -> LocalLimiter | RedisLimiter:
+    if backend == "local":
+        return LocalLimiter(account_limits, default_key_limits)
+    return RedisLimiter(backend, account_limits, default_key_limits)

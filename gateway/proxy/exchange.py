@@ -132,16 +132,21 @@ class Exchange:
 
     # rate limits, checked last so that a refused request consumes nothing
     def admit(self) -> None:
-        server, key = self.conn.server, self.key
+        key, limiter = self.key, self.conn.server.limiter
         assert key is not None
-        groups = [("a", key.account, server.account_limits)] if server.account_limits else []
-        limits = key.rate_limits or server.default_key_limits
-        if limits:
-            groups.append(("k", key.id, limits))
-        if not groups:
+        if not (key.rate_limits or limiter.always):  # no limit applies
             self.forward()
             return
-        answer = server.limiter.try_local(groups, time.time())
+        now = time.time()
+        bound = key.counters
+        if bound.owner is limiter.token:  # the common case: one window decides (see ratelimit.Binding)
+            lines = bound.window.take(bound.limit, now)
+            if lines is not None:
+                self.rate_headers = lines
+                self.forward()
+                return
+        groups = limiter.groups(key)
+        answer = limiter.try_local(groups, now)
         if answer is not None:  # decided here: no phase of waiting
             self.limited(groups, *answer)
         else:

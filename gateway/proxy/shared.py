@@ -59,9 +59,7 @@ class Shared:
             scheme=b"https" if config.listen.tls else b"http",
         )
         rates = config.rate_limits
-        self.limiter = open_limiter(rates.backend)
-        self.account_limits = rates.account_limits()
-        self.default_key_limits = rates.key_defaults()
+        self.limiter = open_limiter(rates.backend, rates.account_limits(), rates.key_defaults())
         self.limits_fail_open = rates.on_backend_error == "allow"
         self.unknown_allowed = config.routes.unknown == "allow"
         self.max_inspect = config.routes.max_body_inspect
