@@ -82,13 +82,13 @@ def test_values_that_cannot_be_keys_are_neither_hashed_nor_cached() -> None:
 
 def test_usage_batches() -> None:
     usage = Usage()
-    for _ in range(3):
-        usage.touch("k1")
-    usage.touch("k2")
+    for at in (10.0, 12.0, 11.0):
+        usage.touch("k1", at)
+    usage.touch("k2", 5.0)
     batch = usage.take()
-    assert {k: n for k, (_, n) in batch.items()} == {"k1": 3, "k2": 1}
+    assert batch == {"k1": (11.0, 3), "k2": (5.0, 1)}  # the last request's time, and the count
     assert usage.take() == {}
-    usage.touch("k1")
+    usage.touch("k1", 20.0)
     usage.restore(batch)  # a failed flush is merged back, nothing lost
     assert {k: n for k, (_, n) in usage.take().items()} == {"k1": 4, "k2": 1}
 

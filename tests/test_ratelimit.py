@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gateway.core.errors import RuleError
-from gateway.core.ratelimit import Limit, Window, check, parse_limits, parse_rate
+from gateway.core.ratelimit import Limit, Window, check, epoch_of, parse_limits, parse_rate
 
 T0 = 1_800_000_000.0
 
@@ -100,5 +100,20 @@ def test_the_one_window_shortcut_agrees_with_check(per: str) -> None:
         lines = single.take(limit, now)
         assert (group is None) is (lines is not None)
         if lines is not None:
-            assert lines == verdict.headers()
+            assert lines == verdict.headers() + b"\r\n"
         assert (single.total, list(single.slots)) == (general.total, list(general.slots))
+
+
+@pytest.mark.parametrize("per", ["second", "hour"])
+def test_slots_counted_from_a_day_answer_as_from_the_unix_epoch(per: str) -> None:
+    """A window numbering its slots from a day (small numbers, fast) decides exactly as one
+    numbering them from 1970, and names the same slots when it reports them (to Redis)."""
+    rng = random.Random(per)
+    limit = Limit(5, per)
+    plain, dated = Window(), Window(epoch_of(T0))
+    now = T0
+    for _ in range(500):
+        now += rng.expovariate(8 / limit.seconds)
+        assert plain.take(limit, now) == dated.take(limit, now)
+        assert [dated.absolute(slot, limit) for slot in dated.slots] == list(plain.slots)
+    assert dated.slots[-1] < min(2**30, plain.slots[-1])

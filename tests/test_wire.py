@@ -444,7 +444,7 @@ def test_learning_stays_cheap_for_heads_that_never_repeat() -> None:
 def test_the_gateways_own_lines_end_the_head() -> None:
     plan = plan_response(b"GET", b"1.1", 200, b"OK", [(b"X-A", b"1"), (b"Content-Length", b"2")], True)
     assert plan.head_with(b"") is plan.head
-    assert plan.head_with(b"RateLimit-Limit: 5\r\n") == (
+    assert plan.head_with(b"RateLimit-Limit: 5\r\n\r\n") == (
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nRateLimit-Limit: 5\r\n\r\n"
     )
 

@@ -30,11 +30,15 @@ class Limit:
     requests: int
     per: str
     seconds: int = field(init=False, repr=False, compare=False)  # the window's length
-    lines: bytes = field(init=False, repr=False, compare=False)  # RateLimit-* lines, % (remaining, reset)
+    scale: float = field(init=False, repr=False, compare=False)  # slots per second: a time's slot is int(now * scale)
+    slot_seconds: float = field(init=False, repr=False, compare=False)  # a slot's length
+    ending: bytes = field(init=False, repr=False, compare=False)  # a head's RateLimit lines, % (remaining, reset)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seconds", WINDOWS[self.per])
-        object.__setattr__(self, "lines", LINES % self.requests)
+        object.__setattr__(self, "scale", SLOTS / self.seconds)  # (float arithmetic: a float's // is slow)
+        object.__setattr__(self, "slot_seconds", self.seconds / SLOTS)
+        object.__setattr__(self, "ending", LINES % self.requests + b"\r\n")
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "per": self.per}
@@ -76,9 +80,12 @@ class Window:
     total. A request costs a comparison and an increment; a slot leaving the span costs two
     pops and a subtraction, however long the window was idle (no walk over empty slots)."""
 
-    __slots__ = ("counts", "last", "slots", "total")
+    __slots__ = ("counts", "epoch", "last", "slots", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: float = 0.0) -> None:
+        # Slots are numbered from `epoch` (a whole day, so every window's slots line up with
+        # the calendar's): numbers then stay under 2**30, which CPython adds and compares fastest.
+        self.epoch = epoch
         self.slots: deque[int] = deque()
         self.counts: deque[int] = deque()
         self.last = -1  # the newest slot number seen; requests are counted there
@@ -86,7 +93,7 @@ class Window:
 
     def used(self, limit: Limit, now: float) -> int:
         """The requests counted in the span ending now (forgetting slots that left it)."""
-        slot = int(now * SLOTS // limit.seconds)
+        slot = int((now - self.epoch) * limit.scale)
         if slot > self.last:  # (a clock stepping back keeps counting in the newest slot)
             self.last = slot
             slots = self.slots
@@ -114,13 +121,19 @@ class Window:
         """Whole seconds (at least 1) until the oldest counted slot leaves the span."""
         if not self.slots:
             return 1
-        return max(1, math.ceil((self.slots[0] + SPAN) * limit.seconds / SLOTS - now))
+        return max(1, math.ceil((self.slots[0] + SPAN) * limit.slot_seconds - (now - self.epoch)))
+
+    def absolute(self, slot: int, limit: Limit) -> int:
+        """A slot's number counted from the Unix epoch (as Redis counts them)."""
+        return slot + round(self.epoch * limit.scale)
 
     def take(self, limit: Limit, now: float) -> bytes | None:
         """`used`, `add` and `reset_after` in one call, for a window that decides alone (a key
-        with one limit and no account limit, the common case): the RateLimit lines when the
-        request is counted, None when the window is full (nothing is counted)."""
-        slot = int(now * SLOTS // limit.seconds)
+        with one limit and no account limit, the common case): when the request is counted, the
+        end of its answer's head (the RateLimit lines and the blank line); None when the window
+        is full (nothing is counted)."""
+        now -= self.epoch
+        slot = int(now * limit.scale)
         slots = self.slots
         if slot > self.last:
             self.last = slot
@@ -139,8 +152,8 @@ class Window:
             slots.append(self.last)
             self.counts.append(1)
         self.total = total + 1
-        reset = math.ceil((slots[0] + SPAN) * limit.seconds / SLOTS - now)
-        return limit.lines % (limit.requests - total - 1, reset if reset > 1 else 1)
+        reset = math.ceil((slots[0] + SPAN) * limit.slot_seconds - now)
+        return limit.ending % (limit.requests - total - 1, reset if reset > 1 else 1)
 
 
 class Taker(Protocol):
@@ -167,6 +180,11 @@ class Binding:
 
 
 _UNBOUND = (Window(), Limit(1, "second"))
+
+
+def epoch_of(now: float) -> float:
+    """The day `now` falls in, as a `Window` epoch."""
+    return now // 86400 * 86400
 
 
 class Verdict:

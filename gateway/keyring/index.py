@@ -102,12 +102,12 @@ class Usage:
     def __init__(self) -> None:
         self._pending: dict[str, list[float | int]] = {}
 
-    def touch(self, key_id: str) -> None:
+    def touch(self, key_id: str, now: float) -> None:
         entry = self._pending.get(key_id)
         if entry is None:
-            self._pending[key_id] = [time.time(), 1]
+            self._pending[key_id] = [now, 1]
         else:
-            entry[0] = time.time()
+            entry[0] = now
             entry[1] += 1
 
     def peek(self, key_id: str) -> tuple[float, int] | None:

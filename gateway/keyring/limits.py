@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from gateway.core.decision import KeySnapshot
-from gateway.core.ratelimit import SLOTS, SPAN, WINDOWS, Limit, Verdict, Window, check, tightest
+from gateway.core.ratelimit import SLOTS, SPAN, WINDOWS, Limit, Verdict, Window, check, epoch_of, tightest
 
 log = logging.getLogger("gateway.ratelimit")
 Groups = list[tuple[str, str, tuple[Limit, ...]]]
@@ -44,6 +44,7 @@ class Policy:
         self.account_limits = account_limits
         self.default_key_limits = default_key_limits
         self.always = bool(account_limits or default_key_limits)  # every key is limited
+        self.epoch = epoch_of(time.time())  # windows count their slots from this day
         self.token = object()  # what key snapshots are bound with (see ratelimit.Binding); a new one unbinds all
 
     def groups(self, key: KeySnapshot) -> Groups:
@@ -85,12 +86,14 @@ class LocalLimiter(Policy):
                 counters.append((window, limit, index))
         return check(counters, now)
 
-    @staticmethod
-    def _windows_for(found: tuple[tuple[Limit, ...], list[Window]] | None, limits: tuple[Limit, ...]) -> list[Window]:
+    def _windows_for(
+        self, found: tuple[tuple[Limit, ...], list[Window]] | None, limits: tuple[Limit, ...]
+    ) -> list[Window]:
         """Windows for new limits: a window's counts carry over when its length stays (an
         edit of a key's limits does not hand out a fresh budget)."""
+        epoch = self.epoch
         kept = {} if found is None else {limit.per: window for limit, window in zip(*found, strict=True)}
-        return [kept.get(limit.per) or Window() for limit in limits]
+        return [kept.get(limit.per) or Window(epoch) for limit in limits]
 
     async def check(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
         return self.try_local(groups, now)
@@ -178,10 +181,10 @@ class SharedWindow:
 
     __slots__ = ("calm", "full_until", "name", "others", "own", "pending", "per", "seen")
 
-    def __init__(self, name: str, per: str) -> None:
+    def __init__(self, name: str, per: str, epoch: float) -> None:
         self.name = name  # the window's hash in Redis
         self.per = per
-        self.own = Window()  # this process's own requests
+        self.own = Window(epoch)  # this process's own requests
         self.pending: dict[int, int] = {}  # slot -> own requests not yet pushed
         self.others = 0  # the other processes' requests in the span, as of the last sync
         self.full_until = 0.0  # Redis found the window full: refuse here until then
@@ -190,8 +193,8 @@ class SharedWindow:
 
     def take(self, limit: Limit, now: float) -> bytes | None:
         """`RedisLimiter.try_local` for this window alone, when it changes nothing but counts
-        (far from the limit, not known full, no change of calm): the RateLimit lines; None: the
-        general way decides."""
+        (far from the limit, not known full, no change of calm): the end of the answer's head, as
+        `Window.take`; None: the general way decides."""
         own, requests = self.own, limit.requests
         used = own.used(limit, now) + self.others
         if (
@@ -205,7 +208,7 @@ class SharedWindow:
         own.add()
         slot = own.last
         self.pending[slot] = self.pending.get(slot, 0) + 1
-        return limit.lines % (requests - used - 1, own.reset_after(limit, now))
+        return limit.ending % (requests - used - 1, own.reset_after(limit, now))
 
 
 class RedisLimiter(Policy):
@@ -238,7 +241,9 @@ class RedisLimiter(Policy):
     def _window(self, kind: str, ident: str, limit: Limit) -> SharedWindow:
         state = self._windows.get((kind, ident, limit.per))
         if state is None:
-            state = self._windows[(kind, ident, limit.per)] = SharedWindow(self._name(kind, ident, limit), limit.per)
+            state = self._windows[(kind, ident, limit.per)] = SharedWindow(
+                self._name(kind, ident, limit), limit.per, self.epoch
+            )
             self._eager.add(state)  # its global count is not known yet
         return state
 
@@ -315,7 +320,8 @@ class RedisLimiter(Policy):
             pending, state.pending = state.pending, {}
             taken.append(pending)
             keys.append(state.name)
-            args.append(b"%d" % WINDOWS[state.per] + b"".join([b" %d:%d" % item for item in pending.items()]))
+            length, at = LENGTHS[state.per], state.own.absolute
+            args.append(b"%d" % length.seconds + b"".join([b" %d:%d" % (at(s, length), n) for s, n in pending.items()]))
         try:
             totals = await self._sync_script(keys=keys, args=args)
         except self._errors as err:

@@ -48,11 +48,12 @@ class Exchange:
         "client",
         "conn",
         "head",
+        "head_ending",
         "inspected",
         "keep_alive",
         "key",
         "limiting",
-        "rate_headers",
+        "now",
         "recorded",
         "relay",
         "request_complete",
@@ -79,10 +80,11 @@ class Exchange:
         self.relay: Relay | None = None
         self.inspected = False  # the whole body was read for the app id
         self.limiting: asyncio.Task | None = None  # a check with the shared rate-limit backend
-        self.rate_headers = b""  # RateLimit-* lines for the answer
+        self.head_ending = b""  # RateLimit-* lines and the blank line that end the answer's head
         self.response_started = False
         self.response_complete = False
         self.started = time.monotonic()
+        self.now = 0.0  # the wall clock when the decision began (expiry, rate windows, last use)
         self.status = 0
         self.bytes_out = 0
         self.recorded = False
@@ -96,6 +98,7 @@ class Exchange:
         """This exchange is now the one being answered: decide on the head."""
         head, conn = self.head, self.conn
         server = conn.server
+        self.now = time.time()
         if not head.ambiguous:
             route = head.route  # known for the requests of one shape (see wire.request.RequestShape)
             if route is None:
@@ -114,7 +117,7 @@ class Exchange:
             server.unknown_allowed,
             server.max_inspect,
             server.head_rules.malformed_key,
-            time.time(),
+            self.now,
         )
         self.act(decision)
 
@@ -137,12 +140,12 @@ class Exchange:
         if not (key.rate_limits or limiter.always):  # no limit applies
             self.forward()
             return
-        now = time.time()
+        now = self.now
         bound = key.counters
         if bound.owner is limiter.token:  # the common case: one window decides (see ratelimit.Binding)
-            lines = bound.window.take(bound.limit, now)
-            if lines is not None:
-                self.rate_headers = lines
+            ending = bound.window.take(bound.limit, now)
+            if ending is not None:
+                self.head_ending = ending
                 self.forward()
                 return
         groups = limiter.groups(key)
@@ -168,7 +171,7 @@ class Exchange:
 
     def limited(self, groups: Groups, group: int | None, verdict: RateVerdict) -> None:
         if group is None:
-            self.rate_headers = verdict.headers()
+            self.head_ending = verdict.headers() + b"\r\n"
             self.forward()
         else:
             deny = decide.ACCOUNT_RATE_LIMITED if groups[group][0] == "a" else decide.KEY_RATE_LIMITED
@@ -206,7 +209,7 @@ class Exchange:
     # forwarding
     def forward(self) -> None:
         head = self.head
-        self.conn.server.usage.touch(self.key.id)  # type: ignore[union-attr]
+        self.conn.server.usage.touch(self.key.id, self.now)  # type: ignore[union-attr]
         if head.expect_continue and not self.request_complete and not self.inspected:
             self.conn.write(CONTINUE)
         # sent again only when repeating it is harmless and the whole body is in hand

@@ -145,7 +145,7 @@ class Relay:
         exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
         self.plan = plan
         exchange.answering(status, plan.keep_alive)
-        exchange.conn.write(plan.head_with(exchange.rate_headers))
+        exchange.conn.write(plan.head_with(exchange.head_ending))
         if exchange.head.method == b"HEAD":
             self.on_response_complete(reusable=False)  # the parser would wait for a body that never comes
         elif not upstream_keep_alive and self.upstream is not None:

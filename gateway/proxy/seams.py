@@ -48,7 +48,7 @@ class Requester(Protocol):
     response_complete: bool
     status: int
     relay: object
-    rate_headers: bytes
+    head_ending: bytes
 
     @property
     def reusable(self) -> bool: ...

@@ -28,17 +28,19 @@ def chunk(data: bytes) -> bytes:
 class ResponsePlan:
     """The head to send and how the body that follows is framed."""
 
-    __slots__ = ("chunked", "close_delimited", "head", "keep_alive")
+    __slots__ = ("chunked", "close_delimited", "head", "keep_alive", "open")
 
     def __init__(self, head: bytes, chunked: bool, close_delimited: bool, keep_alive: bool) -> None:
         self.head = head
+        self.open = head[:-2]  # without the blank line that ends it
         self.chunked = chunked  # re-chunk each piece of the upstream's body
         self.close_delimited = close_delimited  # the upstream's body ends when it closes
         self.keep_alive = keep_alive  # the client connection may serve another request
 
-    def head_with(self, lines: bytes) -> bytes:
-        """The head with the gateway's own lines (RateLimit-*, different for every request) at its end."""
-        return self.head[:-2] + lines + b"\r\n" if lines else self.head
+    def head_with(self, ending: bytes) -> bytes:
+        """The head with the gateway's own lines (RateLimit-*, different for every request) at
+        its end: `ending` is those lines and the blank line, or empty."""
+        return self.open + ending if ending else self.head
 
 
 PLAN_MEMO_ENTRIES = 512
