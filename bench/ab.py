@@ -1,13 +1,16 @@
 """This checkout's gateway against another revision's, side by side in one run.
 
-    .venv/bin/python bench/ab.py REV [--rounds 8] [--seconds 4] [--config 'rate_limits: {...}']
+    .venv/bin/python bench/ab.py REV [--rounds 8] [--seconds 4] [--config YAML] [--this-config YAML]
 
 Both gateways run at once on one database copy and one nginx upstream; wrk (bench/run.py's
 load: 1,000 distinct keys per run, the JSON body inspected) alternates between them, round
 after round, in alternating order. Prints each one's median CPU per request (its process tree,
 from /proc) and the ratio of the medians, with the spread of the per-round ratios. A change
 of a few percent is lost in bench/run.py's noise from one run to the next; here both sides
-share the machine's state of the moment, so they are compared, not the moments.
+share the machine's state of the moment, so they are compared, not the moments. With
+`--this-config`, one revision against itself measures what a setting costs (REV = HEAD and
+`--this-config 'rate_limits: {default_per_key: [{requests: 1000000, per: second}]}'`: the
+price of counting rate limits).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--config", default="", help="extra YAML for both gateways")
+    parser.add_argument("--this-config", default="", help="extra YAML for this checkout's gateway only")
     args = parser.parse_args()
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="gateway-ab-"))
@@ -58,7 +62,7 @@ def main() -> int:
         )
         ports = {"this": free_port(), args.revision: free_port()}
         sides = {
-            "this": spawn_gateway(work, "this", ports["this"], free_port(), db, extra),
+            "this": spawn_gateway(work, "this", ports["this"], free_port(), db, extra + args.this_config + "\n"),
             args.revision: spawn_gateway(
                 work, "old", ports[args.revision], free_port(), db.replace("g.db", "old.db"), extra, old_launcher
             ),
