@@ -130,14 +130,23 @@ class Relay:
 
     def on_whole_response(self, shape: ResponseShape, body: bytes) -> None:
         """The whole answer arrived in one read, its head known (see wire.response): the shape
-        keeps the client heads planned from it."""
-        self.receiving()
+        keeps the client heads planned from it. `answer` and `on_response_body` in one step,
+        the head and the body in one write (a known head has a Content-Length: no chunks)."""
         exchange = self.exchange
+        conn = exchange.conn
+        server = conn.server
+        self.seen = server.now
+        self.spoke = True
         head = exchange.head
-        self.answer(shape.status, shape.plan(head.method, head.version, exchange.reusable), shape.keep_alive)
-        self.on_response_body(body)
+        self.plan = plan = shape.plan(head.method, head.version, exchange.reusable)
+        assert not plan.chunked  # a known head has a Content-Length, and the client's keeps it
+        server.metrics.observe_upstream(time.monotonic() - self.sent_at)
+        exchange.answering(shape.status, plan.keep_alive)
+        exchange.delivering(len(body))
+        conn.write(plan.head_with(exchange.head_ending) + body)
+        if not shape.keep_alive and self.upstream is not None:
+            self.upstream.keep = False
         self.on_response_complete()
-        self.received()
 
     def answer(self, status: int, plan: ResponsePlan, upstream_keep_alive: bool) -> None:
         """The answer's head goes to the client as `plan` says; its body follows."""
