@@ -37,6 +37,7 @@ PHASES: dict[str, frozenset[str]] = {
     FORWARDING: frozenset({ANSWERED}),  # the relay answered, or the upstream failed
     ANSWERED: frozenset(),
 }
+CHECK_PHASES = False  # every move checked against PHASES: the tests turn it on (tests/conftest.py)
 
 
 class Exchange:
@@ -90,7 +91,8 @@ class Exchange:
         self.recorded = False
 
     def _enter(self, phase: str) -> None:
-        assert phase in PHASES[self.state], f"{self.state} -> {phase}"
+        if CHECK_PHASES and phase not in PHASES[self.state]:
+            raise AssertionError(f"{self.state} -> {phase}")
         self.state = phase
 
     # the decision
