@@ -130,9 +130,11 @@ def body_app_id(body: bytes, name: str) -> str | _Ambiguous | None:
     if end != len(text) or not isinstance(document, _Members):  # trailing data: not one document
         return None
     wanted = name.casefold()
-    values = [value for key, value in document if key.casefold() == wanted]
-    if len(values) > 1:
-        return AMBIGUOUS
-    if not values or not isinstance(values[0], str):
-        return None
-    return values[0]
+    found: object = None
+    seen = False
+    for key, value in document:
+        if key.casefold() == wanted:
+            if seen:
+                return AMBIGUOUS
+            found, seen = value, True
+    return found if isinstance(found, str) else None
