@@ -224,7 +224,9 @@ class ClientConnection(asyncio.Protocol):
                 self.on_body(data[shape.head_length :])
             self.on_message_complete()
         finally:
-            self.uncork()
+            self.corked = False
+            if self.out:  # (an allowed request writes nothing to its client here)
+                self.uncork()
 
     # the seam an exchange uses
     def cork(self) -> None:
@@ -333,7 +335,8 @@ class ClientConnection(asyncio.Protocol):
         elif self.refusal is not None:
             self.refuse(self.refusal)
         else:
-            self.resume_reading(PIPELINE)
+            if self.paused:
+                self.resume_reading(PIPELINE)
             self.last_seen = self.server.now
 
     def check_timeouts(self, now: float) -> None:

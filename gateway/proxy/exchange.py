@@ -226,7 +226,8 @@ class Exchange:
         held = self.body
         if not keep:
             self.body = []
-        self.conn.resume_reading(BUFFER_FULL)
+        if self.conn.paused:
+            self.conn.resume_reading(BUFFER_FULL)
         return held
 
     def answering(self, status: int, keep_alive: bool) -> None:

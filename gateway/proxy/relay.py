@@ -174,7 +174,8 @@ class Relay:
             exchange.conn.write(LAST_CHUNK)
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
-            self.resume(upstream)
+            if self.paused:
+                self.resume(upstream)
             upstream.relay = None
             if reusable and upstream.keep and exchange.request_complete and not upstream.closed:
                 exchange.conn.server.pool.release(upstream)

@@ -25,6 +25,7 @@ class Client(Protocol):
     peer_bytes: bytes
     peer_ip: int | None
     peer_trusted: bool
+    paused: int  # why reading is paused (a bit per reason); 0: reading
 
     def write(self, data: bytes) -> None: ...
     def cork(self) -> None: ...
