@@ -101,3 +101,13 @@ def test_a_memo_is_bounded_in_entries() -> None:
         assert remember(memo, n, n * n, 4) == n * n
         assert len(memo) <= 4 and memo[n] == n * n
     assert memo == {8: 64, 9: 81}  # emptied when full, then filled again
+
+
+def test_ids_sort_in_the_order_they_were_made() -> None:
+    """Many ids within one millisecond still sort as they were made (cursor paging and the
+    listing's order rely on it), and stay unique and well formed."""
+    from gateway.core.sealing import ID_ALPHABET, generate_id
+
+    made = [generate_id() for _ in range(5000)]  # far more than one per millisecond
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert all(len(i) == 28 and i.startswith("k_") and set(i[2:]) <= set(ID_ALPHABET) for i in made)

@@ -44,12 +44,21 @@ def generate_token_id() -> str:
     return "t_" + generate_id()[2:]
 
 
+_last_id = 0
+
+
 def generate_id() -> str:
     """`k_` + 26 base32 characters: 48 bits of milliseconds then 80 random bits.
 
-    Ids sort by creation time, which gives cursor paging a stable, unique order.
+    Ids sort by creation time, which gives cursor paging a stable, unique order. Two ids made
+    in one millisecond (or after the clock stepped back) would sort at random: the later one is
+    then the earlier one plus one, so a process's ids always sort in the order it made them.
     """
+    global _last_id
     value = (int(time.time() * 1000) << 80) | _random.randbits(80)
+    if value <= _last_id:
+        value = _last_id + 1
+    _last_id = value
     chars = []
     for _ in range(26):
         chars.append(ID_ALPHABET[value & 31])
