@@ -138,7 +138,7 @@ class Window:
         if slot > self.last:
             self.last = slot
             gone = slot - SPAN
-            if slots and slots[0] <= gone:
+            if slots and slots[0] <= gone:  # `_forget`, inline: on a busy key most requests get here
                 counts = self.counts
                 while slots and slots[0] <= gone:
                     slots.popleft()

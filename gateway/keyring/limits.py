@@ -4,9 +4,10 @@ replica in Redis (`RedisLimiter`).
 Both answer `try_local(groups, now)` at once when they can, else `check(groups, now)` (awaited),
 where groups are [(kind, id, limits)] in the contract's order (the account first, then the
 key; `groups(key)` makes them): the index of the first group that is over its limit, or None,
-and the verdict whose numbers go into the RateLimit-* headers. `LocalLimiter.groups` also binds
-a key whose one window decides alone (one limit, no account limit: the common case) to its
-snapshot (`core.ratelimit.Binding`), so its next requests go straight to `Window.take`.
+and the verdict whose numbers go into the RateLimit-* headers. `groups(key)` also binds a key
+whose one window decides alone (one limit, no account limit: the common case) to its snapshot
+(`core.ratelimit.Binding`; Redis's only while it answers), so its next requests go straight to
+that window's `take`.
 
 Redis, without a round trip per request: a window far from its limit (fewer than
 FAST_MARGIN of it used, by the last known global count plus this process's own requests) is
@@ -195,20 +196,24 @@ class SharedWindow:
         """`RedisLimiter.try_local` for this window alone, when it changes nothing but counts
         (far from the limit, not known full, no change of calm): the end of the answer's head, as
         `Window.take`; None: the general way decides."""
-        own, requests = self.own, limit.requests
-        used = own.used(limit, now) + self.others
-        if (
-            self.full_until > now
-            or requests < FAST_MIN
-            or used >= requests * FAST_MARGIN
-            or (used < requests * CALM_SHARE) is not self.calm
-        ):
+        requests = limit.requests
+        used = self.own.used(limit, now) + self.others
+        if self.full_until > now or not far(requests, used) or (used < requests * CALM_SHARE) is not self.calm:
             return None
         self.seen = now
-        own.add()
-        slot = own.last
+        self.count()
+        return limit.ending % (requests - used - 1, self.own.reset_after(limit, now))
+
+    def count(self) -> None:
+        """One request of this process, in the slot of the last `own.used`; pushed later."""
+        self.own.add()
+        slot = self.own.last
         self.pending[slot] = self.pending.get(slot, 0) + 1
-        return limit.ending % (requests - used - 1, own.reset_after(limit, now))
+
+
+def far(requests: int, used: int) -> bool:
+    """A window this process may decide alone: a limit large enough, far enough from it."""
+    return requests >= FAST_MIN and used < requests * FAST_MARGIN
 
 
 class RedisLimiter(Policy):
@@ -265,7 +270,7 @@ class RedisLimiter(Policy):
                 if state.full_until > now:
                     return index, Verdict(False, limit.requests, 0, max(1, int(state.full_until - now + 0.999)))
                 used = state.own.used(limit, now) + state.others
-                if limit.requests < FAST_MIN or used >= limit.requests * FAST_MARGIN:
+                if not far(limit.requests, used):
                     if state.calm:
                         state.calm = False
                         self._eager.add(state)
@@ -277,9 +282,7 @@ class RedisLimiter(Policy):
                 picked.append((state, limit, used))
         tight, fewest = None, 0
         for state, limit, used in picked:
-            state.own.add()
-            slot = state.own.last
-            state.pending[slot] = state.pending.get(slot, 0) + 1
+            state.count()
             remaining = limit.requests - used - 1
             if tight is None or remaining < fewest:
                 tight, fewest = (state, limit), remaining
