@@ -109,23 +109,32 @@ def test_header_roles_follow_each_configuration() -> None:
         assert (other.presented, other.plugin, other.forwarded_for) == (b"", False, (b"1.1.1.1",))
 
 
-class ParsedRequest:
-    """What the client connection hands `request_shape`: httptools' reading of one read."""
+class Collected:
+    """httptools' callbacks both directions share: how many messages began, their headers."""
 
-    def __init__(self, data: bytes, rules: HeadRules = RULES) -> None:
-        self.url, self.headers, self.messages, self.head = b"", [], 0, None
-        self.rules = rules
-        self.parser = httptools.HttpRequestParser(self)
-        self.parser.feed_data(data)
+    def __init__(self) -> None:
+        self.messages = 0
+        self.headers: list[tuple[bytes, bytes]] = []
 
     def on_message_begin(self) -> None:
         self.messages += 1
 
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+
+
+class ParsedRequest(Collected):
+    """What the client connection hands `request_shape`: httptools' reading of one read."""
+
+    def __init__(self, data: bytes, rules: HeadRules = RULES) -> None:
+        super().__init__()
+        self.url, self.head = b"", None
+        self.rules = rules
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
 
     def on_headers_complete(self) -> None:
         p = self.parser
@@ -344,25 +353,20 @@ def test_response_drops_hop_by_hop_and_connection_tokens() -> None:
     assert plan.head == b"HTTP/1.1 200 OK\r\nX-Kept: k\r\nContent-Length: 2\r\n\r\n"
 
 
-class ParsedOnce:
+class ParsedOnce(Collected):
     """What the upstream connection hands `ResponseShapes.learn`: httptools' reading of one read."""
 
     def __init__(self, data: bytes) -> None:
-        self.messages, self.headers, self.reason, self.body_size = 0, [], b"", 0
+        super().__init__()
+        self.reason, self.body_size = b"", 0
         self.parser = httptools.HttpResponseParser(self)
         self.parser.feed_data(data)
 
     def on_headers_complete(self) -> None:
         self.status, self.keep = self.parser.get_status_code(), self.parser.should_keep_alive()
 
-    def on_message_begin(self) -> None:
-        self.messages += 1
-
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
