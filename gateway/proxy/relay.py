@@ -130,31 +130,25 @@ class Relay:
 
     def on_whole_response(self, shape: ResponseShape, body: bytes) -> None:
         """The whole answer arrived in one read, its head known (see wire.response): the shape
-        keeps the client heads planned from it. `answer` and `on_response_body` in one step,
-        the head and the body in one write (a known head has a Content-Length: no chunks)."""
+        keeps the client heads planned from it; head and body leave in one write."""
         exchange = self.exchange
-        conn = exchange.conn
-        server = conn.server
-        self.seen = server.now
+        self.seen = exchange.conn.server.now
         self.spoke = True
         head = exchange.head
-        self.plan = plan = shape.plan(head.method, head.version, exchange.reusable)
-        assert not plan.chunked  # a known head has a Content-Length, and the client's keeps it
-        server.metrics.observe_upstream(time.monotonic() - self.sent_at)
-        exchange.answering(shape.status, plan.keep_alive)
-        exchange.delivering(len(body))
-        conn.write(plan.head_with(exchange.head_ending) + body)
-        if not shape.keep_alive and self.upstream is not None:
-            self.upstream.keep = False
+        self.answer(shape.status, shape.plan(head.method, head.version, exchange.reusable), shape.keep_alive, body)
         self.on_response_complete()
 
-    def answer(self, status: int, plan: ResponsePlan, upstream_keep_alive: bool) -> None:
-        """The answer's head goes to the client as `plan` says; its body follows."""
+    def answer(self, status: int, plan: ResponsePlan, upstream_keep_alive: bool, body: bytes = b"") -> None:
+        """The answer's head goes to the client as `plan` says; its body follows, or comes with
+        it as `body` when the whole answer is in hand (a known head: a Content-Length, no chunks)."""
         exchange = self.exchange
         exchange.conn.server.metrics.observe_upstream(time.monotonic() - self.sent_at)
         self.plan = plan
         exchange.answering(status, plan.keep_alive)
-        exchange.conn.write(plan.head_with(exchange.head_ending))
+        if body:
+            assert not plan.chunked
+            exchange.delivering(len(body))
+        exchange.conn.write(plan.head_with(exchange.head_ending) + body)
         if exchange.head.method == b"HEAD":
             self.on_response_complete(reusable=False)  # the parser would wait for a body that never comes
         elif not upstream_keep_alive and self.upstream is not None:
