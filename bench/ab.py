@@ -3,21 +3,21 @@
     .venv/bin/python bench/ab.py REV [--rounds 8] [--seconds 4] [--restarts N] [--config YAML]
         [--this-config YAML]
 
-Both gateways run at once, each on its copy of one database, behind one nginx upstream; wrk (bench/run.py's
-load: 1,000 distinct keys per run, the JSON body inspected) alternates between them, round
-after round, in alternating order. Prints each one's median CPU per request (its process tree,
-from /proc) and the ratio of the medians, with the spread of the per-round ratios. A change
-of a few percent is lost in bench/run.py's noise from one run to the next; here both sides
-share the machine's state of the moment, so they are compared, not the moments. With
+Both gateways run at once, each on its copy of one database, behind one nginx upstream; wrk
+(bench/run.py's load: 1,000 distinct keys per run, the JSON body inspected) alternates between
+them, round after round, in alternating order. Prints each one's median CPU per request (its
+process tree, from /proc) and the ratio of the medians, with the spread of the per-round ratios.
+A change of a few percent is lost in bench/run.py's noise from one run to the next; here both
+sides share the machine's state of the moment, so they are compared, not the moments. With
 `--this-config`, one revision against itself measures what a setting costs (REV = HEAD and
 `--this-config 'rate_limits: {default_per_key: [{requests: 1000000, per: second}]}'`: the
 price of counting rate limits).
 
 Two processes of the same code differ too: an unchanged checkout against HEAD has measured
 1.013 and 1.050 here (probably where each process's objects land in memory, which differs from
-start to start).
-`--restarts N` starts both gateways afresh every N rounds, so a figure averages over several
-pairs of processes instead of one; read a difference smaller than that A/A figure as none.
+start to start). `--restarts N` starts both gateways afresh every N rounds, so a figure
+averages over several pairs of processes instead of one; read a difference smaller than that
+A/A figure as none.
 """
 
 from __future__ import annotations
