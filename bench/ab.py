@@ -62,7 +62,8 @@ def main() -> int:
         upstream, db, key_file = bench.upstream_and_keys()
         for suffix in ("", "-wal", "-shm"):  # one database each, with the same keys
             if (work / f"g.db{suffix}").exists():
-                shutil.copy(work / f"g.db{suffix}", work / f"old.db{suffix}")
+                for side in ("this", "old"):  # both copies, made alike
+                    shutil.copy(work / f"g.db{suffix}", work / f"{side}.db{suffix}")
         extra = f"upstream: {{url: 'http://127.0.0.1:{upstream}'}}\n{args.config}\n"
         script = request_script(work, key_file)
 
@@ -74,7 +75,13 @@ def main() -> int:
             ports = {"this": free_port(), args.revision: free_port()}
             sides = {
                 "this": spawn_gateway(
-                    work, "this", ports["this"], free_port(), db, extra + args.this_config + "\n", launcher(ROOT)
+                    work,
+                    "this",
+                    ports["this"],
+                    free_port(),
+                    db.replace("g.db", "this.db"),
+                    extra + args.this_config + "\n",
+                    launcher(ROOT),
                 ),
                 args.revision: spawn_gateway(
                     work, "old", ports[args.revision], free_port(), db.replace("g.db", "old.db"), extra, launcher(old)
