@@ -13,11 +13,12 @@ sides share the machine's state of the moment, so they are compared, not the mom
 `--this-config 'rate_limits: {default_per_key: [{requests: 1000000, per: second}]}'`: the
 price of counting rate limits).
 
-Two processes of the same code differ too: an unchanged checkout against HEAD has measured
-1.013 and 1.050 here (probably where each process's objects land in memory, which differs from
-start to start). `--restarts N` starts both gateways afresh every N rounds, so a figure
-averages over several pairs of processes instead of one; read a difference smaller than that
-A/A figure as none.
+Two processes of the same code differ too: an unchanged checkout against HEAD measured 1.013
+to 1.050 with this checkout's gateway started first, and 0.988 with HEAD's started first (the
+one started first runs a few percent dearer; why is not known). `--restarts N` starts both
+afresh every N rounds, taking turns at starting first, so that bias and any other of one pair
+of processes average out; give it a number of rounds that makes the starts even, and read a
+difference smaller than an A/A run's as none.
 """
 
 from __future__ import annotations
@@ -70,23 +71,20 @@ def main() -> int:
         def launcher(source: Path) -> tuple[str, ...]:  # the same for both sides: only the code differs
             return ("-c", f"import sys, runpy; sys.path.insert(0, {str(source)!r}); runpy.run_module('gateway')")
 
-        def start() -> tuple[dict[str, subprocess.Popen], dict[str, int]]:
-            """Both gateways, fresh processes, warmed up."""
+        def start(this_first: bool) -> tuple[dict[str, subprocess.Popen], dict[str, int]]:
+            """Both gateways, fresh processes, warmed up. The one started first has measured a few
+            percent dearer (A/A), so restarts take turns."""
             ports = {"this": free_port(), args.revision: free_port()}
-            sides = {
-                "this": spawn_gateway(
-                    work,
-                    "this",
-                    ports["this"],
-                    free_port(),
-                    db.replace("g.db", "this.db"),
-                    extra + args.this_config + "\n",
-                    launcher(ROOT),
-                ),
-                args.revision: spawn_gateway(
-                    work, "old", ports[args.revision], free_port(), db.replace("g.db", "old.db"), extra, launcher(old)
-                ),
+            configs = {
+                "this": ("this", db.replace("g.db", "this.db"), extra + args.this_config + "\n", launcher(ROOT)),
+                args.revision: ("old", db.replace("g.db", "old.db"), extra, launcher(old)),
             }
+            sides: dict[str, subprocess.Popen] = {}
+            for name in [*configs] if this_first else [*reversed(configs)]:
+                label, database, config, how = configs[name]
+                sides[name] = spawn_gateway(work, label, ports[name], free_port(), database, config, how)
+                time.sleep(0.5)
+            sides = {name: sides[name] for name in configs}
             bench.processes.extend(sides.values())
             for port in ports.values():
                 wait_for_port(port)
@@ -96,15 +94,18 @@ def main() -> int:
             return sides, ports
 
         wait_for_port(upstream)
-        sides, ports = start()
+        sides, ports = start(this_first=True)
         cpu: dict[str, list[float]] = {name: [] for name in sides}
         for round_number in range(args.rounds):
             if args.restarts and round_number and round_number % args.restarts == 0:
                 for process in sides.values():
                     process.terminate()
                     process.wait(10)
-                sides, ports = start()
-                print("both gateways started afresh", flush=True)
+                starts = round_number // args.restarts
+                sides, ports = start(this_first=starts % 2 == 0)
+                print(
+                    f"both gateways started afresh ({'this' if starts % 2 == 0 else args.revision} first)", flush=True
+                )
             order = list(sides) if round_number % 2 == 0 else list(reversed(sides))
             for name in order:
                 before = cpu_seconds(sides[name].pid)
