@@ -53,7 +53,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--config", default="", help="extra YAML for both gateways")
     parser.add_argument("--this-config", default="", help="extra YAML for this checkout's gateway only")
-    parser.add_argument("--restarts", type=int, default=0, help="start both gateways afresh every N rounds (0: never)")
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=0,
+        help="start both afresh every N rounds, taking turns at starting first (0: never)",
+    )
     args = parser.parse_args()
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="gateway-ab-"))
@@ -69,7 +74,8 @@ def main() -> int:
         script = request_script(work, key_file)
 
         def launcher(source: Path) -> tuple[str, ...]:  # the same for both sides: only the code differs
-            return ("-c", f"import sys, runpy; sys.path.insert(0, {str(source)!r}); runpy.run_module('gateway')")
+            path = f"import sys, runpy; sys.path.insert(0, {str(source)!r}); "
+            return ("-c", path + "runpy.run_module('gateway', run_name='__main__')")
 
         def start(this_first: bool) -> tuple[dict[str, subprocess.Popen], dict[str, int]]:
             """Both gateways, fresh processes, warmed up. The one started first has measured a few
