@@ -137,12 +137,8 @@ class Window:
         slots = self.slots
         if slot > self.last:
             self.last = slot
-            gone = slot - SPAN
-            if slots and slots[0] <= gone:  # `_forget`, inline: on a busy key most requests get here
-                counts = self.counts
-                while slots and slots[0] <= gone:
-                    slots.popleft()
-                    self.total -= counts.popleft()
+            if slots and slots[0] <= slot - SPAN:
+                self._forget(slot - SPAN)
         total = self.total
         if total >= limit.requests:
             return None
