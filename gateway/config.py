@@ -76,7 +76,11 @@ class Limits:
     max_header_bytes: int = 65536
     max_headers: int = 100
     idle_timeout: float = 75.0
-    header_timeout: float = 15.0
+    header_timeout: float = 15.0  # from the first byte of a head (blank lines before it included)
+    body_timeout: float = 30.0  # for the whole of a body read for its app id
+    max_upstream_head: int = 65536  # bytes of an upstream's response head; more is 502
+    max_connections: int = 10000  # open connections on the proxy port
+    max_connections_per_ip: int = 1000  # open connections from one client address
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ class Config:
 # Docker and Kubernetes secrets: the value is the file's content (one trailing newline ignored)
 FILE_OVERRIDES = {"GATEWAY_ADMIN_TOKEN_FILE": "GATEWAY_ADMIN_TOKEN", "GATEWAY_SECRET_KEY_FILE": "GATEWAY_SECRET_KEY"}
 MIN_SECRET_KEY = 16
+PLACEHOLDERS = ("replace", "changeme", "change-me", "change_me")  # template text, never a secret
 ENV_OVERRIDES = {
     "GATEWAY_UPSTREAM": ("upstream", "url"),
     "GATEWAY_DATABASE": ("database",),
@@ -268,6 +273,7 @@ def _validate(config: Config) -> None:
     _check_positive(config.shutdown_timeout, "shutdown_timeout")
     _check_positive(config.limits.idle_timeout, "limits.idle_timeout")
     _check_positive(config.limits.header_timeout, "limits.header_timeout")
+    _check_positive(config.limits.body_timeout, "limits.body_timeout")
     db = config.database
     if db.startswith("sqlite:///"):
         if len(db) == len("sqlite:///"):
@@ -284,7 +290,15 @@ def _validate(config: Config) -> None:
             raise RuleError(name, f"not a header name: {value!r}")
     if " " in config.auth.scheme:
         raise RuleError("auth.scheme", f"must be one word (or empty), got {config.auth.scheme!r}")
-    for name in ("keys_per_account", "ips_per_key", "max_header_bytes", "max_headers"):
+    for name in (
+        "keys_per_account",
+        "ips_per_key",
+        "max_header_bytes",
+        "max_headers",
+        "max_upstream_head",
+        "max_connections",
+        "max_connections_per_ip",
+    ):
         if getattr(config.limits, name) < 1:
             raise RuleError(f"limits.{name}", "must be at least 1")
     if config.routes.unknown not in ("deny", "allow"):
@@ -329,6 +343,25 @@ def _read_secret_files(env: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def _secret_source(var: str, field: str, env: Mapping[str, str]) -> str:
+    """The name an operator set a secret by: its _FILE variable, its variable, or the config field."""
+    if var + "_FILE" in env:
+        return var + "_FILE"
+    return var if var in env else field
+
+
+def _check_secret(value: str, source: str) -> None:
+    """A secret that is still a template's placeholder, or too short to guess at, is refused:
+    a manifest applied as written must not start a gateway anyone can administer."""
+    if not value:
+        return  # none given: one is generated
+    lowered = value.lower()
+    if any(word in lowered for word in PLACEHOLDERS):
+        raise RuleError(source, "still holds a placeholder; set a random value (e.g. openssl rand -hex 24)")
+    if len(value) < MIN_SECRET_KEY:
+        raise RuleError(source, f"must be at least {MIN_SECRET_KEY} characters")
+
+
 def _anchor(config: Config, base: Path) -> Config:
     """Relative paths in the config are relative to the config file's folder."""
     path = config.sqlite_path
@@ -359,8 +392,8 @@ def parse_config(raw: Any, env: Mapping[str, str], base: Path | None = None) -> 
     raw_secret = raw.pop("secret_key", "")
     config = _build(Config, raw, "")
     config = dataclasses.replace(config, secret_key=str(raw_secret))
-    if config.secret_key and len(config.secret_key) < MIN_SECRET_KEY:
-        raise RuleError("GATEWAY_SECRET_KEY", f"must be at least {MIN_SECRET_KEY} characters")
+    _check_secret(config.secret_key, _secret_source("GATEWAY_SECRET_KEY", "secret_key", env))
+    _check_secret(config.admin.token, _secret_source("GATEWAY_ADMIN_TOKEN", "admin.token", env))
 
     config = _anchor(config, base or Path.cwd())
     _validate(config)

@@ -407,21 +407,18 @@ async def test_identity_and_forwarding_headers_cannot_be_forged(gate: Gate) -> N
     created = await gate.admin.create(account="acme")
     forged = [
         (b"X-Gateway-Account", b"evil"),
-        (b"X_Gateway_Account", b"evil"),
-        (b"x_gateway_key_id", b"k_evil"),
         (b"X-Gateway-Anything", b"1"),
         (b"X-Forwarded-For", b"6.6.6.6"),
-        (b"X_Forwarded_For", b"6.6.6.6"),
-        (b"x_forwarded_host", b"evil.example"),
-        (b"X_Forwarded_Proto", b"https"),
         (b"Forwarded", b"for=6.6.6.6;proto=https"),
         (b"X-Real-IP", b"6.6.6.6"),
-        (b"X_Real_IP", b"6.6.6.6"),
+        (b"True-Client-IP", b"6.6.6.6"),
+        (b"CF-Connecting-IP", b"6.6.6.6"),
+        (b"X-Client-IP", b"6.6.6.6"),
+        (b"X-Cluster-Client-IP", b"6.6.6.6"),
+        (b"Fastly-Client-IP", b"6.6.6.6"),
         (b"Proxy-Connection", b"keep-alive"),
         (b"Connection", b"X-Secret-Hop"),
         (b"X-Secret-Hop", b"1"),
-        (b"Content_Length", b"5"),
-        (b"Transfer_Encoding", b"chunked"),
     ]
     raw = request(b"POST", APP_LIST, created["key"], forged, b"hello")
     (answer,), _ = await gate.exchange(raw, source="127.0.0.3")
@@ -433,18 +430,50 @@ async def test_identity_and_forwarding_headers_cannot_be_forged(gate: Gate) -> N
     assert seen.header("X-Real-IP") == [b"127.0.0.3"]
     assert seen.header("Content-Length") == [b"5"] and seen.body == b"hello"
     names = seen.names()
-    assert not {n for n in names if "_" in n}
     assert not names & {"forwarded", "authorization", "proxy-connection", "x-secret-hop", "x-gateway-anything"}
+    assert not names & {"true-client-ip", "cf-connecting-ip", "x-client-ip", "x-cluster-client-ip", "fastly-client-ip"}
+
+
+@pytest.mark.parametrize(
+    "twin",
+    [
+        b"X_Gateway_Account",
+        b"x_gateway_key_id",
+        b"X_Gateway_Anything",
+        b"X_Forwarded_For",
+        b"x_forwarded_host",
+        b"X_Forwarded_Proto",
+        b"X_Forwarded_Port",
+        b"X_Real_IP",
+        b"Content_Length",
+        b"Transfer_Encoding",
+        b"Proxy_Authorization",
+        b"Proxy_Connection",
+        b"Keep_Alive",
+    ],
+)
+async def test_a_framing_or_gateway_header_spelt_with_underscores_is_ambiguous(gate: Gate, twin: bytes) -> None:
+    """A CGI-style server reads `Content_Length` as Content-Length, most parsers ignore it:
+    whichever the gateway believed, one of them would act on another request."""
+    key = await gate.key()
+    raw = request(b"POST", APP_LIST, key, [(twin, b"5")], b"hello")
+    answers, closed = await gate.exchange(raw + request(b"GET", APP_LIST, key), count=1, linger=0.3)
+    assert [(a.status, reason(a)) for a in answers] == [(400, "ambiguous_request")]
+    assert closed and gate.upstream.seen == []
 
 
 async def test_a_key_header_under_another_spelling(start_gateway: Any, raw_upstream: RawUpstream) -> None:
     running = await start_gateway(upstream={"url": raw_upstream.url}, auth={"header": "X-Api-Key", "scheme": ""})
     gate = Gate(running.gateway.proxy.port, running.admin, raw_upstream)
     key = (await gate.admin.create())["key"].encode()
-    (answer,), _ = await gate.exchange(request(b"GET", APP_LIST, headers=[(b"X_Api_Key", key)]))
+    (answer,), _ = await gate.exchange(request(b"GET", APP_LIST, headers=[(b"x-API-key", key)]))
     assert answer.status == 200
-    assert "x-api-key" not in gate.upstream.seen[0].names() and "x_api_key" not in gate.upstream.seen[0].names()
-    for headers in ([(b"X-Api-Key", key), (b"X_Api_Key", key)], [(b"x-api-key", key), (b"X-API-KEY", b"other")]):
+    assert "x-api-key" not in gate.upstream.seen[0].names()
+    for headers in (
+        [(b"X_Api_Key", key)],
+        [(b"X-Api-Key", key), (b"X_Api_Key", key)],
+        [(b"x-api-key", key), (b"X-API-KEY", b"other")],
+    ):
         (answer,), _ = await gate.exchange(request(b"GET", APP_LIST, headers=headers))
         assert (answer.status, reason(answer)) == (400, "ambiguous_request")
     assert len(gate.upstream.seen) == 1

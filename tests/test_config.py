@@ -41,10 +41,10 @@ def test_example_config_loads() -> None:
 
 
 def test_interpolation_and_defaults() -> None:
-    raw = {"listen": {"port": "${PORT}"}, "admin": {"token": "${TOK:-fallback}"}, "upstream": {"url": "${UP}"}}
+    raw = {"listen": {"port": "${PORT}"}, "admin": {"token": "${TOK:-fallback-01234567}"}, "upstream": {"url": "${UP}"}}
     config = parse_config(raw, {"PORT": "9999", "UP": "https://api.example.test"})
     assert config.listen.port == 9999
-    assert config.admin.token == "fallback"
+    assert config.admin.token == "fallback-01234567"
     assert config.upstream.url == "https://api.example.test"
 
 
@@ -53,13 +53,13 @@ def test_env_overrides_win() -> None:
     env = {
         "GATEWAY_UPSTREAM": "http://b:2",
         "GATEWAY_DATABASE": "sqlite:////tmp/y.db",
-        "GATEWAY_ADMIN_TOKEN": "env-token",
+        "GATEWAY_ADMIN_TOKEN": "env-token-0123456789",
         "GATEWAY_SECRET_KEY": "s" * 32,
     }
     config = parse_config(raw, env)
     assert config.upstream.url == "http://b:2"
     assert config.database == "sqlite:////tmp/y.db" and str(config.sqlite_path) == "/tmp/y.db"
-    assert config.admin.token == "env-token"
+    assert config.admin.token == "env-token-0123456789"
     assert config.secret_key == "s" * 32
 
 
@@ -85,13 +85,13 @@ def test_relative_paths_follow_the_config_file_not_the_working_directory(tmp_pat
 
 
 def test_secrets_from_files(tmp_path: Path) -> None:
-    (tmp_path / "token").write_text("file-token\n")
+    (tmp_path / "token").write_text("file-token-0123456789\n")
     (tmp_path / "key").write_text("k" * 20 + "\r\n")
     env = {"GATEWAY_ADMIN_TOKEN_FILE": str(tmp_path / "token"), "GATEWAY_SECRET_KEY_FILE": str(tmp_path / "key")}
     config = parse_config({}, env)
-    assert (config.admin.token, config.secret_key) == ("file-token", "k" * 20)
-    (tmp_path / "two").write_text("a\n\n")
-    assert parse_config({}, {"GATEWAY_ADMIN_TOKEN_FILE": str(tmp_path / "two")}).admin.token == "a\n"
+    assert (config.admin.token, config.secret_key) == ("file-token-0123456789", "k" * 20)
+    (tmp_path / "two").write_text("a" * 16 + "\n\n")
+    assert parse_config({}, {"GATEWAY_ADMIN_TOKEN_FILE": str(tmp_path / "two")}).admin.token == "a" * 16 + "\n"
 
 
 @pytest.mark.parametrize(
@@ -102,9 +102,18 @@ def test_secrets_from_files(tmp_path: Path) -> None:
         ({"GATEWAY_ADMIN_TOKEN_FILE": "/nonexistent/token"}, "GATEWAY_ADMIN_TOKEN_FILE"),
         ({"GATEWAY_ADMIN_TOKEN_FILE": "/dev/null"}, "GATEWAY_ADMIN_TOKEN_FILE"),
         ({"GATEWAY_ADMIN_TOKEN_FILE": "/dev/null", "GATEWAY_ADMIN_TOKEN": "t"}, "GATEWAY_ADMIN_TOKEN_FILE"),
+        ({"GATEWAY_ADMIN_TOKEN": "REPLACE: openssl rand -hex 24"}, "GATEWAY_ADMIN_TOKEN"),
+        ({"GATEWAY_ADMIN_TOKEN": "changeme-changeme-changeme"}, "GATEWAY_ADMIN_TOKEN"),
+        ({"GATEWAY_ADMIN_TOKEN": "short-token"}, "GATEWAY_ADMIN_TOKEN"),
+        ({"GATEWAY_SECRET_KEY": "REPLACE: openssl rand -hex 32 (the same for every pod)"}, "GATEWAY_SECRET_KEY"),
+        ({"GATEWAY_ADMIN_TOKEN_FILE": "PLACEHOLDER_FILE"}, "GATEWAY_ADMIN_TOKEN_FILE"),
     ],
 )
-def test_secret_errors_name_the_variable(env: dict, field: str) -> None:
+def test_secret_errors_name_the_variable(env: dict, field: str, tmp_path: Path) -> None:
+    """Each names what the operator set: the variable, its _FILE twin, or the config field."""
+    if env.get("GATEWAY_ADMIN_TOKEN_FILE") == "PLACEHOLDER_FILE":
+        env = {"GATEWAY_ADMIN_TOKEN_FILE": str(tmp_path / "token")}
+        (tmp_path / "token").write_text("REPLACE: openssl rand -hex 24\n")
     with pytest.raises(RuleError) as caught:
         parse_config({}, env)
     assert caught.value.field == field and str(caught.value).startswith(f"{field}: ")
@@ -147,6 +156,11 @@ def test_secret_errors_name_the_variable(env: dict, field: str) -> None:
         ({"workers": "many"}, "workers"),
         ({"listen": {"tls": {"cert": "/nonexistent.pem", "key": "/nonexistent.key"}}}, "listen.tls.cert"),
         ({"admin": {"token": "${UNSET_VARIABLE}"}}, "admin.token"),
+        ({"admin": {"token": "changeme"}}, "admin.token"),
+        ({"limits": {"max_connections": 0}}, "limits.max_connections"),
+        ({"limits": {"max_connections_per_ip": 0}}, "limits.max_connections_per_ip"),
+        ({"limits": {"max_upstream_head": 0}}, "limits.max_upstream_head"),
+        ({"limits": {"body_timeout": 0}}, "limits.body_timeout"),
     ],
 )
 def test_errors_name_the_field(raw: dict, field: str) -> None:
@@ -215,7 +229,7 @@ def test_a_port_in_use_names_its_field(tmp_path: Path, section: str) -> None:
         config = tmp_path / "gateway.yaml"
         config.write_text(
             f"listen: {{host: 127.0.0.1, port: {ports['listen']}}}\n"
-            f"admin: {{host: 127.0.0.1, port: {ports['admin']}, token: t}}\n"
+            f"admin: {{host: 127.0.0.1, port: {ports['admin']}, token: t0123456789abcdef}}\n"
             "database: sqlite:///data/g.db\n"
         )
         result = subprocess.run(

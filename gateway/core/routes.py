@@ -146,6 +146,7 @@ class RouteTable:
         self.catalogue: dict[str, list[str]] = {c: [] for c in CATEGORIES}
         self._accepted: list[re.Pattern[str]] = []
         self._cache: dict[tuple[str, str], RouteMatch | None] = {}
+        self.app_keys: set[str] = set()  # every name an app id is read by (a second place is checked)
         for i, rule in enumerate(rules):
             self._add(rule, f"routes.rules[{i}]")
 
@@ -206,6 +207,7 @@ class RouteTable:
             if source == "header" and not HTTP_TOKEN.fullmatch(key):
                 raise RuleError(f"{where}.app_id", f"not a header name: {key!r}")
             leaf.app_source, leaf.app_key = source, key.lower() if source == "header" else key
+            self.app_keys.add(leaf.app_key)
         (node.rest if rest_index is not None else node.leaves).append(leaf)
         category = rule.interface.partition(".")[0]
         for listed in catalogue_ids.get(rule.interface, (rule.interface,)):

@@ -55,6 +55,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_bytes = b""
         self.peer_ip: int | None = None
         self.peer_trusted = False
+        self.counted = False  # counted against the connection limits (see connection_made)
         self.current: Exchange | None = None  # the exchange being answered
         self.parsing: Exchange | None = None  # the exchange whose request is being read
         self.queue: deque[Exchange] = deque()
@@ -72,8 +73,11 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
-        self.in_head = False
+        self.in_head = False  # from the first byte after a request (blank lines too) to the head's end
         self.head_started = 0.0
+        self.heads = 0  # heads begun on this connection: tells whether a read held only one head's bytes
+        self.stepping = False  # `finished` is moving the pipeline on (a loop, never a recursion)
+        self.done: Exchange | None = None  # answered while `finished` was stepping
         # requests recognised by their bytes (see wire.request.RequestShape)
         self.shape: RequestShape | None = None  # the shape of this client's requests
         self.chunk: bytes | None = None  # the read being parsed, when it began between requests
@@ -87,23 +91,33 @@ class ClientConnection(asyncio.Protocol):
         self.peer_bytes = self.peer.encode()
         self.peer_ip = client_ip(self.peer)
         self.peer_trusted = bool(self.server.trusted) and self.server.trusted.trusts(self.peer)
+        if not self.server.admit_connection(self.peer):
+            self.closing = True  # over a connection limit: closed at once, nothing read or written
+            transport.abort()
+            return
+        self.counted = True
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = self.server.now
+        now = self.last_seen = self.server.now
         if self.closing:
             return
         self.chunk = None
-        if self.current is None and self.parsing is None and not self.in_head and not self.last_request:
-            shape = self.shape  # between requests: this read may be one whole request
-            if shape is not None:
-                found = shape.read(data)
-                if found is not None:  # the same request as before but for its key and body: no parser
-                    self.take(shape, *found, data)
-                    return
-            self.misses += 1
-            if self.misses % LEARN_EVERY == 1:
-                self.chunk = data  # the parser's reading of it may give this connection its shape
+        if not self.in_head and self.parsing is None and not self.last_request:  # the first bytes after a request
+            if self.current is None:
+                shape = self.shape  # between requests: this read may be one whole request
+                if shape is not None:
+                    found = shape.read(data)
+                    if found is not None:  # the same request as before but for its key and body: no parser
+                        self.take(shape, *found, data)
+                        return
+                self.misses += 1
+                if self.misses % LEARN_EVERY == 1:
+                    self.chunk = data  # the parser's reading of it may give this connection its shape
+            self.in_head = True  # blank lines before a head count against its timeout
+            self.head_started = now
+            self.head_bytes = 0
+        heads = self.heads
         self.corked = True
         try:
             self.parser.feed_data(data)
@@ -120,14 +134,17 @@ class ClientConnection(asyncio.Protocol):
             return
         finally:
             self.uncork()
-        if self.in_head:
-            self.head_bytes += len(data)
+        if self.in_head and self.heads == heads:  # the whole read belongs to the head being read
+            self.head_bytes += len(data)  # (counted raw: what the callbacks do not see, such as padding)
             if self.head_bytes > self.max_header_bytes:
                 self.reject(HEADERS_TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.server.connections.discard(self)
+        if self.counted:
+            self.counted = False
+            self.server.connections.discard(self)
+            self.server.release_connection(self.peer)
         for exchange in (self.current, *self.queue):
             if exchange is not None:
                 exchange.on_client_lost()
@@ -149,9 +166,11 @@ class ClientConnection(asyncio.Protocol):
             raise StopReading
         self.url = b""
         self.headers = []
+        self.heads += 1
         self.head_bytes = 0
-        self.in_head = True
-        self.head_started = self.server.now
+        if not self.in_head:  # (a head that began this read keeps the time of its first byte)
+            self.in_head = True
+            self.head_started = self.server.now
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -320,24 +339,36 @@ class ClientConnection(asyncio.Protocol):
             self.transport.abort()
 
     def finished(self, exchange: Exchange) -> None:
-        """`exchange` has been answered in full: close, or start the next request."""
+        """`exchange` has been answered in full: close, or start the next request.
+
+        Starting the next one may answer it at once (a refusal), which calls this again: that
+        call only records the exchange, and the loop below moves on, so a pipeline of any
+        length runs in constant stack depth."""
         if exchange is not self.current:
             return
         self.current = None
-        if not exchange.reusable or self.server.draining:
-            self.close()
+        self.done = exchange
+        if self.stepping:
             return
-        if self.queue:
-            self.current = self.queue.popleft()
-            if not self.queue:
-                self.resume_reading(PIPELINE)
-            self.current.start()
-        elif self.refusal is not None:
-            self.refuse(self.refusal)
-        else:
-            if self.paused:
-                self.resume_reading(PIPELINE)
-            self.last_seen = self.server.now
+        self.stepping = True
+        try:
+            while self.done is not None:
+                done, self.done = self.done, None
+                if not done.reusable or self.server.draining:
+                    self.close()
+                elif self.queue:
+                    self.current = self.queue.popleft()
+                    if not self.queue:
+                        self.resume_reading(PIPELINE)
+                    self.current.start()  # may finish at once: self.done is set again
+                elif self.refusal is not None:
+                    self.refuse(self.refusal)
+                else:
+                    if self.paused:
+                        self.resume_reading(PIPELINE)
+                    self.last_seen = self.server.now
+        finally:
+            self.stepping = False
 
     def check_timeouts(self, now: float) -> None:
         limits = self.server.limits
@@ -345,17 +376,13 @@ class ClientConnection(asyncio.Protocol):
             if now > self.linger_until and self.transport is not None:
                 self.transport.close()
             return
-        if self.in_head:
-            if now - self.head_started > limits.header_timeout:
-                self.reject(REQUEST_TIMEOUT)
+        if self.in_head and now - self.head_started > limits.header_timeout:
+            self.reject(REQUEST_TIMEOUT)
             return
         exchange = self.current
         if exchange is None:
-            if now - self.last_seen > limits.idle_timeout:
+            if not self.in_head and now - self.last_seen > limits.idle_timeout:
                 self.close()
             return
-        if (
-            exchange.expired(now, self.last_seen, limits.idle_timeout, self.server.pool.read_timeout)
-            and not self.paused
-        ):
+        if exchange.expired(now, self.last_seen, limits, self.server.pool.read_timeout) and not self.paused:
             self.refuse(REQUEST_TIMEOUT)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from gateway.config import Limits
 from gateway.core import decision as decide
 from gateway.core.decision import KeySnapshot
 from gateway.core.iprules import client_ip
@@ -205,7 +206,7 @@ class Exchange:
     def inspect_body(self) -> None:
         assert self.route is not None and self.key is not None
         self.inspected = True
-        decision, self.app_id = judge_body(b"".join(self.body), self.route, self.key)
+        decision, self.app_id = judge_body(b"".join(self.body), self.route, self.key, self.head)
         self.act(decision)
 
     # forwarding
@@ -305,9 +306,14 @@ class Exchange:
         """The request was read in full on a connection that may serve the next one."""
         return self.keep_alive and self.request_complete
 
-    def expired(self, now: float, idle_since: float, idle_timeout: float, read_timeout: float) -> bool:
-        """Check the upstream's read timeout; True if the client stalled mid-body."""
+    def expired(self, now: float, idle_since: float, limits: Limits, read_timeout: float) -> bool:
+        """Check the upstream's read timeout; True if the client stalled mid-body, or sends a
+        body read for its app id slower than `limits.body_timeout` allows in total."""
         if self.relay is not None and self.request_complete and not self.response_complete:
             self.relay.check_timeout(now, read_timeout)
             return False
-        return not self.request_complete and now - idle_since > idle_timeout
+        if self.request_complete:
+            return False
+        if self.state == INSPECTING and now - self.started > limits.body_timeout:
+            return True
+        return now - idle_since > limits.idle_timeout

@@ -170,11 +170,7 @@ class Relay:
         if upstream is not None:
             if self.paused:
                 self.resume(upstream)
-            upstream.relay = None
-            if reusable and upstream.keep and exchange.request_complete and not upstream.closed:
-                exchange.conn.server.pool.release(upstream)
-            else:
-                upstream.abort()
+            upstream.finish(reusable and exchange.request_complete)
         exchange.answered()
 
     def on_upstream_lost(self) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from typing import Any
 
@@ -19,10 +20,21 @@ from gateway.observe.accesslog import AccessLog, clip
 from gateway.observe.metrics import Metrics
 from gateway.proxy.outbox import Outbox
 from gateway.proxy.upstream import UpstreamPool
+from gateway.wire.ambiguous import canonical
 from gateway.wire.forwarded import TrustedProxies
 from gateway.wire.request import HeadRules
 
 log = logging.getLogger("gateway.proxy")
+RESERVED_FILES = 256  # descriptors kept for the admin port, upstream connections, the store and logs
+
+
+def connection_budget() -> int:
+    """How many client connections the open-file limit leaves room for (the process raises
+    its soft limit to the hard one at start: see runtime)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(soft - RESERVED_FILES, soft // 2)
 
 
 class Shared:
@@ -47,7 +59,7 @@ class Shared:
         self.routes = routes
         self.usage = usage
         self.outbox = Outbox()  # every write of the data path leaves through it
-        self.pool = UpstreamPool(config.upstream, self.outbox)
+        self.pool = UpstreamPool(config.upstream, self.outbox, config.limits.max_upstream_head)
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.head_rules = HeadRules(
             config.auth.header,
@@ -57,6 +69,7 @@ class Shared:
             preserve_host=config.upstream.preserve_host,
             upstream_host=self.pool.host_header,
             scheme=b"https" if config.listen.tls else b"http",
+            app_headers=frozenset(canonical(key.lower().encode()) for key in routes.app_keys),
         )
         rates = config.rate_limits
         self.limiter = open_limiter(rates.backend, rates.account_limits(), rates.key_defaults())
@@ -65,6 +78,10 @@ class Shared:
         self.max_inspect = config.routes.max_body_inspect
         self.limits = config.limits
         self.connections: set[Any] = set()  # every open client connection
+        self.per_ip: dict[str, int] = {}  # open connections by peer address
+        self.refused_connections = 0
+        self._limit_logged = -1e9
+        self.max_connections = min(config.limits.max_connections, connection_budget())
         # the listener's socket and timer (see proxy.listener)
         self._server: asyncio.base_events.Server | None = None
         self._ticker: asyncio.Task | None = None
@@ -89,6 +106,32 @@ class Shared:
             key_id = key.id if key is not None else None
             entry = (time.time(), client, key_id, account, clip(interface), clip(app), reason, status, latency, size)
             self.access.record(entry)
+
+    def admit_connection(self, peer: str) -> bool:
+        """Count a new client connection, unless it would pass a connection limit."""
+        count = self.per_ip.get(peer, 0)
+        if len(self.connections) >= self.max_connections or count >= self.limits.max_connections_per_ip:
+            self.refused_connections += 1
+            now = time.monotonic()
+            if now - self._limit_logged >= 10.0:
+                self._limit_logged = now
+                log.warning(
+                    "connection limit reached (%d open, %d from %s): closing new connections (%d so far)",
+                    len(self.connections),
+                    count,
+                    peer,
+                    self.refused_connections,
+                )
+            return False
+        self.per_ip[peer] = count + 1
+        return True
+
+    def release_connection(self, peer: str) -> None:
+        count = self.per_ip.get(peer, 0) - 1
+        if count > 0:
+            self.per_ip[peer] = count
+        else:
+            self.per_ip.pop(peer, None)
 
     def upstream_failed(self, err: OSError) -> None:
         """Log an upstream outage once per 10 s, with how many connects failed meanwhile."""

@@ -1,7 +1,10 @@
 """Keep-alive connections to the upstream, parsed with httptools.
 
 One `UpstreamConnection` carries one relay at a time; the pool hands out idle ones
-newest first (they are the least likely to have been closed by the upstream).
+newest first (they are the least likely to have been closed by the upstream). A connection
+goes back to the pool only when its answer ended exactly where its framing said and nothing
+else came in that read: bytes after an answer are an answer to nobody, and the next request
+on that connection would get them as its own (a response desync).
 """
 
 from __future__ import annotations
@@ -18,13 +21,23 @@ from gateway.proxy.seams import Receiver
 from gateway.wire.response import ResponseShapes
 
 
+class Overrun(Exception):
+    """Raised from a parser callback: the upstream sent more than its answer, or a head over
+    the limit; the connection is dropped."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "body_size",
         "chunk",
         "closed",
+        "ended",
+        "feeding",
+        "head_bytes",
         "headers",
+        "heads",
         "idle",
+        "in_head",
         "interim",
         "keep",
         "keep_alive",
@@ -32,6 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "reason",
         "relay",
+        "settle",
         "status",
         "transport",
     )
@@ -51,6 +65,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.keep_alive = True  # what the head being read says of the connection
         self.body_size = 0
+        self.in_head = False
+        self.head_bytes = 0  # of the head being read: over the pool's max_head, the answer is refused
+        self.heads = 0  # heads begun: tells whether a read held only one head's bytes
+        self.feeding = False  # inside parser.feed_data
+        self.ended = False  # a final answer ended in the read being parsed
+        self.settle: bool | None = None  # pool or drop, decided at the end of the read (see finish)
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,21 +82,32 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         if self.idle and not relay.head_only:
-            whole = self.pool.shapes.whole(data)
+            whole = self.pool.shapes.whole(data)  # (exactly one answer: nothing after it)
             if whole is not None:  # a known head and all of its body: no parser needed
                 relay.on_whole_response(*whole)
                 return
             self.chunk = data if self.pool.shapes.learning() else None
         relay.receiving()
+        heads = self.heads
+        self.feeding = True
         try:
             self.parser.feed_data(data)
+            if self.in_head and self.heads == heads:  # the whole read belongs to the head being read
+                self.head_bytes += len(data)
+                if self.head_bytes > self.pool.max_head:
+                    raise httptools.HttpParserError("upstream head too large")
         except httptools.HttpParserError:
             self.closed = True
             if self.relay is relay:
                 relay.on_upstream_lost()
             self.abort()
         finally:
+            self.feeding = False
+            self.ended = False
             relay.received()
+            settle, self.settle = self.settle, None
+            if settle is not None:
+                self._settle(settle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -95,18 +126,28 @@ class UpstreamConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        if self.ended:
+            raise Overrun  # a second answer, or bytes past the first one's framing
         self.idle = False
         self.headers = []
         self.reason = b""
         self.body_size = 0
+        self.in_head = True
+        self.head_bytes = 0
+        self.heads += 1
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
+        self.head_bytes += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.pool.max_head:
+            raise Overrun
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         self.status = status = self.parser.get_status_code()
         if status < 200:
             self.interim = True  # 1xx: not forwarded; the final answer follows
@@ -130,6 +171,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if chunk is not None:
             self.pool.shapes.learn(chunk, self.status, self.reason, self.headers, self.keep_alive, self.body_size)
+        self.ended = True
         relay = self.relay
         if relay is not None:
             relay.on_response_complete()
@@ -147,6 +189,21 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
 
+    def finish(self, reusable: bool) -> None:
+        """The relay is done with this connection: back to the pool if `reusable`, once the
+        read being parsed (if any) is known to have held nothing after the answer."""
+        self.relay = None
+        if self.feeding:
+            self.settle = reusable
+        else:
+            self._settle(reusable)
+
+    def _settle(self, reusable: bool) -> None:
+        if reusable and self.keep and not self.closed:
+            self.pool.release(self)
+        else:
+            self.abort()
+
     def abort(self) -> None:
         self.closed = True
         self.relay = None
@@ -155,7 +212,7 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class UpstreamPool:
-    def __init__(self, config: Upstream, outbox: Outbox) -> None:
+    def __init__(self, config: Upstream, outbox: Outbox, max_head: int = 65536) -> None:
         self.outbox = outbox
         url = urlsplit(config.url)
         self.tls = url.scheme == "https"
@@ -167,6 +224,7 @@ class UpstreamPool:
         self.connect_timeout = config.connect_timeout
         self.read_timeout = config.read_timeout
         self.max_idle = config.max_idle_connections
+        self.max_head = max_head
         self.ssl: ssl.SSLContext | None = None
         if self.tls:
             self.ssl = ssl.create_default_context()

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Awaitable
@@ -69,10 +70,22 @@ def secret_key(config: Config) -> str:
     return value
 
 
+def raise_open_file_limit() -> None:
+    """Each client connection is a descriptor: the soft limit (often 1024) would lock every
+    client and the admin port out at about a thousand idle connections; the hard one is ours."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as err:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, err)
+
+
 class Gateway:
     """Owns the store, keyring and servers of one process."""
 
     def __init__(self, config: Config, *, admin: bool = True, reuse_port: bool = False, worker: int = 0) -> None:
+        raise_open_file_limit()  # before the proxy sizes its connection budget from it
         self.config = config
         self.worker = worker
         self.metrics = Metrics(worker)

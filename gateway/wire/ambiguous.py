@@ -9,9 +9,10 @@ request is refused instead of authorized on one reading and executed on another.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Sequence
 from typing import Final
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, unquote_to_bytes
 
 from gateway.core.memo import remember
 
@@ -27,6 +28,9 @@ AMBIGUOUS: Final = _Ambiguous()
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 METHOD_OVERRIDES = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 JSON_TYPES = frozenset({b"application/json"})
+# What a server may trim around a path segment: C0 controls, space, DEL and Unicode spaces.
+WHITESPACE = "".join(chr(c) for c in range(0x21)) + "\x7f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
+WHITESPACE += "\u2005\u2006\u2007\u2008\u2009\u200a\u200b\u2028\u2029\u202f\u205f\u3000\ufeff"
 
 
 def canonical(lower: bytes) -> bytes:
@@ -36,8 +40,9 @@ def canonical(lower: bytes) -> bytes:
 
 def target_is_ambiguous(url: bytes) -> bool:
     """Anything but a plain origin-form target: absolute URLs, `*`, `//host`, a `#` fragment,
-    a `;` path parameter (servlet containers strip it, so `..;` acts as `..`), or an encoded
-    `%` (an upstream that decodes twice would see another path)."""
+    a `;` path parameter (servlet containers strip it, so `..;` acts as `..`), an encoded
+    `%` (an upstream that decodes twice would see another path), or a segment some server
+    would resolve as a dot segment (see `dot_segment`)."""
     if not url.startswith(b"/") or url.startswith(b"//") or b"#" in url:
         return True
     path = url.partition(b"?")[0]
@@ -45,8 +50,24 @@ def target_is_ambiguous(url: bytes) -> bool:
         return True
     if b"%" in path:
         lowered = path.lower()
-        return b"%3b" in lowered or b"%25" in lowered
-    return False
+        if b"%3b" in lowered or b"%25" in lowered:
+            return True
+    elif b"." not in path and path.isascii():
+        return False  # the common case: nothing below could match
+    return any(dot_segment(segment) for segment in path.split(b"/"))
+
+
+def dot_segment(segment: bytes) -> bool:
+    """Whether a server could read the segment as `.` or `..`: after percent-decoding, then
+    trimming whitespace (`..%20`, `..%09`) or NFKC normalisation (fullwidth full stops, U+FF0E)."""
+    if b"%" in segment:
+        segment = unquote_to_bytes(segment)
+    if segment in (b".", b".."):
+        return True
+    if len(segment) > 64:
+        return False  # no spelling of a dot segment is this long
+    text = unicodedata.normalize("NFKC", segment.decode("utf-8", "replace"))
+    return text.strip(WHITESPACE) in (".", "..")
 
 
 def query_app_id(query: str, name: str) -> str | _Ambiguous | None:

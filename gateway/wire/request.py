@@ -37,14 +37,24 @@ REQUEST_DROP = HOP_BY_HOP | {
     b"x-forwarded-host",
     b"x-forwarded-proto",
     b"x-real-ip",
+    # client addresses other proxies and CDNs set: an upstream that believes one must not get a forged one
+    b"true-client-ip",
+    b"cf-connecting-ip",
+    b"x-client-ip",
+    b"x-cluster-client-ip",
+    b"fastly-client-ip",
 }
+# Names that may not be spelt with `_` for `-`: a CGI-style server reads `Content_Length` as
+# Content-Length while the gateway and most parsers ignore it, so such a request is ambiguous.
+# (The key header and every X-Gateway-* and X-Forwarded-* name are checked too.)
+TWIN_GUARDED = HOP_BY_HOP | REQUEST_DROP
 NO_TOKENS: frozenset[bytes] = frozenset()
 NAME_MEMO_ENTRIES = 1024
 NAME_MEMO_LENGTH = 64
 
 # What a header is to `read_head`, decided once per spelling of its name (see HeadRules.role).
 OTHER, KEY, HOST, LENGTH, CODING, CONNECTION, TYPE, ENCODING, PLUGIN, FORWARDED_FOR, UPGRADE = range(11)
-EXPECT, OVERRIDE, FORWARDED_PROTO, FORWARDED_HOST = range(11, 15)
+EXPECT, OVERRIDE, FORWARDED_PROTO, FORWARDED_HOST, TWIN, APP = range(11, 17)
 ROLES_BY_LOWER = {
     b"host": HOST,
     b"content-length": LENGTH,
@@ -71,6 +81,7 @@ class HeadRules:
     what each spelling of a header name means under it (memoised: clients repeat names)."""
 
     __slots__ = (
+        "app_headers",
         "auth_header",
         "auth_scheme",
         "drop",
@@ -92,7 +103,11 @@ class HeadRules:
         preserve_host: bool = False,
         upstream_host: bytes = b"",
         scheme: bytes = b"http",
+        app_headers: frozenset[bytes] = frozenset(),
     ) -> None:
+        """`app_headers`: canonical names of headers that may hold an app id (the routes' app
+        keys), collected so an app id sent in a second place is seen (wire.verdict)."""
+        self.app_headers = app_headers
         self.auth_header = canonical(auth_header.lower().encode())
         self.auth_scheme = auth_scheme.lower().encode()
         self.plugin_header = canonical(plugin_header.lower().encode())
@@ -111,7 +126,11 @@ class HeadRules:
         if found is None:
             lower = name.lower()
             canon = canonical(lower)
-            if canon == self.auth_header:
+            if canon != lower and (
+                canon in TWIN_GUARDED or canon == self.auth_header or canon.startswith((b"x-gateway-", b"x-forwarded-"))
+            ):
+                role = TWIN
+            elif canon == self.auth_header:
                 role = KEY
             elif lower in ROLES_BY_LOWER:
                 role = ROLES_BY_LOWER[lower]
@@ -121,6 +140,8 @@ class HeadRules:
                 role = LATER_ROLES_BY_LOWER[lower]
             elif canon in METHOD_OVERRIDES:
                 role = OVERRIDE
+            elif canon in self.app_headers:
+                role = APP
             else:
                 role = OTHER
             found = (canon, role)
@@ -134,6 +155,7 @@ class RequestHead:
 
     __slots__ = (
         "ambiguous",
+        "app_headers",
         "chunked",
         "connection_tokens",
         "content_encoded",
@@ -180,6 +202,7 @@ class RequestHead:
         self.forwarded_for: tuple[bytes, ...] = ()
         self.forwarded_proto = b""
         self.forwarded_host = b""
+        self.app_headers: tuple[tuple[bytes, bytes], ...] = ()  # (canonical name, value) of app-id headers
         self.route: RouteMatch | None = None  # the route of its method and path, once looked up
         # written by upstream_head: (peer, client, trusted) -> the head without identity and framing
         self.upstream: tuple[tuple[bytes, bytes, bool], bytes, int | None, bytes] | None = None
@@ -195,7 +218,7 @@ class RequestHead:
         head.connection_tokens, head.content_types = self.connection_tokens, self.content_types
         head.content_encoded, head.forwarded_for = self.content_encoded, self.forwarded_for
         head.forwarded_proto, head.forwarded_host = self.forwarded_proto, self.forwarded_host
-        head.upstream, head.route = self.upstream, self.route
+        head.app_headers, head.upstream, head.route = self.app_headers, self.upstream, self.route
         return head
 
     @property
@@ -279,6 +302,10 @@ def read_head(
         elif role == OVERRIDE:
             if value.strip().upper() != method:
                 head.ambiguous = True
+        elif role == TWIN:
+            head.ambiguous = True
+        elif role == APP:
+            head.app_headers = (*head.app_headers, (canon, value))
         elif trusted and role == FORWARDED_PROTO:
             head.forwarded_proto = value
         elif trusted and role == FORWARDED_HOST:
@@ -467,12 +494,15 @@ def request_shape(data: bytes, head: RequestHead, rules: HeadRules) -> RequestSh
     keys = [i for i, canon in enumerate(head.names) if canon == rules.auth_header]
     if len(keys) != 1 or head.names[keys[0]] in PARSER_READ or not head.headers[keys[0]][1].endswith(key):
         return None
-    lengths = [i for i, canon in enumerate(head.names) if canon == b"content-length"]
+    # the Content-Length the parser framed the body by: its exact name, not a `_` twin
+    lengths = [i for i, (name, _) in enumerate(head.headers) if name.lower() == b"content-length"]
     if not lengths:
+        if head.content_length is not None:
+            return None
         return RequestShape(head, raw, (start, start + len(key)), None, keys[0], None)
     name, digits = head.headers[lengths[0]]
     line = b"\r\n" + name + b": " + digits + b"\r\n"  # exactly one space, digits only
-    if len(lengths) != 1 or not digits.isdigit() or raw.count(line) != 1:
+    if len(lengths) != 1 or not digits.isdigit() or raw.count(line) != 1 or head.content_length != int(digits):
         return None
     at = raw.find(line) + len(line) - 2 - len(digits)
     return RequestShape(head, raw, (start, start + len(key)), (at, at + len(digits)), keys[0], lengths[0])

@@ -21,10 +21,47 @@ def app_id_in_head(head: RequestHead, route: RouteMatch) -> object:
     if route.app_source == "path":
         return route.app_id
     if route.app_source == "query":
-        return query_app_id(head.url.partition(b"?")[2].decode("latin-1"), route.app_key or "")
+        return _in_query(head, route.app_key or "")
     if route.app_source == "header":
-        return header_app_id(head.values((route.app_key or "").replace("_", "-").encode()))
+        return _in_headers(head, route.app_key or "")
     return None
+
+
+def _in_query(head: RequestHead, name: str) -> object:
+    query = head.url.partition(b"?")[2]
+    if not query or (b"%" not in query and name.encode() not in query):
+        return None  # (the common case, without parsing)
+    return query_app_id(query.decode("latin-1"), name)
+
+
+def _in_headers(head: RequestHead, name: str) -> object:
+    if not head.app_headers:
+        return None
+    wanted = name.lower().replace("_", "-").encode()
+    return header_app_id([value for canon, value in head.app_headers if canon == wanted])
+
+
+def second_places(head: RequestHead, route: RouteMatch) -> object:
+    """The app id a backend could read instead of the route's: the query parameter or the
+    header named like the route's app key, where the route does not read it. A str, None
+    (no second place holds one) or AMBIGUOUS (they disagree, or one repeats)."""
+    name = route.app_key or ""
+    found = []
+    for source, read in (("query", _in_query), ("header", _in_headers)):
+        if route.app_source != source:
+            value = read(head, name)
+            if value is AMBIGUOUS:
+                return AMBIGUOUS
+            if value is not None:
+                found.append(value)
+    if not found:
+        return None
+    return found[0] if all(value == found[0] for value in found) else AMBIGUOUS
+
+
+def disagree(app_id: object, second: object) -> bool:
+    """An app id read where the route says, against the one `second_places` found."""
+    return second is AMBIGUOUS or (second is not None and app_id != second)
 
 
 def judge_head(
@@ -41,9 +78,11 @@ def judge_head(
     of the body, then `judge_body`."""
     if head.ambiguous:
         return AMBIGUOUS_VERDICT
-    app_id = app_id_in_head(head, route) if route is not None else None
-    if app_id is AMBIGUOUS:
-        return AMBIGUOUS_VERDICT
+    app_id = None
+    if route is not None and route.app_source is not None:
+        app_id = app_id_in_head(head, route)
+        if app_id is AMBIGUOUS or (route.app_source != "body" and disagree(app_id, second_places(head, route))):
+            return AMBIGUOUS_VERDICT
     found = app_id if isinstance(app_id, str) else None
     decision = decide.authorize(key, head.key_sent, ip, head.plugin, route, found, unknown_allowed, now)
     if decision is decide.INVALID_KEY and not head.presented:  # a key header without the scheme
@@ -56,10 +95,10 @@ def judge_head(
     return decision, found
 
 
-def judge_body(body: bytes, route: RouteMatch, key: KeySnapshot) -> Verdict:
+def judge_body(body: bytes, route: RouteMatch, key: KeySnapshot, head: RequestHead) -> Verdict:
     """The app check once the whole (inspected) body is in hand."""
     app_id = body_app_id(body, route.app_key or "")
-    if app_id is AMBIGUOUS:
+    if app_id is AMBIGUOUS or disagree(app_id, second_places(head, route)):
         return AMBIGUOUS_VERDICT
     found = app_id if isinstance(app_id, str) else None
     return decide.authorize_app(key, found), found
