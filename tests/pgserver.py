@@ -5,7 +5,8 @@
 temporary folder, `pg_ctl start` on a free port with trust authentication, a database `test`;
 it is stopped and removed when the test session ends. The binaries come from Debian's
 `postgresql` package (`make test` installs it when missing). PostgreSQL refuses to run as
-root, so a root session runs it as the `postgres` user the package creates.
+root, so a root session runs it as the `postgres` user the package creates. A test that must
+restart or stop its server makes a `Throwaway` of its own (never the shared one).
 """
 
 from __future__ import annotations
@@ -46,39 +47,60 @@ def _as_postgres(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
+class Throwaway:
+    """A PostgreSQL of the tests' own: `initdb` into a temporary folder, run on a free port with
+    trust authentication and a database `test`. `restart()` restarts it for real (same port,
+    same data); `remove()` stops it and deletes the folder."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="gateway-pg-")
+        self.data = os.path.join(self.folder, "data")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/test"
+        try:
+            if os.geteuid() == 0:
+                shutil.chown(self.folder, "postgres", "postgres")
+            self._run([_binary("initdb"), "-D", self.data, "-U", "postgres", "-A", "trust"])
+            self._pg_ctl("start")
+            self._run([_binary("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "test"])
+        except BaseException:
+            self.remove()
+            raise
+
+    @staticmethod
+    def _run(args: list[str], check: bool = True) -> None:
+        subprocess.run(_as_postgres(args), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, check=check)
+
+    def _pg_ctl(self, action: str, *extra: str, check: bool = True) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off -c max_connections=200"
+        log = os.path.join(self.folder, "log")
+        self._run([_binary("pg_ctl"), "-D", self.data, "-l", log, "-o", options, "-w", *extra, action], check=check)
+        if action != "stop":
+            deadline = time.monotonic() + 30
+            while not _answers("127.0.0.1", self.port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    def restart(self) -> None:
+        """`pg_ctl restart`: a fast shutdown (clients get AdminShutdown), then a start."""
+        self._pg_ctl("restart", "-m", "fast")
+
+    def stop(self) -> None:
+        self._pg_ctl("stop", "-m", "fast")
+
+    def start(self) -> None:
+        self._pg_ctl("start")
+
+    def remove(self) -> None:
+        self._pg_ctl("stop", "-m", "immediate", check=False)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _start_throwaway() -> str:
-    folder = tempfile.mkdtemp(prefix="gateway-pg-")
-    data = os.path.join(folder, "data")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT, "check": True}
-    subprocess.run(_as_postgres([_binary("initdb"), "-D", data, "-U", "postgres", "-A", "trust"]), **quiet)
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off -c max_connections=200"
-    log = os.path.join(folder, "log")
-    subprocess.run(_as_postgres([_binary("pg_ctl"), "-D", data, "-l", log, "-o", options, "-w", "start"]), **quiet)
-
-    def stop() -> None:
-        subprocess.run(
-            _as_postgres([_binary("pg_ctl"), "-D", data, "-m", "immediate", "stop"]),
-            check=False,
-            **{
-                "stdout": subprocess.DEVNULL,
-                "stderr": subprocess.DEVNULL,
-            },
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-
-    atexit.register(stop)
-    deadline = time.monotonic() + 30
-    while not _answers("127.0.0.1", port) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    subprocess.run(
-        _as_postgres([_binary("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "test"]), **quiet
-    )
-    return f"postgresql://postgres@127.0.0.1:{port}/test"
+    server = Throwaway()
+    atexit.register(server.remove)
+    return server.url
 
 
 def postgres_url() -> str:

@@ -61,7 +61,7 @@ def test_database_holds_no_plaintext_secret(spawn, tmp_path: Path) -> None:
     secrets.append(copy["key"])
     proc.process.send_signal(signal.SIGKILL)
     proc.process.wait()
-    blob = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("gateway.db*"))
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("gateway.db*") if p.is_file())
     assert len(blob) > 0
     for secret in secrets:
         assert secret.encode() not in blob

@@ -4,7 +4,8 @@ Every write takes one transaction-scoped advisory lock, so writes are serialized
 replicas: the per-account limit holds, and change-log sequence numbers commit in order.
 Each write logs the key id and NOTIFYs `gateway_changes`; every replica LISTENs on a
 connection of its own and applies the change within milliseconds. If that connection is
-lost, the replica keeps serving from memory, says so once, reconnects, and reloads fully.
+lost, whatever the error (a cut, a restart, a failover), the replica keeps serving from memory,
+says so once, reconnects with backoff, says so once, and reloads fully.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ WRITE_LOCK = 7_412_001  # advisory lock ids: any constant unlikely to clash with
 MIGRATION_LOCK = 7_412_002
 POLL_SECONDS = 1.0  # a safety net: notifications normally arrive first
 CONNECT_TIMEOUT = 3.0
+# the listener's reconnect backoff; it starts again from the least only after a connection that
+# lasted, so a server that drops every connection at once is not retried (and logged) in a loop
+RETRY_SECONDS, RETRY_MAX_SECONDS, STABLE_SECONDS = 0.05, 1.0, 5.0
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE keys (
@@ -79,7 +83,34 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # v3: per-key rate limits
     3: sql.RATE_LIMITS_SCHEMA,
 }
-UNAVAILABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# A server that is unreachable, shutting down or starting up (AdminShutdown, CannotConnectNow),
+# or out of connections: StoreUnavailable (503), not a 500.
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+def describe(err: BaseException) -> str:
+    """One line for the log: the error's class and message, never a traceback."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+class _PoolFloorRetries(logging.Filter):
+    """asyncpg's pool logs a warning with a traceback each time it fails to reconnect its idle
+    connection during an outage; the listener already says once that PostgreSQL is lost."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to restore the pool connection floor")
+
+
+_pool_filter = _PoolFloorRetries()
+logging.getLogger("asyncpg.pool").addFilter(_pool_filter)
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -100,7 +131,6 @@ class PostgresStore:
         self._changed = asyncio.Event()
         self._resync = False
         self._listener: asyncio.Task | None = None
-        self._closing = False
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -149,52 +179,57 @@ class PostgresStore:
             await conn.execute("INSERT INTO schema_version VALUES ($1)", SCHEMA_VERSION)
 
     async def close(self) -> None:
-        self._closing = True
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+            self._listener = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
     # the change feed
     async def _listen_forever(self) -> None:
+        """Hold one LISTEN connection for as long as the store is open. Whatever ends it (a lost
+        network, a restart's AdminShutdown, CannotConnectNow while the server starts, a failover)
+        is one outage: logged once when it starts and once when it ends, retried with backoff
+        (RETRY_SECONDS doubling up to RETRY_MAX_SECONDS), and followed by a full reload, since
+        notifications sent meanwhile were lost. Only cancellation (close) ends it."""
         outage_since: float | None = None
-        delay = 0.1
-        while not self._closing:
+        delay = RETRY_SECONDS
+        while True:
+            conn: asyncpg.Connection | None = None
+            up_since: float | None = None
+            reason = "the connection closed"
             try:
                 conn = await self._connect()
-            except UNAVAILABLE as err:
-                if outage_since is None:
-                    outage_since = time.monotonic()
-                    log.warning("lost PostgreSQL (%s); serving keys from memory, reconnecting", err)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-            try:
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, self._notified)
+                up_since = time.monotonic()
                 if outage_since is not None:
-                    log.info("PostgreSQL is back after %.1f s; reloading keys", time.monotonic() - outage_since)
+                    log.info("PostgreSQL is back after %.1f s; reloading keys", up_since - outage_since)
                     outage_since = None
                     self._resync = True
                     self._changed.set()
-                delay = 0.1
                 while not lost.is_set():  # a dead peer is noticed by a periodic round trip
                     try:
                         async with asyncio.timeout(2.0):
                             await lost.wait()
                     except TimeoutError:
                         await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
-            except UNAVAILABLE:
-                pass
+            except Exception as err:  # any error is an outage; cancellation (close) is not
+                reason = describe(err)
             finally:
-                conn.terminate()
-            if not self._closing and outage_since is None:
+                if conn is not None:
+                    conn.terminate()
+            if up_since is not None and time.monotonic() - up_since > STABLE_SECONDS:
+                delay = RETRY_SECONDS  # a connection that lasted: retry quickly again
+            if outage_since is None:
                 outage_since = time.monotonic()
-                log.warning("lost PostgreSQL; serving keys from memory, reconnecting")
+                log.warning("lost PostgreSQL (%s); serving keys from memory, reconnecting", reason)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     def _notified(self, *args: Any) -> None:
         self._changed.set()

@@ -36,6 +36,9 @@ from gateway.store.rows import (
 
 SCHEMA_VERSION = 5
 POLL_SECONDS = 0.25  # a safety net: a peer's doorbell normally arrives first
+# where the processes on this file ring each other (store/doorbell.py)
+BELL_FOLDER = "SELECT value FROM meta WHERE name = 'doorbell'"
+SET_BELL_FOLDER = "INSERT OR REPLACE INTO meta (name, value) VALUES ('doorbell', ?)"
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         """CREATE TABLE keys (
@@ -107,7 +110,16 @@ class SQLiteStore:
         # the keyring loads) must not be taken as the starting point and missed.
         rows = await self.db.execute_fetchall("PRAGMA data_version")
         self._marker = int(rows[0][0])
-        self._doorbell.open(self.path)  # after connect: the file exists, so its identity is known
+        await self._open_doorbell()
+
+    async def _open_doorbell(self) -> None:
+        """Listen for peers' bells in the folder the database names, naming a new one if need be
+        (in a write transaction, so processes opening the file together agree on one folder)."""
+        async with self._transaction() as db:
+            rows = await db.execute_fetchall(BELL_FOLDER)
+            made = self._doorbell.open(self.path, rows[0][0] if rows else None)
+            if made is not None:
+                await db.execute(SET_BELL_FOLDER, (made,))
 
     async def _wal(self) -> None:
         """Switch to WAL. Workers opening a new file together can find it locked: the busy
