@@ -6,7 +6,7 @@ CONFIG ?= config.example.yaml
 # Debian packages the tests need (installing them needs root: CI and containers run as root)
 APT := DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test test-deps lint format bench clean clean-data
+.PHONY: run test test-deps lint format bench fuzz clean clean-data
 
 # `make run` installs what running needs; `make test` adds the test tools to the same venv.
 $(VENV)/.run: pyproject.toml
@@ -64,6 +64,12 @@ bench: $(VENV)/.test
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/propagation.py --backend postgres
 	$(BIN)/python bench/propagation.py --backend sqlite
+
+# The shortcut differential at length: 100,000 variants per shortcut against the parsers, and
+# 2,000 over real sockets (learnt connection against a fresh one).
+fuzz: $(VENV)/.test
+	$(BIN)/python bench/fuzz_shapes.py --cases 100000
+	GATEWAY_PROPERTY_EXAMPLES=2000 $(BIN)/python -m pytest -q -p no:randomly tests/test_shape_differential.py
 
 # Keeps data/ (the database and the secret key that decrypts it): see clean-data.
 clean:

@@ -130,6 +130,15 @@ AMBIGUOUS_TARGETS = [
     b"//evil.example/api/v5/app/list",
     b"/api/v5/app/%252e%252e/list",
     b"/api/v5/corp/%25%32%65%25%32%65/app/list",
+    # dot segments, also once trimmed or NFKC-normalised by a lenient server
+    b"/api/v5/corp/../app/list",
+    b"/api/v5/corp/./app/list",
+    b"/api/v5/corp/%2e%2e/app/list",
+    b"/api/v5/corp/..%20/app/list",
+    b"/api/v5/corp/..%09/app/list",
+    b"/api/v5/corp/%20../app/list",
+    b"/api/v5/corp/%ef%bc%8e%ef%bc%8e/app/list",
+    b"/api/v5/corp/%e2%80%8b..%c2%a0/app/list",
 ]
 
 
@@ -655,3 +664,31 @@ async def test_two_requests_of_one_shape_in_one_read_are_both_answered_in_order(
     ids = [seen.header("X-Gateway-Key-Id")[0].decode() for seen in gate.upstream.seen]
     assert ids == [first["id"], second["id"], first["id"]]
     await client.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "headers", "body", "expected"),
+    [
+        (V5_LIST + b"?app_id=A2", [], b'{"app_id": "A1"}', 400),  # body A1, query A2
+        (V5_LIST + b"?app%5Fid=A2", [], b'{"app_id": "A1"}', 400),
+        (V5_LIST, [(b"App-Id", b"A2")], b'{"app_id": "A1"}', 400),
+        (V5_LIST, [(b"App_Id", b"A2")], b'{"app_id": "A1"}', 400),
+        (V5_LIST + b"?app_id=A1", [(b"App-Id", b"A1")], b'{"app_id": "A1"}', 200),  # the same app: fine
+        (b"/api/v1/app/A1/entry/E/data?app_id=A2", [], b"{}", 400),  # path A1, query A2
+        (b"/api/v1/app/A1/entry/E/data", [(b"App-Id", b"A2")], b"{}", 400),
+        (b"/api/v1/app/A1/entry/E/data?app_id=A1", [], b"{}", 200),
+        (b"/q/1?app_id=A1", [(b"App-Id", b"A2")], None, 400),  # query A1, header A2
+        (b"/h/1?x-app-id=A2", [(b"X-App-Id", b"A1")], None, 400),  # header A1, query A2
+    ],
+)
+async def test_an_app_id_in_a_second_place_must_agree(
+    gate: Gate, target: bytes, headers: list, body: bytes | None, expected: int
+) -> None:
+    """A backend that reads request parameters would act on the app in the second place."""
+    key = await gate.key(apps=["A1"], interfaces=["data", "crm"])
+    json_type = [(b"Content-Type", b"application/json")] if body is not None else []
+    method = b"POST" if body is not None else b"GET"
+    (answer,), _ = await gate.exchange(request(method, target, key, json_type + headers, body))
+    assert answer.status == expected
+    if expected == 400:
+        assert reason(answer) == "ambiguous_request" and gate.upstream.seen == []

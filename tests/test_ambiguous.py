@@ -37,6 +37,22 @@ from gateway.wire.ambiguous import (
         (b"h:443", True),
         (b"//h/a", True),
         (b"", True),
+        (b"/a/../b", True),
+        (b"/a/./b", True),
+        (b"/a/..", True),
+        (b"/a/%2E%2e/b", True),
+        (b"/a/..%20/b", True),
+        (b"/a/%09../b", True),
+        (b"/a/..%0d%0a/b", True),
+        (b"/a/%ef%bc%8e%ef%bc%8e/b", True),  # fullwidth full stops: NFKC makes them `..`
+        (b"/a/%e2%80%a4%e2%80%a4/b", True),  # one dot leaders
+        (b"/a/..%c2%a0/b", True),  # a no-break space
+        (b"/a/...", False),
+        (b"/a/.json", False),
+        (b"/a/x.y", False),
+        (b"/a/.%e2%80%8b./b", False),  # a zero-width space between the dots: not trimmed
+        (b"/a/%2e%2e%2e/b", False),
+        (b"/a?x=..", False),  # the query is not a path
     ],
 )
 def test_targets(target: bytes, ambiguous: bool) -> None:

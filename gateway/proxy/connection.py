@@ -100,8 +100,8 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = self.last_seen = self.server.now
-        if self.closing:
-            return
+        if self.closing or self.refusal is not None:
+            return  # nothing after a request that broke HTTP's rules is read
         self.chunk = None
         if not self.in_head and self.parsing is None and not self.last_request:  # the first bytes after a request
             if self.current is None:
@@ -279,6 +279,8 @@ class ClientConnection(asyncio.Protocol):
         self.paused &= ~reason
         if not self.paused and self.transport is not None and not self.closing:
             self.transport.resume_reading()
+            if self.in_head:  # the head's clock ran while we were not reading: it starts again
+                self.head_started = self.server.now
 
     def refuse(self, deny: decide.Deny) -> None:
         """A protocol-level refusal: answer (if no answer is in progress) and close."""
@@ -376,7 +378,7 @@ class ClientConnection(asyncio.Protocol):
             if now > self.linger_until and self.transport is not None:
                 self.transport.close()
             return
-        if self.in_head and now - self.head_started > limits.header_timeout:
+        if self.in_head and not self.paused and now - self.head_started > limits.header_timeout:
             self.reject(REQUEST_TIMEOUT)
             return
         exchange = self.current
