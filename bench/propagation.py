@@ -28,7 +28,7 @@ from common import free_port, spawn_gateway, wait_for_port
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES = os.environ.get("GATEWAY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 PATH = "/api/v5/workflow/task/approve"
-TOKEN = "bench-token"
+TOKEN = "bench-admin-token-0123456789"
 
 
 def call(port: int, method: str, path: str, body: dict | None = None, key: str | None = None) -> tuple[int, dict]:

@@ -195,8 +195,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.relay = None
         if self.feeding:
             self.settle = reusable
+        elif reusable and self.keep and not self.closed:
+            self.pool.release(self)
         else:
-            self._settle(reusable)
+            self.abort()
 
     def _settle(self, reusable: bool) -> None:
         if reusable and self.keep and not self.closed:

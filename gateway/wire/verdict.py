@@ -81,7 +81,10 @@ def judge_head(
     app_id = None
     if route is not None and route.app_source is not None:
         app_id = app_id_in_head(head, route)
-        if app_id is AMBIGUOUS or (route.app_source != "body" and disagree(app_id, second_places(head, route))):
+        if app_id is AMBIGUOUS:
+            return AMBIGUOUS_VERDICT
+        second = route.app_source != "body" and (head.app_headers or b"?" in head.url)  # a second place may hold one
+        if second and disagree(app_id, second_places(head, route)):
             return AMBIGUOUS_VERDICT
     found = app_id if isinstance(app_id, str) else None
     decision = decide.authorize(key, head.key_sent, ip, head.plugin, route, found, unknown_allowed, now)
@@ -98,7 +101,9 @@ def judge_head(
 def judge_body(body: bytes, route: RouteMatch, key: KeySnapshot, head: RequestHead) -> Verdict:
     """The app check once the whole (inspected) body is in hand."""
     app_id = body_app_id(body, route.app_key or "")
-    if app_id is AMBIGUOUS or disagree(app_id, second_places(head, route)):
+    if app_id is AMBIGUOUS:
+        return AMBIGUOUS_VERDICT
+    if (head.app_headers or b"?" in head.url) and disagree(app_id, second_places(head, route)):
         return AMBIGUOUS_VERDICT
     found = app_id if isinstance(app_id, str) else None
     return decide.authorize_app(key, found), found
