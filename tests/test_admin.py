@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
+import zlib
 
 import aiohttp
 import pytest
 
+from gateway.core.errors import RuleError
+from gateway.core.record import format_time, parse_expiry, parse_rfc3339
+from gateway.core.tokens import PERMISSIONS, ROOT, Principal, Token
 from gateway.runtime.gateway import Gateway
 from tests.conftest import Admin, Running, make_config
 
@@ -517,3 +522,255 @@ async def test_listing_searches_and_filters_across_pages(admin: Admin) -> None:
     assert seen["accounts"] == {"beta": 1}  # a scoped token counts its own account only
     _, found = await admin.call("GET", "/api/v1/keys?q=batch", token=token["token"])
     assert [k["name"] for k in found["items"]] == ["Other batch"]
+
+
+# expires_at: RFC 3339 only (DESIGN §4 field rules, §7.1)
+RFC3339_CASES = [
+    # (text, UTC result or None when refused)
+    ("2027-01-31T00:00:00Z", "2027-01-31T00:00:00.000Z"),
+    ("2027-01-31t00:00:00z", "2027-01-31T00:00:00.000Z"),  # RFC 3339 §5.6: T and Z in any case
+    ("2027-01-31T00:00:00z", "2027-01-31T00:00:00.000Z"),
+    ("2027-01-31t00:00:00Z", "2027-01-31T00:00:00.000Z"),
+    ("2027-01-31T08:00:00+08:00", "2027-01-31T00:00:00.000Z"),
+    ("2027-01-31T00:00:00-00:00", "2027-01-31T00:00:00.000Z"),  # unknown local offset: still UTC
+    ("2027-01-31T00:00:00.5Z", "2027-01-31T00:00:00.500Z"),
+    ("2027-01-31T00:00:00.123456789Z", "2027-01-31T00:00:00.123Z"),
+    ("2027-01-31T23:30:00-05:30", "2027-02-01T05:00:00.000Z"),
+    ("2028-02-29T00:00:00Z", "2028-02-29T00:00:00.000Z"),  # a leap day
+    ("2027-06-30T23:59:60Z", "2027-07-01T00:00:00.000Z"),  # a leap second: the next second
+    ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59.000Z"),
+    ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
+    ("9999-12-31T23:59:59+23:59", "9999-12-31T00:00:59.000Z"),
+    ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+    ("0001-01-01T23:59:00+23:59", "0001-01-01T00:00:00.000Z"),
+    # outside years 1..9999 once in UTC
+    ("9999-12-31T23:59:59-23:59", None),
+    ("9999-12-31T23:59:59-00:01", None),
+    ("0001-01-01T00:00:00+00:01", None),
+    ("0000-12-31T23:59:59Z", None),
+    ("10000-01-01T00:00:00Z", None),
+    # not RFC 3339
+    ("2027-01-31T00:00:00", None),  # no offset
+    ("2027-01-31 00:00:00Z", None),  # a space for T
+    ("2027-01-31", None),
+    ("2027-01-31T00:00Z", None),  # no seconds
+    ("2027-01-31T00Z", None),
+    ("2099-W01-1T00:00Z", None),  # ISO week date
+    ("2099-W01-1T00:00:00Z", None),
+    ("2099-001T00:00:00Z", None),  # ordinal date
+    ("20270131T000000Z", None),  # basic format
+    ("2027-01-31T000000Z", None),
+    ("2027-01-31T00:00:00+0800", None),  # offset without colon
+    ("2027-01-31T00:00:00+08", None),
+    ("2027-01-31T00:00:00,5Z", None),  # comma fraction
+    ("2027-01-31T00:00:00.Z", None),
+    ("2027-01-31T00:00:00UTC", None),
+    ("2027-01-31T00:00:00 Z", None),
+    (" 2027-01-31T00:00:00Z", None),
+    ("2027-01-31T00:00:00Z\n", None),
+    ("+2027-01-31T00:00:00Z", None),
+    ("2027-1-31T00:00:00Z", None),
+    ("\uff12\uff10\uff12\uff17-01-31T00:00:00Z", None),  # fullwidth digits
+    ("2027-01-\u06631T00:00:00Z", None),  # an Arabic-Indic digit
+    ("2027-13-01T00:00:00Z", None),
+    ("2027-00-01T00:00:00Z", None),
+    ("2027-02-29T00:00:00Z", None),  # not a leap year
+    ("2027-04-31T00:00:00Z", None),
+    ("2027-01-31T24:00:00Z", None),
+    ("2027-01-31T23:60:00Z", None),
+    ("2027-01-31T23:59:61Z", None),
+    ("2027-01-31T00:00:00+24:00", None),
+    ("2027-01-31T00:00:00+23:60", None),
+    ("2027-01-31T00:00:00.1234567890123456789012345Z", None),  # absurdly long
+    ("", None),
+    ("now", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), RFC3339_CASES)
+def test_rfc3339_table(text: str, expected: str | None) -> None:
+    if expected is None:
+        with pytest.raises(RuleError) as caught:
+            parse_rfc3339(text, "expires_at")
+        assert (caught.value.field, caught.value.code) == ("expires_at", "invalid_field")
+    else:
+        assert format_time(parse_rfc3339(text, "expires_at")) == expected
+
+
+@pytest.mark.parametrize("value", [None, 5, 1e999, ["2027-01-31T00:00:00Z"], {"at": 1}, True])
+def test_rfc3339_needs_a_string(value: object) -> None:
+    with pytest.raises(RuleError):
+        parse_rfc3339(value, "expires_at")
+
+
+def test_expiry_must_be_in_the_future() -> None:
+    now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    assert parse_expiry(None, now) is None
+    assert parse_expiry("2027-01-15T08:00:00.001Z", now) == "2027-01-15T08:00:00.001Z"
+    for past in ("2027-01-15T08:00:00Z", "2027-01-15t07:59:59z", "0001-01-01T00:00:00Z"):
+        with pytest.raises(RuleError, match="future"):
+            parse_expiry(past, now)
+
+
+@pytest.mark.parametrize(
+    "value", ["9999-12-31T23:59:59-23:59", "2099-W01-1T00:00Z", "20990101T000000Z", "2099-01-01T00:00:00"]
+)
+async def test_bad_expiry_over_http_on_create_and_patch(admin: Admin, value: str) -> None:
+    status, body = await admin.call("POST", "/api/v1/keys", {"expires_at": value})
+    assert (status, body["error"]["code"], body["error"]["field"]) == (422, "invalid_field", "expires_at")
+    key = await admin.create()
+    status, body = await admin.call("PATCH", f"/api/v1/keys/{key['id']}", {"expires_at": value})
+    assert (status, body["error"]["code"], body["error"]["field"]) == (422, "invalid_field", "expires_at")
+    assert (await admin.call("GET", f"/api/v1/keys/{key['id']}"))[1]["expires_at"] is None
+
+
+async def test_lower_case_t_and_z_are_accepted(admin: Admin) -> None:
+    key = await admin.create(expires_at="2999-01-01t08:00:00z")
+    assert key["expires_at"] == "2999-01-01T08:00:00.000Z"
+    status, body = await admin.call("PATCH", f"/api/v1/keys/{key['id']}", {"expires_at": "9999-12-31T23:59:59Z"})
+    assert status == 200 and body["expires_at"] == "9999-12-31T23:59:59.000Z"
+
+
+# request bodies in a Content-Encoding
+def _deflate(data: bytes, wbits: int) -> bytes:
+    packer = zlib.compressobj(wbits=wbits)
+    return packer.compress(data) + packer.flush()
+
+
+async def _encoded(admin: Admin, method: str, path: str, encoding: str, raw: bytes) -> tuple[int, object]:
+    headers = {"Authorization": f"Bearer {admin.token}", "Content-Encoding": encoding}
+    async with admin.session.request(method, admin.url + path, data=raw, headers=headers) as response:
+        return response.status, await response.json(content_type=None)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "raw"),
+    [
+        ("gzip", gzip.compress(b'{"name": "zipped"}')),
+        ("x-gzip", gzip.compress(b'{"name": "zipped"}')),
+        ("GZIP", gzip.compress(b'{"name": "zipped"}')),
+        ("deflate", zlib.compress(b'{"name": "zipped"}')),
+        ("deflate", _deflate(b'{"name": "zipped"}', -15)),  # raw deflate, as some clients send it
+        ("identity", b'{"name": "zipped"}'),
+        ("gzip, deflate", zlib.compress(gzip.compress(b'{"name": "zipped"}'))),
+        ("gzip", gzip.compress(b'{"name": ') + gzip.compress(b'"zipped"}')),  # two gzip members
+        ("identity, gzip", gzip.compress(b'{"name": "zipped"}')),
+    ],
+)
+async def test_encoded_bodies_are_read(admin: Admin, encoding: str, raw: bytes) -> None:
+    status, body = await _encoded(admin, "POST", "/api/v1/keys", encoding, raw)
+    assert status == 201 and body["name"] == "zipped", body
+
+
+ZIP_BOMB = gzip.compress(b'{"name": "' + b"x" * 4_000_000 + b'"}')
+
+
+@pytest.mark.parametrize(
+    ("encoding", "raw", "status", "code"),
+    [
+        ("gzip", b"not gzip at all", 400, "invalid_json"),
+        ("gzip", gzip.compress(b'{"name": "x"}')[:-6], 400, "invalid_json"),  # cut short
+        ("gzip", gzip.compress(b'{"name": "x"}') + b"junk", 400, "invalid_json"),
+        ("gzip", gzip.compress(b"\xff\xfe not json"), 400, "invalid_json"),
+        ("deflate", b"not deflate", 400, "invalid_json"),
+        ("br", b"not brotli", 400, "invalid_json"),
+        ("br", b'{"name": "x"}', 400, "invalid_json"),
+        ("zstd", b"\x28\xb5\x2f\xfd garbage", 400, "invalid_json"),
+        ("compress", b"garbage", 400, "invalid_json"),
+        ("frobnicate", b'{"name": "x"}', 400, "invalid_json"),
+        ("gzip, br", b"garbage", 400, "invalid_json"),
+        ("gzip", ZIP_BOMB, 413, "body_too_large"),  # small on the wire, 4 MB once inflated
+    ],
+)
+async def test_undecodable_bodies_are_json_errors(admin: Admin, encoding: str, raw: bytes, status: int, code: str):
+    key = await admin.create()
+    for method, path in (("POST", "/api/v1/keys"), ("PATCH", f"/api/v1/keys/{key['id']}")):
+        answer_status, body = await _encoded(admin, method, path, encoding, raw)
+        assert (answer_status, body["error"]["code"]) == (status, code), (method, body)
+
+
+async def test_a_non_utf8_token_is_401(admin: Admin) -> None:
+    for raw in (b"Bearer \xff\xfe", b"Bearer \xc3\x28", b"\xff\xfe", b"Bearer " + admin.token.encode() + b"\xff"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(admin.url.rsplit(":", 1)[1]))
+        writer.write(
+            b"GET /api/v1/keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: " + raw + b"\r\n\r\n"
+        )
+        answer = await reader.read()
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401 "), answer[:200]
+        assert json.loads(body)["error"]["code"] == "unauthorized"
+
+
+# admin tokens: a manager sees and revokes only tokens whose permissions it holds (§4, §7.1)
+async def _token(admin: Admin, permissions: list[str], account: str | None, token: str | None = None) -> dict:
+    body = {"name": "t", "account": account, "permissions": permissions}
+    status, answer = await admin.call("POST", "/api/v1/tokens", body, token=token)
+    assert status == 201, answer
+    return answer
+
+
+async def test_a_token_manager_sees_and_revokes_only_what_it_holds(admin: Admin) -> None:
+    manager = await _token(admin, ["tokens:manage", "keys:read"], "acme")
+    weaker = await _token(admin, ["keys:read"], "acme")
+    stronger = await _token(admin, ["keys:read", "keys:write"], "acme")
+    root_like = await _token(admin, ["tokens:manage", "keys:read", "keys:reveal"], "acme")
+    everywhere = await _token(admin, ["keys:read"], None)
+    elsewhere = await _token(admin, ["keys:read"], "globex")
+    status, listed = await admin.call("GET", "/api/v1/tokens", token=manager["token"])
+    assert status == 200
+    assert {t["id"] for t in listed["items"]} == {manager["id"], weaker["id"]}
+    for hidden in (stronger, root_like, everywhere, elsewhere):
+        status, body = await admin.call("DELETE", f"/api/v1/tokens/{hidden['id']}", token=manager["token"])
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        status, _ = await admin.call("GET", "/api/v1/keys", token=hidden["token"])
+        assert status == 200  # still works: nothing was revoked
+    status, _ = await admin.call("DELETE", f"/api/v1/tokens/{weaker['id']}", token=manager["token"])
+    assert status == 204
+    status, _ = await admin.call("GET", "/api/v1/keys", token=weaker["token"])
+    assert status == 401
+    status, listed = await admin.call("GET", "/api/v1/tokens")  # the root token sees every token
+    assert {t["id"] for t in listed["items"]} == {manager["id"], stronger["id"], root_like["id"]} | {
+        everywhere["id"],
+        elsewhere["id"],
+    }
+
+
+async def test_a_manager_without_account_sees_every_account_within_its_permissions(admin: Admin) -> None:
+    manager = await _token(admin, ["tokens:manage", "keys:read", "keys:write"], None)
+    acme = await _token(admin, ["keys:write"], "acme")
+    everywhere = await _token(admin, ["keys:read", "keys:write"], None)
+    stronger = await _token(admin, ["keys:reveal"], "globex")
+    auditor = await _token(admin, ["audit:read"], None)
+    status, listed = await admin.call("GET", "/api/v1/tokens", token=manager["token"])
+    assert {t["id"] for t in listed["items"]} == {manager["id"], acme["id"], everywhere["id"]}
+    for hidden in (stronger, auditor):
+        status, _ = await admin.call("DELETE", f"/api/v1/tokens/{hidden['id']}", token=manager["token"])
+        assert status == 404
+    for visible in (acme, everywhere):
+        status, _ = await admin.call("DELETE", f"/api/v1/tokens/{visible['id']}", token=manager["token"])
+        assert status == 204
+    for garbage in ("t_nope", "%00", "%ED%A0%80", "x" * 300):
+        status, body = await admin.call("DELETE", f"/api/v1/tokens/{garbage}", token=manager["token"])
+        assert (status, body["error"]["code"]) == (404, "not_found"), garbage
+
+
+def test_manages_is_subset_and_account() -> None:
+    def token(permissions: tuple[str, ...], account: str | None) -> Token:
+        return Token("t_1", "t", account, permissions, "d", "now")
+
+    scoped = Principal("m", "acme", frozenset({"tokens:manage", "keys:read"}))
+    free = Principal("m", None, frozenset({"tokens:manage", "keys:read"}))
+    cases = [
+        (scoped, token(("keys:read",), "acme"), True),
+        (scoped, token(("keys:read", "tokens:manage"), "acme"), True),
+        (scoped, token(("keys:read", "keys:write"), "acme"), False),
+        (scoped, token(("keys:read",), "globex"), False),
+        (scoped, token(("keys:read",), None), False),  # every account: more than acme
+        (free, token(("keys:read",), None), True),
+        (free, token(("keys:read",), "globex"), True),
+        (free, token(("metrics:read",), None), False),
+        (ROOT, token(tuple(PERMISSIONS), None), True),
+    ]
+    for manager, managed, expected in cases:
+        assert manager.manages(managed) is expected, (manager, managed)

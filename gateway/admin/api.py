@@ -5,6 +5,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ STATUS_OF = {
 }
 OPEN_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})  # and the console's static files under /console/
 CONSOLE = Path(__file__).resolve().parent / "console"
+CONSOLE_FILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")  # app.js, style.css, ...
 # The console runs no inline script and loads nothing from elsewhere.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -46,6 +49,7 @@ SERVICE = web.AppKey("service", KeyService)
 METRICS = web.AppKey("metrics", Callable[[], Awaitable[bytes]])
 ROUTES = web.AppKey("routes", RouteTable)
 TOKEN = web.AppKey("token", bytes)
+MAX_BODY = web.AppKey("max_body", int)
 PRINCIPAL = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,8 +62,17 @@ def error_response(code: str, message: str, field: str | None = None) -> web.Res
 
 
 def _presented(request: web.Request) -> str:
+    """The bearer token, or "" when there is none. Header bytes that are not UTF-8 reach us as
+    lone surrogates: no token is spelled that way, so such a value is no token at all."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    if scheme.lower() != "bearer":
+        return ""
+    token = token.strip()
+    try:
+        token.encode()
+    except UnicodeEncodeError:
+        return ""
+    return token
 
 
 async def _principal(request: web.Request) -> Principal | None:
@@ -104,8 +117,70 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response("not_found", f"no such path {request.path}")
 
 
-async def read_json(request: web.Request) -> Any:
+# Content codings the admin API reads (aiohttp's own decoding is off: it answers a coding it
+# cannot decode outside our error shape, and a bad gzip stream as a 500). At most a few, in the
+# order applied, each inflated into at most admin.max_body bytes.
+CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+MAX_CODINGS = 3
+
+
+def _invalid_body(message: str) -> RuleError:
+    return RuleError(None, message, "invalid_json")
+
+
+def _inflate(data: bytes, coding: str, limit: int) -> bytes:
+    """One coding undone, into at most `limit` bytes. gzip may hold several members; deflate
+    is the zlib format, or (as some clients send it) raw deflate."""
+    wbits = CODINGS[coding]
+    out = bytearray()
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out += inflater.decompress(data, limit + 1 - len(out))
+        except zlib.error:
+            if coding == "deflate" and wbits > 0 and not out:
+                wbits = -zlib.MAX_WBITS
+                continue
+            raise _invalid_body(f"the body is not valid {coding} data") from None
+        if len(out) > limit:
+            raise RuleError(None, f"the request body is larger than {limit} bytes once decoded", "body_too_large")
+        if not inflater.eof:
+            raise _invalid_body(f"the {coding} data of the body ends too soon")
+        data = inflater.unused_data
+        if not data:
+            return bytes(out)
+        if wbits != CODINGS["gzip"]:
+            raise _invalid_body(f"the body holds data after its {coding} stream")
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int) -> bytes:
+    """The body with its `Content-Encoding` undone (codings listed in the order applied)."""
+    codings = [coding.strip().lower() for coding in content_encoding.split(",")]
+    codings = [coding for coding in codings if coding and coding != "identity"]
+    if len(codings) > MAX_CODINGS:
+        raise _invalid_body(f"the body has {len(codings)} content codings; at most {MAX_CODINGS} are read")
+    for coding in reversed(codings):
+        if coding not in CODINGS:
+            shown = coding[:40].encode("ascii", "backslashreplace").decode()
+            raise _invalid_body(f"Content-Encoding {shown} is not supported: send gzip, deflate or no coding")
+        raw = _inflate(raw, coding, limit)
+    return raw
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body as sent, its content codings undone; empty when none was sent."""
     raw = await request.read()
+    coding = request.headers.get("Content-Encoding")
+    if not raw or coding is None:
+        return raw
+    return decode_body(raw, coding, request.app[MAX_BODY])
+
+
+async def read_json(request: web.Request, optional: bool = False) -> Any:
+    """The JSON body; with `optional`, None when the body is empty."""
+    raw = await read_body(request)
+    if optional and not raw:
+        return None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -170,7 +245,7 @@ async def copy_key(request: web.Request) -> web.Response:
 
 
 async def rotate_key(request: web.Request) -> web.Response:
-    body = await read_json(request) if await request.read() else None
+    body = await read_json(request, optional=True)
     key, secret = await request.app[SERVICE].rotate(request.match_info["id"], body, request[PRINCIPAL])
     return _key_response(key, secret)
 
@@ -224,6 +299,17 @@ async def console_index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(CONSOLE / "index.html")
 
 
+async def console_file(request: web.Request) -> web.FileResponse:
+    """A file of the console: a plain file (no link) directly in its folder, by a plain name.
+    Anything else is the API's 404, before the file system is asked (a name too long for it
+    would otherwise be a 500)."""
+    name = request.match_info["name"]
+    path = CONSOLE / name
+    if not CONSOLE_FILE.fullmatch(name) or path.is_symlink() or not path.is_file():
+        raise RuleError(None, f"no such path {request.path}", "not_found")
+    return web.FileResponse(path)
+
+
 async def settings(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     limits = service.limits
@@ -235,9 +321,29 @@ async def settings(request: web.Request) -> web.Response:
     )
 
 
+async def no_route(request: web.Request) -> web.Response:
+    """Every path and method that no other route serves. Without this route aiohttp would
+    answer them itself, and check `Expect` (a plain-text 417) before the guard runs."""
+    own = request.match_info.route.resource
+    for resource in request.app.router.resources():
+        if resource is not own and (await resource.resolve(request))[1]:
+            raise RuleError(None, f"{request.method} is not allowed here", "method_not_allowed")
+    raise RuleError(None, f"no such path {request.path}", "not_found")
+
+
 async def favicon(request: web.Request) -> web.Response:
     """Browsers ask for it on their own, without the token: answer, do not refuse."""
     return web.FileResponse(CONSOLE / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
+
+
+async def expect_continue(request: web.Request) -> None:
+    """`Expect: 100-continue` gets its interim answer, so the client sends the body. Any other
+    expectation is ignored (RFC 9110 §10.1.1 allows it) instead of answered with a plain-text
+    417 that no client of this API expects."""
+    expectation = request.headers.get("Expect", "").strip().lower()
+    if expectation == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not the response's first byte
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -259,16 +365,19 @@ def build_admin_app(
     max_body: int,
     render_metrics: Callable[[], Awaitable[bytes]],
 ) -> web.Application:
-    app = web.Application(middlewares=[guard], client_max_size=max_body)
+    # Bodies are decoded by read_body, not by aiohttp (see CODINGS).
+    app = web.Application(middlewares=[guard], client_max_size=max_body, handler_args={"auto_decompress": False})
     app[SERVICE] = service
     app[METRICS] = render_metrics
     app[ROUTES] = routes
     app[TOKEN] = token.encode()
+    app[MAX_BODY] = max_body
     for method, path, handler, _ in ROUTE_TABLE:
-        app.router.add_route(method, path, handler)
-    app.router.add_get("/", console_index)
-    app.router.add_get("/favicon.ico", favicon)
-    app.router.add_static("/console/", CONSOLE, show_index=False, follow_symlinks=False)
+        app.router.add_route(method, path, handler, expect_handler=expect_continue)
+    app.router.add_get("/", console_index, expect_handler=expect_continue)
+    app.router.add_get("/favicon.ico", favicon, expect_handler=expect_continue)
+    app.router.add_get("/console/{name}", console_file, expect_handler=expect_continue)
+    app.router.add_route("*", "/{tail:.*}", no_route, expect_handler=expect_continue)  # last
     app.on_response_prepare.append(security_headers)
     return app
 

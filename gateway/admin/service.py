@@ -327,11 +327,15 @@ class KeyService:
         return token, secret
 
     async def list_tokens(self, actor: Principal) -> list[Token]:
-        return await self.store.list_tokens(actor.account)
+        """The tokens `actor` manages: in its account, holding none of the permissions it lacks."""
+        return [token for token in await self.store.list_tokens(actor.account) if actor.manages(token)]
 
     async def revoke_token(self, token_id: str, actor: Principal) -> None:
-        if not await self.store.delete_token(token_id, actor.account):
-            raise RuleError(None, f"no token {token_id}", "not_found")
+        """Revoke a token `actor` manages; any other, existing or not, is 404 alike. Tokens never
+        change, so the check cannot go stale before the delete."""
+        managed = {token.id for token in await self.list_tokens(actor)}
+        if token_id not in managed or not await self.store.delete_token(token_id, actor.account):
+            raise RuleError(None, f"no token {token_id[:40]}", "not_found")
         audit_log.info("token revoked id=%s by=%s", token_id, actor.id)
 
     async def audit(

@@ -6,7 +6,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.core.errors import RuleError
@@ -75,10 +75,14 @@ class Key:
         }
 
 
+def format_time(moment: datetime) -> str:
+    """An aware time as the API shows it: ISO 8601, UTC, milliseconds, `Z`."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def iso_time(seconds: float) -> str:
-    """A timestamp as the API shows it: ISO 8601, UTC, milliseconds, `Z`."""
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Epoch seconds as the API shows them (`format_time`)."""
+    return format_time(datetime.fromtimestamp(seconds, UTC))
 
 
 def utc_now() -> str:
@@ -90,22 +94,59 @@ def parse_time(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+# RFC 3339 §5.6 date-time, nothing more: full date, `T`, full time with seconds, an optional
+# fraction, and `Z` or a `+hh:mm` / `-hh:mm` offset. `T` and `Z` may be lower case (§5.6's note).
+# ASCII digits only: `\d` would also take other scripts' digits, which int() reads happily.
+RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+MAX_TIME_TEXT = 40  # 2027-01-31T00:00:00.123456789+08:00 is 35
+
+
+def parse_rfc3339(value: Any, field: str) -> datetime:
+    """An RFC 3339 time, as an aware UTC datetime; anything else breaks `field`'s rule.
+
+    Refused: other ISO 8601 forms (week and ordinal dates, the basic format without `-` and
+    `:`, a missing seconds part or offset), impossible dates and times, and any time that falls
+    outside years 1 to 9999 once moved to UTC (no datetime, and no stored timestamp, holds it).
+    A leap second (`:60`) is read as the second after `:59`.
+    """
+    shape = f"{field} must be an RFC 3339 time such as 2027-01-31T00:00:00Z or 2027-01-31T08:00:00+08:00"
+    if not isinstance(value, str) or len(value) > MAX_TIME_TEXT:
+        raise RuleError(field, shape)
+    match = RFC3339.fullmatch(value)
+    if match is None:
+        raise RuleError(field, shape)
+    year, month, day, hour, minute, second, fraction, sign, offset_hours, offset_minutes = match.groups()
+    leap = second == "60"
+    micro = int((fraction or "")[:6].ljust(6, "0"))
+    try:
+        local = datetime(int(year), int(month), int(day), int(hour), int(minute), 59 if leap else int(second), micro)
+    except ValueError:
+        raise RuleError(field, f"{field}: {value!r} is not a date and time that exists") from None
+    offset = timedelta()
+    if sign is not None:
+        if int(offset_hours) > 23 or int(offset_minutes) > 59:
+            raise RuleError(field, f"{field}: the offset must be from -23:59 to +23:59")
+        offset = timedelta(hours=int(offset_hours), minutes=int(offset_minutes))
+        if sign == "-":
+            offset = -offset
+    try:
+        moment = local - offset + timedelta(seconds=leap)
+    except OverflowError:
+        raise RuleError(field, f"{field} must fall within the years 1 to 9999 in UTC") from None
+    return moment.replace(tzinfo=UTC)
+
+
 def parse_expiry(value: Any, now: float, field: str = "expires_at") -> str | None:
-    """null, or an RFC 3339 time with its offset, in the future; kept as `iso_time` writes it."""
+    """null, or an RFC 3339 time in the future (`parse_rfc3339`); kept as `format_time` writes it."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 40:
-        raise RuleError(field, f"{field} must be null or an RFC 3339 time such as 2027-01-31T00:00:00Z")
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise RuleError(field, f"{field} must be null or an RFC 3339 time such as 2027-01-31T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise RuleError(field, f"{field} needs a time zone (Z or +08:00)")
-    seconds = moment.timestamp()
-    if seconds <= now:
+    moment = parse_rfc3339(value, field)
+    if moment.timestamp() <= now:
         raise RuleError(field, f"{field} must be in the future")
-    return iso_time(seconds)
+    return format_time(moment)
 
 
 def mask_secret(secret: str) -> str:

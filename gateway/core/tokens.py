@@ -3,7 +3,7 @@
 The root token (config, environment or generated file) may do everything in every account.
 Other tokens carry a list of permissions and optionally one account; they are stored as
 digests and created by holders of `tokens:manage`, who may grant only what they hold, and
-only within their own account when they have one.
+only within their own account when they have one; they see and revoke only such tokens too.
 """
 
 from __future__ import annotations
@@ -56,6 +56,14 @@ class Principal:
     def require(self, permission: str) -> None:
         if permission not in self.permissions:
             raise RuleError(None, f"this token lacks the {permission} permission", "forbidden")
+
+    def manages(self, token: Token) -> bool:
+        """Whether a holder of `tokens:manage` may see and revoke `token`: it holds every
+        permission the token carries, and the token acts within its account when it has one
+        (a token without an account acts in every account: only a manager without one may)."""
+        if self.account is not None and token.account != self.account:
+            return False
+        return self.permissions.issuperset(token.permissions)
 
     def account_for(self, requested: str | None) -> str | None:
         """The account a create acts in: the token's own when it has one; naming another is 403."""
