@@ -38,7 +38,7 @@ from gateway.observe.accesslog import AccessLog
 from gateway.observe.metrics import Metrics
 from gateway.proxy import connection, exchange, relay
 from gateway.proxy.connection import ClientConnection
-from gateway.proxy.shared import Shared
+from gateway.proxy.shared import DataPath
 from gateway.proxy.upstream import UpstreamConnection
 
 BODY = b'{"app_id":"app7","entry_id":"e1"}'
@@ -91,7 +91,7 @@ def build(rate_limits: bool) -> tuple[Callable[[int], None], Callable[[], None]]
     keyring = Keyring(box.raw_digest)
     keyring.replace_all([key for key, _, _ in made])
     access = AccessLog(True)
-    shared = Shared(config, keyring, compile_routes(config.routes), Usage(), Metrics(0), access)
+    shared = DataPath(config, keyring, compile_routes(config.routes), Usage(), Metrics(0), access)
     shared.outbox = shared.pool.outbox = Direct()  # type: ignore[assignment]
     client, to_client = ClientConnection(shared), Collector(("127.0.0.1", 40000))
     client.connection_made(to_client)  # type: ignore[arg-type]

@@ -21,11 +21,8 @@ from yarl import URL
 
 from gateway.config import Config, parse_config
 from gateway.core.record import Key
-from gateway.proxy import exchange
 from gateway.runtime.gateway import Gateway
 from tests.pgserver import postgres_url
-
-exchange.CHECK_PHASES = True  # every exchange of an in-process gateway moves by the table
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key-0123456789abcdef"

@@ -216,7 +216,9 @@ class RouteTable:
                 self._accepted.append(_template_pattern(listed))
 
     @staticmethod
-    def _template(template: str, params: dict, rest_index: int | None, where: str) -> tuple:
+    def _template(
+        template: str, params: dict[str, tuple[int, int, int]], rest_index: int | None, where: str
+    ) -> tuple[str | tuple[str], ...]:
         category, dot, name = template.partition(".")
         if category not in CATEGORIES or not dot or not name:
             known = ", ".join(CATEGORIES)
@@ -264,7 +266,7 @@ class RouteTable:
         if leaf.rest_index is not None:
             values["rest"] = "_".join(segments[leaf.rest_index :])
         interface = "".join(p if isinstance(p, str) else values[p[0]] for p in leaf.interface_parts)
-        app_id = values[leaf.app_key] if leaf.app_source == "path" else None
+        app_id = values[leaf.app_key] if leaf.app_source == "path" and leaf.app_key is not None else None
         return RouteMatch(interface, leaf.app_source, leaf.app_key, app_id)
 
 

@@ -17,6 +17,7 @@ import httptools
 from gateway.core import decision as decide
 from gateway.core.iprules import client_ip
 from gateway.proxy.exchange import PIPELINE, Exchange
+from gateway.proxy.seams import Requester
 from gateway.wire.refusals import (
     BAD_REQUEST,
     HEADERS_TOO_LARGE,
@@ -27,7 +28,7 @@ from gateway.wire.refusals import (
 from gateway.wire.request import LEARN_EVERY, FramingError, RequestHead, RequestShape, read_head, request_shape
 
 if TYPE_CHECKING:
-    from gateway.proxy.shared import Shared
+    from gateway.proxy.shared import DataPath
 
 LINGER = 2.0  # seconds a closing connection keeps draining what the client still sends
 
@@ -47,7 +48,7 @@ class ProtocolError(Exception):
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests, queues pipelined ones, writes answers in order."""
 
-    def __init__(self, server: Shared) -> None:
+    def __init__(self, server: DataPath) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -77,7 +78,7 @@ class ClientConnection(asyncio.Protocol):
         self.head_started = 0.0
         self.heads = 0  # heads begun on this connection: tells whether a read held only one head's bytes
         self.stepping = False  # `finished` is moving the pipeline on (a loop, never a recursion)
-        self.done: Exchange | None = None  # answered while `finished` was stepping
+        self.done: Requester | None = None  # answered while `finished` was stepping
         # requests recognised by their bytes (see wire.request.RequestShape)
         self.shape: RequestShape | None = None  # the shape of this client's requests
         self.chunk: bytes | None = None  # the read being parsed, when it began between requests
@@ -93,7 +94,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_trusted = bool(self.server.trusted) and self.server.trusted.trusts(self.peer)
         if not self.server.admit_connection(self.peer):
             self.closing = True  # over a connection limit: closed at once, nothing read or written
-            transport.abort()
+            transport.close()  # (nothing was written: closes at once)
             return
         self.counted = True
         self.server.connections.add(self)
@@ -210,7 +211,7 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(UPGRADE_NOT_SUPPORTED)
         if not head.keep_alive:
             self.last_request = True
-        exchange = Exchange(self, head)
+        exchange = Exchange(self, head, self.server)
         self.parsing = exchange
         if self.current is None:
             self.current = exchange
@@ -288,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
             return
         exchange = self.current
         if exchange is None or not exchange.response_started:
-            self.write(deny_response(deny, True, self.server.config.auth.scheme))
+            self.write(deny_response(deny, True, self.server.auth_scheme))
             if exchange is not None:
                 exchange.record(deny.status, deny.reason)
             else:
@@ -340,7 +341,7 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def finished(self, exchange: Exchange) -> None:
+    def finished(self, exchange: Requester) -> None:
         """`exchange` has been answered in full: close, or start the next request.
 
         Starting the next one may answer it at once (a refusal), which calls this again: that
@@ -372,6 +373,11 @@ class ClientConnection(asyncio.Protocol):
         finally:
             self.stepping = False
 
+    @property
+    def busy(self) -> bool:
+        """A request is being read or answered (a stop lets it finish)."""
+        return self.current is not None or self.in_head
+
     def check_timeouts(self, now: float) -> None:
         limits = self.server.limits
         if self.closing:
@@ -386,5 +392,5 @@ class ClientConnection(asyncio.Protocol):
             if not self.in_head and now - self.last_seen > limits.idle_timeout:
                 self.close()
             return
-        if exchange.expired(now, self.last_seen, limits, self.server.pool.read_timeout) and not self.paused:
+        if exchange.expired(now, self.last_seen) and not self.paused:
             self.refuse(REQUEST_TIMEOUT)

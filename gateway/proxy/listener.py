@@ -3,25 +3,54 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
+from gateway.config import Config
+from gateway.core.routes import RouteTable
+from gateway.keyring.index import Keyring, Usage
+from gateway.observe.accesslog import AccessLog
+from gateway.observe.metrics import Metrics
 from gateway.proxy.connection import ClientConnection
-from gateway.proxy.shared import Shared
+from gateway.proxy.seams import Swept
+from gateway.proxy.shared import DataPath
+from gateway.proxy.upstream import UpstreamPool
 
 
-class ProxyServer(Shared):
-    """The shared state plus the listening socket and the timeout sweep."""
+class ProxyServer:
+    """The listening socket and the timeout sweep, over the process's `DataPath`."""
+
+    def __init__(
+        self, config: Config, keyring: Keyring, routes: RouteTable, usage: Usage, metrics: Metrics, access: AccessLog
+    ) -> None:
+        self.config = config
+        self.shared = DataPath(config, keyring, routes, usage, metrics, access)
+        self.port = config.listen.port
+        self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    # what the rest of the process (and the tests) look at
+    @property
+    def connections(self) -> set[Swept]:
+        return self.shared.connections
+
+    @property
+    def pool(self) -> UpstreamPool:
+        return self.shared.pool
+
+    @property
+    def routes(self) -> RouteTable:
+        return self.shared.routes
 
     async def start(self, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
-        self.now = loop.time()
+        shared = self.shared
+        shared.now = loop.time()
         ssl_context = None
         if self.config.listen.tls is not None:
-            import ssl
-
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_context.load_cert_chain(self.config.listen.tls.cert, self.config.listen.tls.key)
         self._server = await loop.create_server(
-            lambda: ClientConnection(self),
+            lambda: ClientConnection(shared),
             self.config.listen.host,
             self.config.listen.port,
             backlog=self.config.listen.backlog,
@@ -34,10 +63,11 @@ class ProxyServer(Shared):
     async def _tick(self) -> None:
         """Coarse clock and timeouts: one sweep over the connections every 250 ms."""
         loop = asyncio.get_running_loop()
+        shared = self.shared
         while True:
-            self.now = loop.time()
-            for conn in list(self.connections):
-                conn.check_timeouts(self.now)
+            shared.now = loop.time()
+            for conn in list(shared.connections):
+                conn.check_timeouts(shared.now)
             await asyncio.sleep(0.25)
 
     async def stop(self, timeout: float = 0.0) -> None:
@@ -47,17 +77,18 @@ class ProxyServer(Shared):
         """
         if self._server is not None:
             self._server.close()
-        self.draining = True
-        for conn in list(self.connections):
-            if conn.current is None and not conn.in_head:
+        shared = self.shared
+        shared.draining = True
+        for conn in list(shared.connections):
+            if not conn.busy:
                 conn.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while any(c.current is not None for c in self.connections) and loop.time() < deadline:
+        while any(c.busy for c in shared.connections) and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        for conn in list(self.connections):
+        for conn in list(shared.connections):
             conn.close()
         if self._ticker is not None:
             self._ticker.cancel()
-        self.pool.close()
-        await self.limiter.close()
+        shared.pool.close()
+        await shared.limiter.close()

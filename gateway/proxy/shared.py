@@ -1,15 +1,14 @@
 """What every connection of the data path in one process shares: the keyring, the route
 table, the upstream pool, the rules for reading heads, metrics and the access log, and a
-coarse clock. The listener (`ProxyServer`) is this plus the socket and the timer.
+coarse clock. The listener (`ProxyServer`) holds one, beside its socket and timer; exchanges
+and relays see it only through the Protocols of `proxy.seams` (it satisfies both).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import resource
 import time
-from typing import Any
 
 from gateway.config import Config
 from gateway.core.decision import KeySnapshot
@@ -19,6 +18,7 @@ from gateway.keyring.limits import open_limiter
 from gateway.observe.accesslog import AccessLog, clip
 from gateway.observe.metrics import Metrics
 from gateway.proxy.outbox import Outbox
+from gateway.proxy.seams import Swept
 from gateway.proxy.upstream import UpstreamPool
 from gateway.wire.ambiguous import canonical
 from gateway.wire.forwarded import TrustedProxies
@@ -37,8 +37,8 @@ def connection_budget() -> int:
     return max(soft - RESERVED_FILES, soft // 2)
 
 
-class Shared:
-    """The data path's state in one process; connections hold it as `server`."""
+class DataPath:
+    """The data path's state in one process; client connections hold it as `server`."""
 
     def __init__(
         self,
@@ -77,15 +77,14 @@ class Shared:
         self.unknown_allowed = config.routes.unknown == "allow"
         self.max_inspect = config.routes.max_body_inspect
         self.limits = config.limits
-        self.connections: set[Any] = set()  # every open client connection
+        self.auth_scheme = config.auth.scheme
+        self.relays = self  # what a relay is handed (seams.RelayServices)
+        self.clock = self  # `now`, the coarse clock
+        self.connections: set[Swept] = set()  # every open client connection
         self.per_ip: dict[str, int] = {}  # open connections by peer address
         self.refused_connections = 0
         self._limit_logged = -1e9
         self.max_connections = min(config.limits.max_connections, connection_budget())
-        # the listener's socket and timer (see proxy.listener)
-        self._server: asyncio.base_events.Server | None = None
-        self._ticker: asyncio.Task | None = None
-        self.port = config.listen.port
         self.now = 0.0
 
     def record(

@@ -126,13 +126,13 @@ def _is_json(value: bytes) -> bool:
     return True
 
 
-class _Members(list):
+class _Members(list[tuple[str, object]]):
     """The members of a JSON object in document order (a top-level array stays a plain list)."""
 
 
 # The C scanner of a decoder built once (json.loads(..., hook) builds a decoder per call), called
 # directly: JSONDecoder.decode wraps it in Python and two regex matches for the whitespace.
-_SCAN = json.JSONDecoder(object_pairs_hook=_Members).scan_once
+_SCAN = json.JSONDecoder(object_pairs_hook=_Members).scan_once  # type: ignore[attr-defined]
 JSON_SPACE = " \t\n\r"  # what JSON allows around a document
 
 

@@ -438,7 +438,8 @@ class RequestShape:
         fixed = [(edges[i], raw[edges[i] : edges[i + 1]]) for i in range(0, len(edges), 2)]  # around the slots
         self.first = fixed[0][1]
         self.second_at, self.second = fixed[1]
-        self.third_at, self.third = fixed[2] if len(fixed) > 2 else (0, None)
+        third: tuple[int, bytes | None] = fixed[2] if len(fixed) > 2 else (0, None)
+        self.third_at, self.third = third
 
     def read(self, data: bytes) -> tuple[bytes, bytes] | None:
         """(key, Content-Length digits or b"") if `data` is one whole request of this shape."""

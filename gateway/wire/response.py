@@ -45,7 +45,7 @@ class ResponsePlan:
 
 PLAN_MEMO_ENTRIES = 512
 PLAN_MEMO_MAX_HEAD = 2048  # bytes of upstream headers beyond which a head is planned afresh
-_plans: dict[tuple, ResponsePlan] = {}
+_plans: dict[tuple[object, ...], ResponsePlan] = {}
 
 
 def plan_response(
