@@ -161,6 +161,8 @@ def check_request(base: bytes, variant: bytes) -> str:
     if found is None:
         return GENERAL
     shaped = facts(shape.with_key(*found), variant[shape.head_length :])
+    again = facts(shape.with_key(*found), variant[shape.head_length :])  # from the shape's memos
+    assert again == shaped, f"the shape's memos changed the reading of {variant!r}"
     general = Reading(variant)
     message = general.one()
     assert message is not None and message.head is not None, (

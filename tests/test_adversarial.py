@@ -604,12 +604,12 @@ async def test_requests_of_one_shape_are_each_decided_on_their_own_key_and_body(
         answer = (await client.read_responses(n + 1))[n]
         assert answer.status == status and (why is None or reason(answer) == why), n
     (connection,) = gate.proxy.connections
-    assert connection.shape is not None and connection.misses == 1  # only the first one was parsed
+    assert connection.shapes.shape is not None and connection.shapes.misses == 1  # only the first one was parsed
     for status, key, why in ((403, other_account["key"], "key_disabled"), (401, unknown, "invalid_key")):
         await client.send(shaped(key, b"A1"))  # refused on its head, before its body: then closed
         answer = (await client.read_responses(len(steps) + 1))[-1]
         assert (answer.status, reason(answer)) == (status, why)
-        assert connection.misses == 1 and await client.wait_closed()
+        assert connection.shapes.misses == 1 and await client.wait_closed()
         await client.close()
         client = await RawClient.connect(gate.port)  # learn the shape again on a new connection
         steps = [(first["key"], b"A1", 200, None)]
@@ -641,13 +641,13 @@ async def test_a_slot_holding_other_bytes_is_read_by_the_parser(
     await client.send(shaped(created["key"], b"A1"))
     assert (await client.read_responses(1))[0].status == 200
     (connection,) = running.gateway.proxy.connections
-    assert connection.shape is not None
+    assert connection.shapes.shape is not None
     forged = shaped(created["key"], b"A1").replace(created["key"].encode(), created["key"][:-4].encode() + slot)
     assert len(forged) == len(shaped(created["key"], b"A1"))
     await client.send(forged)
     answers = await client.read_responses(2)
     assert len(answers) == 2 and answers[1].status in (400, 401)
-    assert connection.misses == 2  # it went to the parser
+    assert connection.shapes.misses == 2  # it went to the parser
     assert len(raw_upstream.seen) == 1  # nothing of it was forwarded
     await client.close()
 

@@ -129,7 +129,7 @@ def learnt_connection(live: Live, port_key: bytes, base: bytes) -> tuple[Convers
     async def shape_learnt() -> bool:
         for conn in list(live.gateway.proxy.connections):
             if conn.transport is not None and conn.transport.get_extra_info("peername") == local:
-                return conn.shape is not None
+                return conn.shapes.shape is not None
         return False
 
     return conversation, live.call(shape_learnt())

@@ -25,7 +25,7 @@ from gateway.wire.refusals import (
     UPGRADE_NOT_SUPPORTED,
     deny_response,
 )
-from gateway.wire.request import LEARN_EVERY, FramingError, RequestHead, RequestShape, read_head, request_shape
+from gateway.wire.request import FramingError, RequestHead, RequestShapes, read_head
 
 if TYPE_CHECKING:
     from gateway.proxy.shared import DataPath
@@ -79,10 +79,7 @@ class ClientConnection(asyncio.Protocol):
         self.heads = 0  # heads begun on this connection: tells whether a read held only one head's bytes
         self.stepping = False  # `finished` is moving the pipeline on (a loop, never a recursion)
         self.done: Requester | None = None  # answered while `finished` was stepping
-        # requests recognised by their bytes (see wire.request.RequestShape)
-        self.shape: RequestShape | None = None  # the shape of this client's requests
-        self.chunk: bytes | None = None  # the read being parsed, when it began between requests
-        self.misses = 0  # reads between requests that were not of the shape
+        self.shapes = RequestShapes()  # requests recognised by their bytes (see wire.request)
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,18 +100,14 @@ class ClientConnection(asyncio.Protocol):
         now = self.last_seen = self.server.now
         if self.closing or self.refusal is not None:
             return  # nothing after a request that broke HTTP's rules is read
-        self.chunk = None
+        shapes = self.shapes
+        shapes.chunk = None
         if not self.in_head and self.parsing is None and not self.last_request:  # the first bytes after a request
-            if self.current is None:
-                shape = self.shape  # between requests: this read may be one whole request
-                if shape is not None:
-                    found = shape.read(data)
-                    if found is not None:  # the same request as before but for its key and body: no parser
-                        self.take(shape, *found, data)
-                        return
-                self.misses += 1
-                if self.misses % LEARN_EVERY == 1:
-                    self.chunk = data  # the parser's reading of it may give this connection its shape
+            if self.current is None:  # between requests: this read may be one whole request
+                head = shapes.whole(data)
+                if head is not None:  # the same request as before but for its key and body: no parser
+                    self.take(head, data)
+                    return
             self.in_head = True  # blank lines before a head count against its timeout
             self.head_started = now
             self.head_bytes = 0
@@ -228,20 +221,22 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self.parsing
         self.parsing = None
-        chunk, self.chunk = self.chunk, None  # a later request in this read did not begin it
-        if chunk is not None and exchange is not None and exchange.key is not None:  # a real key's request
-            self.shape = request_shape(chunk, exchange.head, self.server.head_rules) or self.shape
+        shapes = self.shapes
+        if shapes.chunk is not None:  # (a later request in this read did not begin it)
+            if exchange is not None and exchange.key is not None:  # a real key's request
+                shapes.learn(exchange.head, self.server.head_rules)
+            shapes.chunk = None
         if exchange is not None:
             exchange.on_request_complete()
 
-    def take(self, shape: RequestShape, key: bytes, digits: bytes, data: bytes) -> None:
+    def take(self, head: RequestHead, data: bytes) -> None:
         """A read that is one whole request of a known shape: what the parser's callbacks
         would do, without the parser (it stays between requests)."""
         self.corked = True
         try:
-            self.begin(shape.with_key(key, digits))
-            if len(data) > shape.head_length:
-                self.on_body(data[shape.head_length :])
+            self.begin(head)
+            if head.content_length:
+                self.on_body(data[len(data) - head.content_length :])
             self.on_message_complete()
         finally:
             self.corked = False

@@ -23,7 +23,7 @@ from gateway.proxy.relay import UPSTREAM_FULL, Relay
 from gateway.proxy.seams import Client, ExchangeServices
 from gateway.wire.ambiguous import IDEMPOTENT
 from gateway.wire.refusals import CONTINUE, deny_response
-from gateway.wire.request import RequestHead
+from gateway.wire.request import UNKNOWN, RequestHead, Unknown
 from gateway.wire.verdict import judge_body, judge_head
 
 # Reasons to stop reading from a client; reading resumes when none is left.
@@ -109,9 +109,14 @@ class Exchange:
         head, conn, server = self.head, self.conn, self.services
         self.now = time.time()
         if not head.ambiguous:
-            route = head.route  # known for the requests of one shape (see wire.request.RequestShape)
-            if route is None:
-                route = head.route = server.routes.match(head.method.decode("latin-1"), head.path.decode("latin-1"))
+            shape = head.shape  # the requests of one shape share their route (see wire.request.RequestShape)
+            known = shape.route if shape is not None else UNKNOWN
+            if isinstance(known, Unknown):
+                route = server.routes.match(head.method.decode("latin-1"), head.path.decode("latin-1"))
+                if shape is not None:
+                    shape.route = route
+            else:
+                route = known
             self.route = route
         self.key = server.keyring.lookup(head.presented) if head.presented else None
         ip = conn.peer_ip

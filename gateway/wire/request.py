@@ -173,9 +173,8 @@ class RequestHead:
         "names",
         "plugin",
         "presented",
-        "route",
+        "shape",
         "upgrade",
-        "upstream",
         "url",
         "version",
     )
@@ -203,9 +202,7 @@ class RequestHead:
         self.forwarded_proto = b""
         self.forwarded_host = b""
         self.app_headers: tuple[tuple[bytes, bytes], ...] = ()  # (canonical name, value) of app-id headers
-        self.route: RouteMatch | None = None  # the route of its method and path, once looked up
-        # written by upstream_head: (peer, client, trusted) -> the head without identity and framing
-        self.upstream: tuple[tuple[bytes, bytes, bool], bytes, int | None, bytes] | None = None
+        self.shape: RequestShape | None = None  # the shape it was read by, when it was (its memos)
 
     def copy(self, headers: list[tuple[bytes, bytes]], presented: bytes) -> RequestHead:
         """The same facts for the same request with another key (see RequestShape)."""
@@ -218,7 +215,7 @@ class RequestHead:
         head.connection_tokens, head.content_types = self.connection_tokens, self.content_types
         head.content_encoded, head.forwarded_for = self.content_encoded, self.forwarded_for
         head.forwarded_proto, head.forwarded_host = self.forwarded_proto, self.forwarded_host
-        head.app_headers, head.upstream, head.route = self.app_headers, self.upstream, self.route
+        head.app_headers, head.shape = self.app_headers, self.shape
         return head
 
     @property
@@ -332,12 +329,15 @@ def upstream_head(
 
     `trusted`: the peer's X-Forwarded-For chain is kept (the peer appended to it); `client`:
     the client IP the decision used; `identity`: the X-Gateway-* lines of the key. All but the
-    identity is kept on the head when it holds no key (the key header is stripped), so the
-    requests of one shape (see RequestShape), which share their facts, write it once.
+    identity is kept by the head's shape when the head holds no key (the key header is
+    stripped), so the requests of one shape (see RequestShape), which share every other fact,
+    write it once.
     """
-    kept = head.upstream
-    if kept is not None and kept[0] == (peer, client, trusted):
-        return kept[1] + identity + (kept[3] if head.content_length == kept[2] else framing_of(head))
+    shape = head.shape
+    if shape is not None:
+        kept = shape.upstream
+        if kept is not None and kept[0] == (peer, client, trusted, rules.upstream_host):
+            return kept[1] + identity + (kept[3] if head.content_length == kept[2] else framing_of(head))
     host = head.host
     drop = rules.drop
     dropped = head.connection_tokens
@@ -358,8 +358,8 @@ def upstream_head(
     if head.forwarded_host or host:
         lines.append(b"X-Forwarded-Host: %s\r\n" % (head.forwarded_host or host))
     forwarded, framing = b"".join(lines), framing_of(head)
-    if rules.strip_auth:
-        head.upstream = ((peer, client, trusted), forwarded, head.content_length, framing)
+    if shape is not None and rules.strip_auth:
+        shape.upstream = ((peer, client, trusted, rules.upstream_host), forwarded, head.content_length, framing)
     return forwarded + identity + framing
 
 
@@ -373,6 +373,13 @@ def framing_of(head: RequestHead) -> bytes:
 
 
 LEARN_EVERY = 8  # a peer whose messages never repeat their shape pays for learning on one miss in 8
+
+
+class Unknown:
+    """Not looked up yet (a memo whose answer may be None)."""
+
+
+UNKNOWN = Unknown()
 
 
 def whole_head(data: bytes, limit: int, body: int) -> bytes | None:
@@ -411,10 +418,12 @@ class RequestShape:
         "key_header",
         "key_start",
         "length_header",
+        "route",
         "second",
         "second_at",
         "third",
         "third_at",
+        "upstream",
     )
 
     def __init__(
@@ -428,7 +437,12 @@ class RequestShape:
     ) -> None:
         """`raw`: the head's bytes; `key`, `digits`: where the slots are in it (start, end);
         `key_header`, `length_header`: the headers' indexes in head.headers."""
-        self.head = head
+        self.head = head.copy(head.headers, head.presented)
+        self.head.shape = self
+        # memos the requests of this shape share: they depend only on the fixed bytes
+        self.route: RouteMatch | Unknown | None = UNKNOWN  # the route of its method and path
+        # (peer, client IP, trusted, upstream Host) -> the upstream head without identity and framing
+        self.upstream: tuple[tuple[bytes, bytes, bool, bytes], bytes, int | None, bytes] | None = None
         self.key_header = key_header
         self.length_header = length_header
         self.head_length = len(raw)
@@ -507,3 +521,34 @@ def request_shape(data: bytes, head: RequestHead, rules: HeadRules) -> RequestSh
         return None
     at = raw.find(line) + len(line) - 2 - len(digits)
     return RequestShape(head, raw, (start, start + len(key)), (at, at + len(digits)), keys[0], lengths[0])
+
+
+class RequestShapes:
+    """One client connection's learnt request shape (mirrors wire.response.ResponseShapes):
+    `whole` reads a read that is one whole request of the shape without the parser; `offer`
+    and `learn` let the parser's reading of a read teach the shape, on one miss in LEARN_EVERY."""
+
+    __slots__ = ("chunk", "misses", "shape")
+
+    def __init__(self) -> None:
+        self.shape: RequestShape | None = None
+        self.chunk: bytes | None = None  # the read being parsed, when it began between requests
+        self.misses = 0
+
+    def whole(self, data: bytes) -> RequestHead | None:
+        """The head of `data` when it is one whole request of the shape (its body follows it)."""
+        shape = self.shape
+        if shape is not None:
+            found = shape.read(data)
+            if found is not None:
+                return shape.with_key(*found)
+        self.misses += 1
+        if self.misses % LEARN_EVERY == 1:
+            self.chunk = data  # the parser's reading of it may teach the shape
+        return None
+
+    def learn(self, head: RequestHead, rules: HeadRules) -> None:
+        """The parser read `head` (a real key's request) as the whole of the offered read."""
+        chunk, self.chunk = self.chunk, None
+        if chunk is not None:
+            self.shape = request_shape(chunk, head, rules) or self.shape
