@@ -31,12 +31,17 @@ PIPELINE, BUFFER_FULL = 1, 4
 assert UPSTREAM_FULL not in (PIPELINE, BUFFER_FULL)
 HIGH_WATER = 256 * 1024  # request body bytes held while the decision is pending
 
-WAITING, INSPECTING, LIMITING, FORWARDING, ANSWERED = "waiting", "inspecting", "limiting", "forwarding", "answered"
+# The exchange's one table: the decision's phases, then the answer's. Every move is checked
+# (`_enter`); the request side has one move of its own (`request_complete`, set once when the
+# parser or the shape reads its end), and the pair decides what follows an answer (`reusable`).
+WAITING, INSPECTING, LIMITING = "waiting", "inspecting", "limiting"
+FORWARDING, STREAMING, ANSWERED = "forwarding", "streaming", "answered"
 PHASES: dict[str, frozenset[str]] = {
     WAITING: frozenset({INSPECTING, LIMITING, FORWARDING, ANSWERED}),  # decided on the head
     INSPECTING: frozenset({LIMITING, FORWARDING, ANSWERED}),  # decided on the body's app id
     LIMITING: frozenset({FORWARDING, ANSWERED}),  # the shared rate-limit backend answered
-    FORWARDING: frozenset({ANSWERED}),  # the relay answered, or the upstream failed
+    FORWARDING: frozenset({STREAMING, ANSWERED}),  # the upstream's answer began, or never came
+    STREAMING: frozenset({ANSWERED}),  # the answer went out in full, or broke off
     ANSWERED: frozenset(),
 }
 
@@ -249,6 +254,7 @@ class Exchange:
 
     def answering(self, status: int, keep_alive: bool) -> None:
         """The upstream's answer begins; after it the connection stays open only if `keep_alive`."""
+        self._enter(STREAMING)
         self.response_started = True
         self.status = status
         self.keep_alive = keep_alive
