@@ -1,8 +1,9 @@
-"""Persistent key storage behind one interface (`base.Store`); `open_store` picks the
-backend from the database URL."""
+"""Persistent key storage behind one interface (`base.Store`): one SQL store over a driver per
+database; `open_store` picks the driver from the database URL (schemes.py)."""
 
 from __future__ import annotations
 
+from gateway.store import schemes
 from gateway.store.base import (
     STORE_ERRORS,
     Audit,
@@ -26,12 +27,7 @@ __all__ = [
 
 
 def open_store(url: str) -> Store:
-    if url.startswith("sqlite:///"):
-        from gateway.store.sqlite import SQLiteStore
-
-        return SQLiteStore(url[len("sqlite:///") :])
-    if url.startswith(("postgresql://", "postgres://")):
-        from gateway.store.postgres import PostgresStore
-
-        return PostgresStore(url)
-    raise ValueError(f"unsupported database URL {url!r}")
+    scheme = schemes.find(url)
+    if scheme is None:
+        raise ValueError(f"unsupported database URL {url!r}")
+    return scheme.open(url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,13 +53,13 @@ class SchemaTooNew(Exception):
 
 
 class StoreUnavailable(Exception):
-    """The database cannot be reached; callers answer 503."""
+    """The database cannot be reached or fails; callers answer 503."""
 
 
-# What a failing database raises through the store interface: a lost PostgreSQL becomes
-# StoreUnavailable inside its store; SQLite's own errors (a full disk, a damaged or vanished
-# file, a lock held too long) arrive as they are.
-STORE_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, sqlite3.DatabaseError)
+# What a failing database raises through the store interface: each driver turns its own
+# library's errors (a lost PostgreSQL; SQLite's full disk, damaged or vanished file, a lock held
+# too long) into StoreUnavailable, so nothing above the store imports a database module.
+STORE_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable,)
 
 
 class Store(Protocol):

@@ -1,8 +1,8 @@
-"""The shared store for many replicas: PostgreSQL through asyncpg.
+"""The shared database for many replicas: PostgreSQL through asyncpg.
 
-Every write takes one transaction-scoped advisory lock, so writes are serialized across
-replicas: the per-account limit holds, and change-log sequence numbers commit in order.
-Each write logs the key id and NOTIFYs `gateway_changes`; every replica LISTENs on a
+Every serialized write (keys, the secret) takes one transaction-scoped advisory lock, so the
+per-account limit holds across replicas and change-log sequence numbers commit in order.
+Each key write logs the key id and NOTIFYs `gateway_changes`; every replica LISTENs on a
 connection of its own and applies the change within milliseconds. If that connection is
 lost, whatever the error (a cut, a restart, a failover), the replica keeps serving from memory,
 says so once, reconnects with backoff, says so once, and reloads fully.
@@ -12,77 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from gateway.core.record import Key
-from gateway.core.tokens import Token
-from gateway.store import sql
-from gateway.store.base import Audit, Changes, KeyLimitReached, SchemaTooNew, StoreUnavailable
-from gateway.store.rows import (
-    CHANGES_KEPT,
-    changes_after,
-    encode,
-    insert_values,
-    row_to_audit,
-    row_to_key,
-    row_to_token,
-    token_values,
-)
+from gateway.store.base import StoreUnavailable
+from gateway.store.driver import Row
+from gateway.store.migrations import LEGACY_POSTGRES
 from gateway.store.sql import numbered
+from gateway.store.sqlstore import SQLStore
 
 log = logging.getLogger("gateway.store")
-SCHEMA_VERSION = 3
 CHANNEL = "gateway_changes"
 WRITE_LOCK = 7_412_001  # advisory lock ids: any constant unlikely to clash with the application's
 MIGRATION_LOCK = 7_412_002
 POLL_SECONDS = 1.0  # a safety net: notifications normally arrive first
 CONNECT_TIMEOUT = 3.0
+TYPES = {"serial": "BIGSERIAL PRIMARY KEY", "bool": "BOOLEAN", "bigint": "BIGINT", "real": "DOUBLE PRECISION"}
 # the listener's reconnect backoff; it starts again from the least only after a connection that
 # lasted, so a server that drops every connection at once is not retried (and logged) in a loop
 RETRY_SECONDS, RETRY_MAX_SECONDS, STABLE_SECONDS = 0.05, 1.0, 5.0
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        """CREATE TABLE keys (
-            id TEXT PRIMARY KEY,
-            account TEXT NOT NULL,
-            name TEXT NOT NULL,
-            digest TEXT NOT NULL UNIQUE,
-            sealed TEXT NOT NULL,
-            key_masked TEXT NOT NULL,
-            enabled BOOLEAN NOT NULL,
-            apps TEXT,
-            interfaces TEXT,
-            ip_whitelist TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            updated_at TEXT NOT NULL,
-            last_used_at TEXT,
-            request_count BIGINT NOT NULL DEFAULT 0
-        )""",
-        "CREATE INDEX keys_by_account ON keys (account, id)",
-        "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "CREATE TABLE changes (seq BIGSERIAL PRIMARY KEY, key_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL)",
-        """CREATE TABLE audit (
-            seq BIGSERIAL PRIMARY KEY,
-            at TEXT NOT NULL,
-            action TEXT NOT NULL,
-            key_id TEXT NOT NULL,
-            changes TEXT NOT NULL
-        )""",
-        "CREATE INDEX audit_by_key ON audit (key_id, seq)",
-    ),
-    # v2: key expiry and rotation, admin tokens, who acted in the audit trail
-    2: sql.LIFECYCLE_SCHEMA,
-    # v3: per-key rate limits
-    3: sql.RATE_LIMITS_SCHEMA,
-}
 # A server that is unreachable, shutting down or starting up (AdminShutdown, CannotConnectNow),
 # or out of connections: StoreUnavailable (503), not a 500.
 UNAVAILABLE = (
@@ -122,7 +76,33 @@ def split_url(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-class PostgresStore:
+def affected(status: str) -> int:
+    """The row count in a command status (`UPDATE 1`, `INSERT 0 1`); 0 for one without."""
+    count = status.rpartition(" ")[2]
+    return int(count) if count.isdigit() else 0
+
+
+class _Session:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def fetch(self, statement: str, *params: Any) -> list[Row]:
+        return await self.conn.fetch(numbered(statement), *params)
+
+    async def execute(self, statement: str, *params: Any) -> int:
+        return affected(await self.conn.execute(numbered(statement), *params))
+
+    async def executemany(self, statement: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self.conn.executemany(numbered(statement), rows)
+
+    async def announce(self, seq: int) -> None:
+        await self.conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))  # delivered at commit
+
+
+class PostgresDriver:
+    types = TYPES
+    legacy_versions = LEGACY_POSTGRES
+
     def __init__(self, url: str) -> None:
         self.dsn, self.schema = split_url(url)
         # every connection: our schema (if any), and a name operators can find in pg_stat_activity
@@ -140,7 +120,7 @@ class PostgresStore:
     async def _connect(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT, server_settings=self.settings)
 
-    async def open(self) -> None:
+    async def connect(self) -> None:
         try:
             if self.schema:
                 conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT)
@@ -158,25 +138,9 @@ class PostgresStore:
             )
         except UNAVAILABLE as err:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {err}") from None
-        try:
-            await self._migrate()
-        except BaseException:
-            await self.close()
-            raise
-        self._listener = asyncio.create_task(self._listen_forever())
 
-    async def _migrate(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
-            if current > SCHEMA_VERSION:
-                raise SchemaTooNew(f"schema v{current} is newer than this gateway's (v{SCHEMA_VERSION})")
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    await conn.execute(statement)
-            await conn.execute("DELETE FROM schema_version")
-            await conn.execute("INSERT INTO schema_version VALUES ($1)", SCHEMA_VERSION)
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen_forever())
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -248,7 +212,7 @@ class PostgresStore:
             return "resync"
         return "changed"
 
-    # plumbing
+    # statements
     @asynccontextmanager
     async def _connection(self, transaction: bool = False) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection (in a transaction if asked); a lost database is StoreUnavailable."""
@@ -262,147 +226,33 @@ class PostgresStore:
         except UNAVAILABLE as err:
             raise StoreUnavailable(str(err)) from None
 
+    async def fetch(self, statement: str, *params: Any) -> list[Row]:
+        async with self._connection() as conn:
+            return await conn.fetch(numbered(statement), *params)
+
+    async def run(self, statement: str, *params: Any) -> int:
+        async with self._connection() as conn:
+            return affected(await conn.execute(numbered(statement), *params))
+
     @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[asyncpg.Connection]:
-        """One write transaction, serialized across replicas by an advisory lock."""
+    async def write(self, serialized: bool = True) -> AsyncIterator[_Session]:
+        """One transaction; a serialized one first takes an advisory lock that every replica's
+        serialized writes take too."""
         async with self._connection(transaction=True) as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-            yield conn
+            if serialized:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+            yield _Session(conn)
 
-    async def _fetch(self, statement: str, *args: Any) -> list[asyncpg.Record]:
-        async with self._connection() as conn:
-            return await conn.fetch(numbered(statement), *args)
-
-    @staticmethod
-    async def _log_change(conn: asyncpg.Connection, key_id: str) -> None:
-        seq = await conn.fetchval(numbered(sql.LOG_CHANGE), key_id, time.time())
-        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(seq))
-        if seq % 1000 == 0:
-            await conn.execute(numbered(sql.PRUNE_CHANGES), seq - CHANGES_KEPT)
-
-    @staticmethod
-    async def _audit(conn: asyncpg.Connection, entry: Audit) -> None:
-        values = (entry.at, entry.action, entry.key_id, json.dumps(entry.changes), entry.actor, entry.account)
-        await conn.execute(numbered(sql.INSERT_AUDIT), *values)
-
-    # the interface
-    async def check_secret(self, fingerprint: str) -> bool:
-        async with self._writing() as conn:
-            stored = await conn.fetchval(sql.SECRET)
-            if stored is None:
-                await conn.execute(numbered(sql.SET_SECRET), fingerprint)
-        return stored is None or stored == fingerprint
-
-    async def create_key(self, key: Key, sealed: str, limit: int, audit: Audit | None = None) -> None:
-        await self.create_keys([(key, sealed)], limit, [audit] if audit else [])
-
-    async def create_keys(self, items: list[tuple[Key, str]], limit: int, audit: Sequence[Audit] = ()) -> None:
-        async with self._writing() as conn:
-            for key, sealed in items:
-                count = await conn.fetchval(numbered(sql.COUNT_IN_ACCOUNT), key.account)
-                if count >= limit:
-                    raise KeyLimitReached(key.account)
-                await conn.execute(numbered(sql.INSERT_KEY), *insert_values(key, sealed))
-                await self._log_change(conn, key.id)
-            for entry in audit:
-                await self._audit(conn, entry)
-
-    async def get_key(self, key_id: str) -> Key | None:
-        rows = await self._fetch(sql.GET_KEY, key_id)
-        return row_to_key(rows[0]) if rows else None
-
-    async def get_keys(self, key_ids: list[str]) -> list[Key]:
-        rows = await self._fetch(sql.get_keys(len(key_ids)), *key_ids)
-        return [row_to_key(row) for row in rows]
-
-    async def get_sealed(self, key_id: str) -> str | None:
-        rows = await self._fetch(sql.GET_SEALED, key_id)
-        return rows[0][0] if rows else None
-
-    async def list_keys(self, account: str | None, after: str | None, limit: int) -> list[Key]:
-        if account is None:
-            rows = await self._fetch(sql.LIST_KEYS, after or "", limit)
-        else:
-            rows = await self._fetch(sql.LIST_ACCOUNT_KEYS, after or "", account, limit)
-        return [row_to_key(row) for row in rows]
-
-    async def count_keys(self) -> dict[str, int]:
-        rows = await self._fetch(sql.COUNT_BY_ACCOUNT)
-        return {row[0]: row[1] for row in rows}
-
-    async def update_key(
-        self, key_id: str, changes: dict[str, Any], updated_at: str, audit: Audit | None = None
-    ) -> Key | None:
-        fields = {name: encode(name, value) for name, value in changes.items()}
-        fields["updated_at"] = updated_at
-        async with self._writing() as conn:
-            status = await conn.execute(numbered(sql.update_key(list(fields))), *fields.values(), key_id)
-            updated = status.endswith(" 1")
-            if updated:
-                await self._log_change(conn, key_id)
-                if audit:
-                    await self._audit(conn, audit)
-        return await self.get_key(key_id) if updated else None
-
-    async def delete_key(self, key_id: str, audit: Audit | None = None) -> bool:
-        async with self._writing() as conn:
-            status = await conn.execute(numbered(sql.DELETE_KEY), key_id)
-            deleted = status.endswith(" 1")
-            if deleted:
-                await self._log_change(conn, key_id)
-                if audit:
-                    await self._audit(conn, audit)
-        return deleted
-
-    async def record_usage(self, usage: dict[str, tuple[str, int]]) -> None:
-        if not usage:
-            return
+    @asynccontextmanager
+    async def migrating(self) -> AsyncIterator[_Session]:
         async with self._connection(transaction=True) as conn:
-            await conn.executemany(numbered(sql.RECORD_USAGE), sql.usage_rows(usage))
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            yield _Session(conn)
 
-    async def create_token(self, token: Token) -> None:
-        async with self._connection() as conn:
-            await conn.execute(numbered(sql.INSERT_TOKEN), *token_values(token))
 
-    async def list_tokens(self, account: str | None) -> list[Token]:
-        if account is None:
-            rows = await self._fetch(sql.LIST_TOKENS)
-        else:
-            rows = await self._fetch(sql.LIST_ACCOUNT_TOKENS, account)
-        return [row_to_token(row) for row in rows]
+class PostgresStore(SQLStore):
+    """The store on one PostgreSQL database (or schema of one)."""
 
-    async def token_by_digest(self, digest: str) -> Token | None:
-        rows = await self._fetch(sql.TOKEN_BY_DIGEST, digest)
-        return row_to_token(rows[0]) if rows else None
-
-    async def delete_token(self, token_id: str, account: str | None) -> bool:
-        async with self._connection() as conn:
-            if account is None:
-                status = await conn.execute(numbered(sql.DELETE_TOKEN), token_id)
-            else:
-                status = await conn.execute(numbered(sql.DELETE_ACCOUNT_TOKEN), token_id, account)
-        return status.endswith(" 1")
-
-    async def touch_token(self, token_id: str, at: str) -> None:
-        async with self._connection() as conn:
-            await conn.execute(numbered(sql.TOUCH_TOKEN), at, token_id)
-
-    async def latest_change(self) -> int:
-        rows = await self._fetch(sql.LATEST_CHANGE)
-        return int(rows[0][0])
-
-    async def changes_since(self, seq: int) -> Changes:
-        rows = await self._fetch(sql.CHANGES_AFTER, seq)
-        (bounds,) = await self._fetch(sql.CHANGE_BOUNDS)
-        return changes_after(seq, rows, *bounds)
-
-    async def add_audit(self, entry: Audit) -> None:
-        async with self._connection() as conn:
-            await self._audit(conn, entry)
-
-    async def list_audit(
-        self, key_id: str | None, after: int | None, limit: int, account: str | None = None
-    ) -> list[Audit]:
-        params = [after or 0, *([key_id] if key_id else []), *([account] if account else []), limit]
-        rows = await self._fetch(sql.list_audit(bool(key_id), bool(account)), *params)
-        return [row_to_audit(row) for row in rows]
+    def __init__(self, url: str) -> None:
+        self.postgres = PostgresDriver(url)
+        super().__init__(self.postgres)

@@ -2,8 +2,8 @@
 
 Statements use `?` placeholders and SQL that SQLite and PostgreSQL both read (booleans travel
 as Python `bool`, which both drivers bind; no dialect-only functions). `numbered` turns the
-placeholders into PostgreSQL's `$1, $2, ...`. Only the schema (each backend's migration
-history) and the locking around writes differ between the backends.
+placeholders into PostgreSQL's `$1, $2, ...`. The schema's few column types that differ are
+filled in by each driver (migrations.py).
 """
 
 from __future__ import annotations
@@ -60,29 +60,6 @@ TOKEN_BY_DIGEST = f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE digest = ?"
 DELETE_TOKEN = "DELETE FROM tokens WHERE id = ?"
 DELETE_ACCOUNT_TOKEN = "DELETE FROM tokens WHERE id = ? AND account = ?"
 TOUCH_TOKEN = "UPDATE tokens SET last_used_at = ? WHERE id = ?"
-
-# Per-key rate limits (a JSON list), the same for both backends' migrations.
-RATE_LIMITS_SCHEMA = ("ALTER TABLE keys ADD COLUMN rate_limits TEXT NOT NULL DEFAULT '[]'",)
-
-# Expiry, rotation and admin tokens, the same statements for both backends' migrations.
-LIFECYCLE_SCHEMA = (
-    "ALTER TABLE keys ADD COLUMN expires_at TEXT",
-    "ALTER TABLE keys ADD COLUMN previous_digest TEXT",
-    "ALTER TABLE keys ADD COLUMN previous_expires_at TEXT",
-    "CREATE UNIQUE INDEX keys_by_previous_digest ON keys (previous_digest)",
-    "ALTER TABLE audit ADD COLUMN actor TEXT NOT NULL DEFAULT 'root'",
-    "ALTER TABLE audit ADD COLUMN account TEXT",
-    "CREATE INDEX audit_by_account ON audit (account, seq)",
-    """CREATE TABLE tokens (
-        id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        account TEXT,
-        permissions TEXT NOT NULL,
-        digest TEXT NOT NULL UNIQUE,
-        created_at TEXT NOT NULL,
-        last_used_at TEXT
-    )""",
-)
 
 
 def get_keys(count: int) -> str:
