@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.core import databases
 from gateway.core.errors import RuleError
 from gateway.core.ratelimit import Limit, parse_limits
 from gateway.core.routes import Routes, compile_routes
@@ -275,11 +276,9 @@ def _validate(config: Config) -> None:
     _check_positive(config.limits.header_timeout, "limits.header_timeout")
     _check_positive(config.limits.body_timeout, "limits.body_timeout")
     db = config.database
-    if db.startswith("sqlite:///"):
-        if len(db) == len("sqlite:///"):
-            raise RuleError("database", "sqlite URL has no file path")
-    elif not db.startswith(("postgresql://", "postgres://")):
-        raise RuleError("database", f"expected sqlite:///path or postgresql://..., got {db!r}")
+    wrong = databases.problem(db)  # the one table of database URLs (core.databases)
+    if wrong is not None:
+        raise RuleError("database", wrong)
     for i, cidr in enumerate(config.trusted_proxies):
         try:
             ipaddress.ip_network(cidr.strip(), strict=True)

@@ -360,7 +360,7 @@ async def test_a_newer_schema_is_refused_on_both_databases(database_url: str) ->
 
 
 def test_the_config_accepts_the_registered_database_urls_only() -> None:
-    """config.py checks database URLs itself (it may not import the store): the two agree."""
+    """config.py checks database URLs by the table store.schemes opens them by (core.databases)."""
     for scheme in schemes.SCHEMES:
         url = scheme.prefix + "host/db"
         assert schemes.find(url) is scheme and schemes.problem(url) is None

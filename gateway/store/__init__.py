@@ -27,7 +27,4 @@ __all__ = [
 
 
 def open_store(url: str) -> Store:
-    scheme = schemes.find(url)
-    if scheme is None:
-        raise ValueError(f"unsupported database URL {url!r}")
-    return scheme.open(url)
+    return schemes.open_url(url)

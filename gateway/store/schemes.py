@@ -1,23 +1,17 @@
-"""The database URLs the gateway knows, in one table: `open_store` opens a store by it and the
-config check names its entries, so a new database is one row here. Drivers are imported only
-when opened (asyncpg is an optional dependency)."""
+"""How each kind of database URL (the table in core.databases) opens a store. Drivers are
+imported only when opened (asyncpg is an optional dependency)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from gateway.core.databases import SCHEMES, Scheme, find, problem
 
 if TYPE_CHECKING:
     from gateway.store.base import Store
 
-
-@dataclass(frozen=True)
-class Scheme:
-    prefix: str
-    example: str | None  # what the config error shows; None for an alias
-    open: Callable[[str], Store]  # the whole URL -> a store, not yet opened
-    empty: str | None = None  # the config error when nothing follows the prefix
+__all__ = ["OPENERS", "SCHEMES", "Scheme", "find", "open_url", "problem"]
 
 
 def _sqlite(url: str) -> Store:
@@ -32,23 +26,12 @@ def _postgres(url: str) -> Store:
     return PostgresStore(url)
 
 
-SCHEMES = (
-    Scheme("sqlite:///", "sqlite:///path", _sqlite, empty="sqlite URL has no file path"),
-    Scheme("postgresql://", "postgresql://...", _postgres),
-    Scheme("postgres://", None, _postgres),
-)
+OPENERS: dict[str, Callable[[str], Store]] = {"sqlite": _sqlite, "postgres": _postgres}
 
 
-def find(url: str) -> Scheme | None:
-    return next((scheme for scheme in SCHEMES if url.startswith(scheme.prefix)), None)
-
-
-def problem(url: str) -> str | None:
-    """What is wrong with a database URL, in the words of the config error; None if nothing."""
+def open_url(url: str) -> Store:
+    """The store a URL names, not yet opened; a URL no scheme knows is a ValueError."""
     scheme = find(url)
     if scheme is None:
-        examples = " or ".join(s.example for s in SCHEMES if s.example is not None)
-        return f"expected {examples}, got {url!r}"
-    if scheme.empty is not None and url == scheme.prefix:
-        return scheme.empty
-    return None
+        raise ValueError(problem(url))
+    return OPENERS[scheme.kind](url)
