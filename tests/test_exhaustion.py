@@ -209,3 +209,68 @@ async def test_a_thousand_idle_connections_lock_no_one_out(start_gateway: Any, s
     finally:
         for sock in held:
             sock.close()
+
+
+def flood_without_reading(port: int, data: bytes) -> None:
+    """Write `data` as fast as the gateway takes it and never read; stop when it stops taking."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(2.0)
+    try:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view[:65536])
+            except (TimeoutError, OSError):
+                break  # the gateway stopped reading: what it holds is bounded
+            view = view[sent:]
+    finally:
+        sock.close()
+
+
+async def test_a_client_that_never_reads_its_answers_cannot_fill_our_memory(
+    start_gateway: Any, scripted: ScriptedUpstream
+) -> None:
+    """Pipelined requests refused at once (no key) make answers; a client that never reads
+    them used to have them all queued in the gateway (10 MB of requests: +114 MiB)."""
+    running = await start(start_gateway, scripted, idle_timeout=1.0)
+    port = running.gateway.proxy.port
+    with open("/proc/self/statm") as statm:
+        before = int(statm.read().split()[1]) * 4096
+    await asyncio.gather(
+        *(asyncio.to_thread(flood_without_reading, port, b"GET / HTTP/1.1\r\n\r\n" * 300_000) for _ in range(4))
+    )
+    with open("/proc/self/statm") as statm:
+        grown = int(statm.read().split()[1]) * 4096 - before
+    assert grown < 40 * 1024 * 1024, f"resident memory grew by {grown >> 20} MiB"
+    for _ in range(40):  # and the connections are gone within the idle timeout and the linger
+        if not running.gateway.proxy.connections:
+            break
+        await asyncio.sleep(0.25)
+    assert not running.gateway.proxy.connections
+
+
+async def test_the_framing_of_a_chunked_body_is_bounded_like_a_head(
+    start_gateway: Any, scripted: ScriptedUpstream
+) -> None:
+    """An endless trailer (or chunk extension) used to be read without limit, quadratically."""
+    running = await start(start_gateway, scripted)
+    key = (await running.admin.create())["key"]
+    head = b"POST /p HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for tail in (b"1\r\na\r\n0\r\nX-T: ", b"1;" + b"e" * 10):
+        client = await RawClient.connect(running.gateway.proxy.port)
+        started = time.monotonic()
+        try:
+            await client.send(head % key.encode() + tail)
+            for _ in range(200):  # up to 12.8 MB of one trailer line
+                try:
+                    await client.send(b"a" * 65536)
+                except (ConnectionResetError, BrokenPipeError):
+                    break
+                if client.closed:
+                    break
+            responses = await client.read_responses(1, timeout=5.0)
+        finally:
+            await client.close()
+        assert responses and responses[-1].status == 431
+        assert time.monotonic() - started < 5.0

@@ -33,6 +33,10 @@ def answer_for(path: bytes) -> list[bytes]:
         return [OK % (len(own), own) + b"12345"]
     if path == b"/extra-head":  # the start of another head after the answer
         return [OK % (len(own), own) + b"HTTP/1.1 200 OK\r\nContent-Le"]
+    if path == b"/switch":  # a 101 to a request that asked for no upgrade
+        return [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW"]
+    if path.startswith(b"/tunnel"):  # a CONNECT-style answer, then whatever comes is the tunnel's
+        return [b"HTTP/1.1 200 Connection Established\r\nContent-Length: 0\r\n\r\n"]
     if path == b"/crlf":  # a blank line after the answer: harmless, the parser skips it
         return [OK % (len(own), own) + b"\r\n"]
     if path == b"/huge-head":  # ~30 MB of header lines, sent as fast as the socket takes them
@@ -163,3 +167,36 @@ async def test_a_head_under_the_limit_is_relayed(setup: tuple[int, str]) -> None
         assert response.status == 200 and bytes(response.body) == b'{"for": "/head-at-limit"}'
     finally:
         await client.close()
+
+
+async def test_an_upstream_switching_protocols_unasked_is_a_502_and_no_crash(
+    setup: tuple[int, str], scripted: ScriptedUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, key = setup
+    client = await RawClient.connect(port)
+    try:
+        await client.send(get(b"/switch", key))
+        (response,) = await client.read_responses(1, timeout=5.0)
+        assert response.status == 502 and b"RAW" not in client.raw
+    finally:
+        await client.close()
+    assert not [r for r in caplog.records if r.name == "asyncio"], "an exception escaped a protocol callback"
+
+
+async def test_connect_is_never_forwarded_so_no_tunnel_enters_the_pool(
+    setup: tuple[int, str], scripted: ScriptedUpstream
+) -> None:
+    """A CONNECT with a path as its target used to be forwarded; an upstream answering it as
+    a tunnel then held a pooled connection that carried the next client's request."""
+    port, key = setup
+    for target in (b"/tunnel", b"/api/v5/workflow/x", b"upstream.internal:443"):
+        client = await RawClient.connect(port)
+        try:
+            connect = b"CONNECT %s HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer %s\r\n\r\n" % (target, key.encode())
+            await client.send(connect + get(b"/after", key))
+            responses = await client.read_responses(2, timeout=2.0)
+            assert [r.status for r in responses] == [400]
+            assert b"ambiguous_request" in bytes(responses[0].body)
+        finally:
+            await client.close()
+    assert scripted.paths == []

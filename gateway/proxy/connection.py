@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from gateway.proxy.shared import DataPath
 
 LINGER = 2.0  # seconds a closing connection keeps draining what the client still sends
+CLIENT_FULL = 8  # a reason to stop reading: the client does not read what we answer
+OURS = ~CLIENT_FULL  # the other reasons are the gateway's own waiting (see check_timeouts)
 
 
 class StopReading(Exception):
@@ -79,6 +81,9 @@ class ClientConnection(asyncio.Protocol):
         self.heads = 0  # heads begun on this connection: tells whether a read held only one head's bytes
         self.stepping = False  # `finished` is moving the pipeline on (a loop, never a recursion)
         self.done: Requester | None = None  # answered while `finished` was stepping
+        self.stalled_since = 0.0  # when the client stopped reading our answers (CLIENT_FULL)
+        self.message_body = 0  # body bytes of the message being read
+        self.message_framing = 0  # the rest of its bytes after its head: chunk sizes, extensions, trailers
         self.shapes = RequestShapes()  # requests recognised by their bytes (see wire.request)
 
     # asyncio callbacks
@@ -112,6 +117,7 @@ class ClientConnection(asyncio.Protocol):
             self.head_started = now
             self.head_bytes = 0
         heads = self.heads
+        body_before = self.message_body
         self.corked = True
         try:
             self.parser.feed_data(data)
@@ -132,6 +138,12 @@ class ClientConnection(asyncio.Protocol):
             self.head_bytes += len(data)  # (counted raw: what the callbacks do not see, such as padding)
             if self.head_bytes > self.max_header_bytes:
                 self.reject(HEADERS_TOO_LARGE)
+        elif self.parsing is not None and self.heads == heads and self.parsing.head.chunked:
+            # a chunked body's framing is bounded like a head: long chunk extensions or trailers
+            # cost the parser time and memory, and carry nothing we forward
+            self.message_framing += len(data) - (self.message_body - body_before)
+            if self.message_framing > self.max_header_bytes + self.message_body:
+                self.reject(HEADERS_TOO_LARGE)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -146,11 +158,16 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
 
     def pause_writing(self) -> None:
-        """The client reads slower than the upstream sends: stop reading the upstream."""
+        """The client reads slower than we answer: stop reading the upstream, and the client
+        (a client that pipelines requests and never reads its answers would otherwise fill
+        our memory with them)."""
+        self.stalled_since = self.server.now
+        self.pause_reading(CLIENT_FULL)
         if self.current is not None and self.current.relay is not None:
             self.current.relay.pause()
 
     def resume_writing(self) -> None:
+        self.resume_reading(CLIENT_FULL)
         if self.current is not None and self.current.relay is not None:
             self.current.relay.resume()
 
@@ -160,6 +177,7 @@ class ClientConnection(asyncio.Protocol):
             raise StopReading
         self.url = b""
         self.headers = []
+        self.message_body = self.message_framing = 0
         self.heads += 1
         self.head_bytes = 0
         if not self.in_head:  # (a head that began this read keeps the time of its first byte)
@@ -214,6 +232,7 @@ class ClientConnection(asyncio.Protocol):
             self.pause_reading(PIPELINE)
 
     def on_body(self, body: bytes) -> None:
+        self.message_body += len(body)
         exchange = self.parsing
         if exchange is not None:
             exchange.on_request_body(body)
@@ -275,7 +294,7 @@ class ClientConnection(asyncio.Protocol):
         self.paused &= ~reason
         if not self.paused and self.transport is not None and not self.closing:
             self.transport.resume_reading()
-            if self.in_head:  # the head's clock ran while we were not reading: it starts again
+            if self.in_head and reason & OURS:  # its clock ran while we would not read: it starts again
                 self.head_started = self.server.now
 
     def refuse(self, deny: decide.Deny) -> None:
@@ -377,9 +396,12 @@ class ClientConnection(asyncio.Protocol):
         limits = self.server.limits
         if self.closing:
             if now > self.linger_until and self.transport is not None:
-                self.transport.close()
+                self.transport.abort()  # (close would wait for a client that never reads)
             return
-        if self.in_head and not self.paused and now - self.head_started > limits.header_timeout:
+        if self.paused & CLIENT_FULL and now - self.stalled_since > limits.idle_timeout:
+            self.abort()  # the client has not read our answers for a whole idle timeout
+            return
+        if self.in_head and not self.paused & OURS and now - self.head_started > limits.header_timeout:
             self.reject(REQUEST_TIMEOUT)
             return
         exchange = self.current
@@ -387,5 +409,5 @@ class ClientConnection(asyncio.Protocol):
             if not self.in_head and now - self.last_seen > limits.idle_timeout:
                 self.close()
             return
-        if exchange.expired(now, self.last_seen) and not self.paused:
+        if exchange.expired(now, self.last_seen) and not self.paused & OURS:
             self.refuse(REQUEST_TIMEOUT)

@@ -96,7 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self.head_bytes += len(data)
                 if self.head_bytes > self.pool.max_head:
                     raise httptools.HttpParserError("upstream head too large")
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # (a 101 or a tunnel: never ours)
             self.closed = True
             if self.relay is relay:
                 relay.on_upstream_lost()

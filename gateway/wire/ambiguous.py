@@ -71,13 +71,15 @@ def dot_segment(segment: bytes) -> bool:
 
 
 def query_app_id(query: str, name: str) -> str | _Ambiguous | None:
-    """The one value of parameter `name`; AMBIGUOUS if it appears twice (first-wins and
-    last-wins parsers would disagree) or if `;` could split it (older parsers treat `;` like `&`)."""
+    """The one value of parameter `name`, its case ignored (ASP.NET and others match names so);
+    AMBIGUOUS if it appears twice (first-wins and last-wins parsers would disagree) or if `;`
+    could split it (older parsers treat `;` like `&`)."""
     found: list[str] = []
+    wanted = name.casefold()
     for part in query.split("&"):
         for piece in part.split(";"):
             key, _, value = piece.partition("=")
-            if unquote_plus(key) == name:
+            if unquote_plus(key).casefold() == wanted:
                 if ";" in part:
                     return AMBIGUOUS
                 found.append(value)

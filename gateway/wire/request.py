@@ -43,6 +43,14 @@ REQUEST_DROP = HOP_BY_HOP | {
     b"x-client-ip",
     b"x-cluster-client-ip",
     b"fastly-client-ip",
+    b"x-originating-ip",
+    b"x-remote-ip",
+    b"x-remote-addr",
+    b"client-ip",
+    # targets and hosts some frameworks route by instead of the request line (IIS, Symfony, Zend)
+    b"x-original-url",
+    b"x-rewrite-url",
+    b"x-host",
 }
 # Names that may not be spelt with `_` for `-`: a CGI-style server reads `Content_Length` as
 # Content-Length while the gateway and most parsers ignore it, so such a request is ambiguous.
@@ -258,6 +266,8 @@ def read_head(
     """One pass over the headers. `trusted`: the peer is a proxy whose X-Forwarded-* we believe."""
     head = RequestHead(method, url, b"1.1" if version == "1.1" else version.encode(), headers)
     head.keep_alive = keep_alive
+    if method == b"CONNECT":  # a tunnel: never forwarded, whatever its target looks like
+        head.ambiguous = True
     names = head.names
     known = rules.names
     lengths: list[bytes] = []
@@ -348,7 +358,7 @@ def upstream_head(
     lines += [
         b"%s: %s\r\n" % (name, value)
         for (name, value), canon in zip(head.headers, head.names, strict=True)
-        if not (canon in drop or canon.startswith(b"x-gateway-") or canon in dropped)
+        if not (canon in drop or canon.startswith((b"x-gateway-", b"x-forwarded-")) or canon in dropped)
     ]
     chain = b", ".join(head.forwarded_for) if trusted else b""
     lines.append(

@@ -29,7 +29,7 @@ def app_id_in_head(head: RequestHead, route: RouteMatch) -> object:
 
 def _in_query(head: RequestHead, name: str) -> object:
     query = head.url.partition(b"?")[2]
-    if not query or (b"%" not in query and name.encode() not in query):
+    if not query or (b"%" not in query and name.lower().encode() not in query.lower()):
         return None  # (the common case, without parsing)
     return query_app_id(query.decode("latin-1"), name)
 
