@@ -213,7 +213,7 @@ async def create_key(request: web.Request) -> web.Response:
 
 async def list_keys(request: web.Request) -> web.Response:
     query = request.query
-    keys, cursor = await request.app[SERVICE].list(
+    keys, cursor = await request.app[SERVICE].list_keys(
         query.get("account"),
         query.get("cursor"),
         query.get("limit"),

@@ -1,12 +1,12 @@
 """The key lifecycle behind the admin API: validate, persist, then update the keyring.
 
 Every write is committed to the store before the in-memory keyring changes, and the keyring
-changes before the call answers, so the very next proxied request sees it.
+changes (through the feed, `gateway.keyring.feed`) before the call answers, so the very next
+proxied request in this process sees it; other processes learn of it from the change log.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
@@ -30,12 +30,12 @@ from gateway.core.record import (
     utc_now,
 )
 from gateway.core.tokens import Principal, Token, parse_token_request, principal_of
-from gateway.keyring.index import Keyring, Rebuild, Usage
-from gateway.store import Audit, Changes, KeyLimitReached, Store
+from gateway.keyring.feed import KeyFeed
+from gateway.keyring.index import Usage
+from gateway.store import Audit, KeyLimitReached, Store
 
 audit_log = logging.getLogger("gateway.audit")
 MAX_PAGE = 500
-LOAD_BATCH = 2000
 DEFAULT_PAGE = 50
 MAX_GRACE = 604_800  # a week: the longest a rotated-out secret keeps working
 TOKEN_TOUCH_SECONDS = 60  # a token's last_used_at is written at most this often
@@ -113,7 +113,7 @@ class KeyService:
     def __init__(
         self,
         store: Store,
-        keyring: Keyring,
+        feed: KeyFeed,
         box: sealing.SecretBox,
         limits: Limits,
         usage: Usage,
@@ -123,13 +123,14 @@ class KeyService:
         self.known_interface = known_interface  # the route table's catalogue
         self.prefix = prefix  # keys.prefix: the start of every new secret
         self.store = store
-        self.keyring = keyring
+        self.feed = feed
         self.box = box
         self.limits = limits
         self.usage = usage
-        # Admin writes are serialized so a write and its keyring update are never interleaved
-        # with another write (an update must not re-insert a key a delete just removed).
-        self._lock = asyncio.Lock()
+        # Admin writes hold the feed's lock across their store write and keyring update, so
+        # they never interleave with another write (an update must not re-insert a key a
+        # delete just removed) nor with the feed applying the change log.
+        self._lock = feed.lock
 
     def _with_usage(self, key: Key) -> Key:
         """Merge usage not yet flushed, so `last_used_at` is current in this process."""
@@ -172,7 +173,7 @@ class KeyService:
             limit = self.limits.keys_per_account
             message = f"account {key.account!r} already has {limit} keys, the most allowed"
             raise RuleError("account", message, "key_limit_reached") from None
-        self.keyring.put(key)
+        self.feed.put(key)
         return key, secret
 
     async def create(self, body: Any, actor: Principal) -> tuple[Key, str]:
@@ -190,7 +191,7 @@ class KeyService:
             raise RuleError(None, f"no key {key_id}", "not_found")
         return self._with_usage(key)
 
-    async def list(
+    async def list_keys(
         self,
         account: str | None,
         cursor: str | None,
@@ -239,10 +240,11 @@ class KeyService:
             if diff:
                 now = utc_now()
                 audit = Audit(now, "update", key_id, diff, actor=actor.id, account=key.account)
-                key = await self.store.update_key(key_id, changes, now, audit)
-                if key is None:
+                updated = await self.store.update_key(key_id, changes, now, audit)
+                if updated is None:
                     raise RuleError(None, f"no key {key_id}", "not_found")
-                self.keyring.put(key)
+                key = updated
+                self.feed.put(key)
         return self._with_usage(key)
 
     async def rotate(self, key_id: str, body: Any, actor: Principal) -> tuple[Key, str]:
@@ -268,7 +270,7 @@ class KeyService:
             updated = await self.store.update_key(key_id, changes, stamp, audit)
             if updated is None:
                 raise RuleError(None, f"no key {key_id}", "not_found")
-            self.keyring.put(updated)
+            self.feed.put(updated)
         audit_log.info("rotate key=%s grace=%ds", key_id, grace)
         return self._with_usage(updated), secret
 
@@ -294,7 +296,7 @@ class KeyService:
             audit = Audit(utc_now(), "delete", key_id, changes, actor=actor.id, account=key.account)
             if not await self.store.delete_key(key_id, audit):
                 raise RuleError(None, f"no key {key_id}", "not_found")
-            self.keyring.remove(key_id)
+            self.feed.remove(key_id)
 
     async def reveal(self, key_id: str, actor: Principal) -> str:
         key = await self.get(key_id, actor)
@@ -353,40 +355,3 @@ class KeyService:
         more = len(entries) > page
         entries = entries[:page]
         return entries, str(entries[-1].seq) if more else None
-
-    async def _load_keyring(self) -> None:
-        fresh = Rebuild()
-        after = None
-        while True:
-            batch = await self.store.list_keys(None, after, LOAD_BATCH)
-            fresh.add(batch)
-            if len(batch) < LOAD_BATCH:
-                break
-            after = batch[-1].id
-        self.keyring.install(fresh)
-
-    async def reload(self) -> int:
-        """Rebuild the keyring from the store; returns the change-log position it reflects."""
-        async with self._lock:
-            seq = await self.store.latest_change()
-            await self._load_keyring()
-            return seq
-
-    async def apply_changes(self, seq: int) -> Changes:
-        """Apply other processes' writes logged after `seq`, key by key."""
-        async with self._lock:
-            changes = await self.store.changes_since(seq)
-            ids = changes.key_ids
-            if ids is None:  # the log was pruned past our position: start over
-                await self._load_keyring()
-            elif ids:
-                found: dict[str, Key] = {}
-                for start in range(0, len(ids), LOAD_BATCH):  # bounded statement size on both backends
-                    found.update((key.id, key) for key in await self.store.get_keys(ids[start : start + LOAD_BATCH]))
-                for key_id in ids:
-                    key = found.get(key_id)
-                    if key is None:
-                        self.keyring.remove(key_id)
-                    else:
-                        self.keyring.put(key)
-            return changes

@@ -21,6 +21,7 @@ from gateway.config import Config
 from gateway.core import sealing
 from gateway.core.record import iso_time
 from gateway.core.routes import RouteTable, compile_routes
+from gateway.keyring.feed import KeyFeed
 from gateway.keyring.index import Keyring, Usage
 from gateway.observe.accesslog import AccessLog
 from gateway.observe.metrics import Metrics, read_snapshots, render
@@ -97,8 +98,9 @@ class Gateway:
         self.box = sealing.SecretBox(secret_key(config))
         self.keyring = Keyring(self.box.raw_digest)
         self.usage = Usage()
+        self.feed = KeyFeed(self.store, self.keyring)
         self.service = KeyService(
-            self.store, self.keyring, self.box, config.limits, self.usage, self.routes.accepts, config.keys.prefix
+            self.store, self.feed, self.box, config.limits, self.usage, self.routes.accepts, config.keys.prefix
         )
         self.token, self.token_path = admin_token(config)
         self._runner: web.AppRunner | None = None
@@ -118,7 +120,7 @@ class Gateway:
                 "secret key: it does not match the one this database was created with; "
                 "set GATEWAY_SECRET_KEY to the original"
             )
-        self.change_seq = await self.service.reload()
+        await self.feed.load()
         if self.serve_admin:
             await self._bind("admin", self._start_admin())
         await self._bind("listen", self.proxy.start(reuse_port=self.reuse_port))
@@ -202,19 +204,14 @@ class Gateway:
             await self.flush_usage()
 
     async def _watch_changes(self) -> None:
-        """Apply other processes' admin writes as the store reports them."""
+        """Apply other processes' admin writes as the store reports them (the feed); the
+        metrics and the outage message stay here, since keyring/ imports core only."""
         failing = False
         while True:
             try:
-                what = await self.store.wait_for_change()
-                if what == "resync":
-                    self.change_seq = await self.service.reload()
-                    log.info("keyring reloaded from the store (%d keys)", len(self.keyring))
-                elif what == "changed":
-                    changes = await self.service.apply_changes(self.change_seq)
-                    self.change_seq = changes.latest
-                    if changes.newest_at:
-                        self.metrics.propagation_lag = max(0.0, time.time() - changes.newest_at)
+                changes = await self.feed.follow()
+                if changes is not None and changes.newest_at:
+                    self.metrics.propagation_lag = max(0.0, time.time() - changes.newest_at)
                 failing = False
             except Exception as err:
                 self.metrics.store_errors += 1
