@@ -1,4 +1,9 @@
-"""The admin API (aiohttp): key management over JSON, behind the admin token."""
+"""The admin API (aiohttp): key management over JSON, behind the admin token.
+
+`ROUTE_TABLE` at the bottom is the whole surface: each route's method, path, handler, the
+permission the guard checks, and what it reads and answers. The router, the guard and the
+OpenAPI document (openapi.py) are all made from it, so they cannot drift apart.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,13 @@ import json
 import logging
 import re
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from gateway.admin.openapi import document
 from gateway.admin.service import KeyService
 from gateway.core.errors import RuleError
 from gateway.core.record import CATEGORIES
@@ -31,8 +36,12 @@ STATUS_OF = {
     "key_limit_reached": 409,
     "body_too_large": 413,
     "store_unavailable": 503,
+    # the field rules' codes (error_response sends any code not listed as 422 too)
+    "invalid_field": 422,
+    "ipv6_not_supported": 422,
+    "too_many_ips": 422,
+    "immutable_field": 422,
 }
-OPEN_PATHS = frozenset({"/healthz", "/", "/favicon.ico"})  # and the console's static files under /console/
 CONSOLE = Path(__file__).resolve().parent / "console"
 CONSOLE_FILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")  # app.js, style.css, ...
 # The console runs no inline script and loads nothing from elsewhere.
@@ -46,7 +55,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 SERVICE = web.AppKey("service", KeyService)
-METRICS = web.AppKey("metrics", Callable[[], Awaitable[bytes]])
+METRICS: web.AppKey[Callable[[], Awaitable[bytes]]] = web.AppKey("metrics")
+DOCUMENT: web.AppKey[Mapping[str, Any] | None] = web.AppKey("document")
 ROUTES = web.AppKey("routes", RouteTable)
 TOKEN = web.AppKey("token", bytes)
 MAX_BODY = web.AppKey("max_body", int)
@@ -287,7 +297,11 @@ async def me(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    """The document the runtime handed to build_admin_app (openapi.py, made from ROUTE_TABLE)."""
+    described = request.app[DOCUMENT]
+    if described is None:
+        raise RuleError(None, "this admin app was built without its OpenAPI document", "not_found")
+    return web.json_response(described)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -331,7 +345,7 @@ async def no_route(request: web.Request) -> web.Response:
     raise RuleError(None, f"no such path {request.path}", "not_found")
 
 
-async def favicon(request: web.Request) -> web.Response:
+async def favicon(request: web.Request) -> web.FileResponse:
     """Browsers ask for it on their own, without the token: answer, do not refuse."""
     return web.FileResponse(CONSOLE / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
 
@@ -364,7 +378,10 @@ def build_admin_app(
     token: str,
     max_body: int,
     render_metrics: Callable[[], Awaitable[bytes]],
+    document: Mapping[str, Any] | None = None,
 ) -> web.Application:
+    """`document`: the OpenAPI document served at /api/v1/openapi.json. It is handed in,
+    because openapi.py reads ROUTE_TABLE and so cannot be imported from here."""
     # Bodies are decoded by read_body, not by aiohttp (see CODINGS).
     app = web.Application(middlewares=[guard], client_max_size=max_body, handler_args={"auto_decompress": False})
     app[SERVICE] = service
@@ -372,35 +389,139 @@ def build_admin_app(
     app[ROUTES] = routes
     app[TOKEN] = token.encode()
     app[MAX_BODY] = max_body
+    app[DOCUMENT] = document
     for method, path, handler, _ in ROUTE_TABLE:
         app.router.add_route(method, path, handler, expect_handler=expect_continue)
-    app.router.add_get("/", console_index, expect_handler=expect_continue)
-    app.router.add_get("/favicon.ico", favicon, expect_handler=expect_continue)
-    app.router.add_get("/console/{name}", console_file, expect_handler=expect_continue)
+    for method, path, handler in CONSOLE_ROUTES:
+        app.router.add_route(method, path, handler, expect_handler=expect_continue)
     app.router.add_route("*", "/{tail:.*}", no_route, expect_handler=expect_continue)  # last
     app.on_response_prepare.append(security_headers)
     return app
 
 
-# Every admin route and the permission it needs (None: any valid token; /healthz: no token).
-ROUTE_TABLE: tuple[tuple[str, str, Handler, str | None], ...] = (
-    ("GET", "/healthz", healthz, None),
-    ("POST", "/api/v1/keys", create_key, "keys:write"),
-    ("GET", "/api/v1/keys", list_keys, "keys:read"),
-    ("GET", "/api/v1/keys/{id}", get_key, "keys:read"),
-    ("PATCH", "/api/v1/keys/{id}", update_key, "keys:write"),
-    ("DELETE", "/api/v1/keys/{id}", delete_key, "keys:write"),
-    ("GET", "/api/v1/keys/{id}/secret", reveal_key, "keys:reveal"),
-    ("POST", "/api/v1/keys/{id}/copy", copy_key, "keys:write"),
-    ("POST", "/api/v1/keys/{id}/rotate", rotate_key, "keys:write"),
-    ("GET", "/api/v1/interfaces", interfaces, "keys:read"),
-    ("GET", "/api/v1/settings", settings, "keys:read"),
-    ("GET", "/api/v1/audit", audit, "audit:read"),
-    ("POST", "/api/v1/tokens", create_token, "tokens:manage"),
-    ("GET", "/api/v1/tokens", list_tokens, "tokens:manage"),
-    ("DELETE", "/api/v1/tokens/{id}", revoke_token, "tokens:manage"),
-    ("GET", "/api/v1/me", me, None),
-    ("GET", "/api/v1/openapi.json", openapi, None),
-    ("GET", "/metrics", metrics, "metrics:read"),
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What a route needs and answers: the guard reads `permission`, openapi.py the rest.
+
+    `answers` maps each status the route itself produces to a schema of openapi.py (None: no
+    body). The errors that follow from the route's shape are added by openapi.py: 401 and 503
+    (the token is checked), 403 (a permission), 404 (an `{id}`), 400, 413 and 422 (a body),
+    422 (query parameters).
+    """
+
+    permission: str | None  # None: any valid token
+    summary: str
+    answers: Mapping[int, str | None]
+    request: str | None = None  # the body's schema; None: the route reads no body
+    body_required: bool = True
+    query: tuple[str, ...] = ()  # query parameters, by name (openapi.QUERY)
+    open: bool = False  # answers without a token
+
+
+class Route(NamedTuple):
+    method: str
+    path: str
+    handler: Handler
+    about: Operation
+
+
+def route(
+    method: str,
+    path: str,
+    handler: Handler,
+    permission: str | None,
+    summary: str,
+    answers: Mapping[int, str | None],
+    *,
+    request: str | None = None,
+    body_required: bool = True,
+    query: tuple[str, ...] = (),
+    open: bool = False,
+) -> Route:
+    return Route(method, path, handler, Operation(permission, summary, answers, request, body_required, query, open))
+
+
+KEY_QUERY = ("account", "limit", "cursor", "q", "status")
+# Every admin route: the one description of the admin surface.
+ROUTE_TABLE: tuple[Route, ...] = (
+    route("GET", "/healthz", healthz, None, "Liveness; needs no token", {200: "Health"}, open=True),
+    route(
+        "POST",
+        "/api/v1/keys",
+        create_key,
+        "keys:write",
+        "Create a key; its secret is in this answer only",
+        {201: "KeyWithSecret", 409: "Error"},
+        request="KeyCreate",
+    ),
+    route("GET", "/api/v1/keys", list_keys, "keys:read", "List keys, oldest first", {200: "KeyPage"}, query=KEY_QUERY),
+    route("GET", "/api/v1/keys/{id}", get_key, "keys:read", "Show a key", {200: "Key"}),
+    route(
+        "PATCH",
+        "/api/v1/keys/{id}",
+        update_key,
+        "keys:write",
+        "Change a key; the very next request sees it",
+        {200: "Key"},
+        request="KeyChanges",
+    ),
+    route("DELETE", "/api/v1/keys/{id}", delete_key, "keys:write", "Delete a key; refused at once", {204: None}),
+    route(
+        "GET", "/api/v1/keys/{id}/secret", reveal_key, "keys:reveal", "Reveal a key's secret (audited)", {200: "Secret"}
+    ),
+    route(
+        "POST",
+        "/api/v1/keys/{id}/copy",
+        copy_key,
+        "keys:write",
+        "Copy a key: the same fields, a new secret",
+        {201: "KeyWithSecret", 409: "Error"},
+    ),
+    route(
+        "POST",
+        "/api/v1/keys/{id}/rotate",
+        rotate_key,
+        "keys:write",
+        "A new secret; the previous one keeps working for grace_seconds (audited)",
+        {200: "KeyWithSecret"},
+        request="Rotation",
+        body_required=False,
+    ),
+    route("GET", "/api/v1/interfaces", interfaces, "keys:read", "The interface catalogue", {200: "Interfaces"}),
+    route("GET", "/api/v1/settings", settings, "keys:read", "The limits, and the keys per account", {200: "Settings"}),
+    route(
+        "GET",
+        "/api/v1/audit",
+        audit,
+        "audit:read",
+        "The audit trail of admin writes and reveals, oldest first",
+        {200: "AuditPage"},
+        query=("key_id", "limit", "cursor"),
+    ),
+    route(
+        "POST",
+        "/api/v1/tokens",
+        create_token,
+        "tokens:manage",
+        "Create an admin token; its secret is in this answer only",
+        {201: "TokenWithSecret"},
+        request="TokenRequest",
+    ),
+    route("GET", "/api/v1/tokens", list_tokens, "tokens:manage", "The tokens this token manages", {200: "TokenList"}),
+    route("DELETE", "/api/v1/tokens/{id}", revoke_token, "tokens:manage", "Revoke an admin token", {204: None}),
+    route("GET", "/api/v1/me", me, None, "The calling token: its id, account and permissions", {200: "Me"}),
+    route("GET", "/api/v1/openapi.json", openapi, None, "This document", {200: "Document"}),
+    route("GET", "/metrics", metrics, "metrics:read", "Prometheus metrics of every worker", {200: "Metrics"}),
 )
-ROUTE_PERMISSIONS = {(method, path): permission for method, path, _, permission in ROUTE_TABLE}
+ROUTE_PERMISSIONS = {(method, path): about.permission for method, path, _, about in ROUTE_TABLE}
+# The console: static files, no token, not part of the API (nor of its document).
+CONSOLE_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/", console_index),
+    ("GET", "/favicon.ico", favicon),
+    ("GET", "/console/{name}", console_file),
+)
+# Answered without a token: the open routes and the console (every file under /console/ too).
+OPEN_PATHS = frozenset(
+    [path for _, path, _, about in ROUTE_TABLE if about.open]
+    + [path for _, path, _ in CONSOLE_ROUTES if "{" not in path]
+)

@@ -16,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.admin.api import build_admin_app
+from gateway.admin.openapi import document
 from gateway.admin.service import KeyService
 from gateway.config import Config
 from gateway.core import sealing
@@ -150,7 +151,9 @@ class Gateway:
             raise StartupError(f"{section}.host: cannot listen on {where.host}:{where.port}: {err.strerror}") from None
 
     async def _start_admin(self) -> None:
-        app = build_admin_app(self.service, self.routes, self.token, self.config.admin.max_body, self.render_metrics)
+        app = build_admin_app(
+            self.service, self.routes, self.token, self.config.admin.max_body, self.render_metrics, document()
+        )
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
