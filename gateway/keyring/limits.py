@@ -9,21 +9,28 @@ whose one window decides alone (one limit, no account limit: the common case) to
 (`core.ratelimit.Binding`; Redis's only while it answers), so its next requests go straight to
 that window's `take`.
 
-Redis, without a round trip per request: a window far from its limit (fewer than
-FAST_MARGIN of it used, by the last known global count plus this process's own requests) is
-decided here and its increments are pushed, with every active window's global count pulled
-back, in one script every SYNC_SECONDS (every CALM_TICKS-th time only for windows under
-CALM_SHARE of their limit). A window near its limit, or with a small limit, goes
-to Redis for every request (exact), and a window Redis found full is refused here until it
-frees. Staleness can only matter far from the limit, where it cannot push a window over it.
+Redis, without a round trip per request: a process leases spares of a window from Redis (the
+script counts them in the window as soon as they are granted, used or not) and decides its
+requests alone while it holds some. What it decided is settled into the window's slots, and its
+lease renewed, in one script for many windows on a tick of SYNC_SECONDS (when spares run low, a
+window near its limit has used one, or a lease is due a look); an idle window's lease is given
+back. A slice is at most 1/LEASE_DIVISOR of what the window has left, so slices shrink as the
+budget runs out, and the last requests, and every request of a limit under FAST_MIN, are counted
+by Redis one by one. A request that finds no spare asks Redis (`check`); requests of one process
+waiting for the same window share the exchange under way. However many processes, the total
+stays under the limit plus 1/OVERBOOK of it (see LEASE_SCRIPT), and a window Redis found full
+is refused here until it frees.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
 import time
+import uuid
 from typing import Any
 
 from gateway.core.decision import KeySnapshot
@@ -103,117 +110,174 @@ class LocalLimiter(Policy):
         pass
 
 
-# The same counting as core.ratelimit, atomically in Redis: one hash per window, a field per
-# slot. ARGV: for each window its limit and length in seconds. Redis's own clock is the time,
-# so every replica counts on one clock. Returns: the index (1-based) of the first full window
-# or 0, then per window the count (after this request if allowed) and the oldest live slot.
-SCRIPT = f"""
+# Redis keeps one hash per window. Its numeric fields are slots as in core.ratelimit (numbered
+# from the Unix epoch on Redis's clock, so every replica counts on one clock), holding the
+# requests settled there. `l:<lease id>` holds what one process has on lease from the window:
+# spares it may still decide alone, and the ones it decided and has not settled yet;
+# `e:<lease id>` is when that lease ends (ms on Redis's clock). The window's count is its slots
+# in the span plus every live lease, so a leased request is counted from the moment it is
+# granted, whether used or not, and a settled one in a slot no earlier than its own.
+#
+# KEYS: windows. ARGV[1]: this process's lease id. ARGV[2]: "1" counts one request in every
+# window, all or nothing; "0" only settles and leases. ARGV[2 + i], for KEYS[i]: "<limit>
+# <window seconds> <used> <back> <want>": `used` spares were decided (they move from the lease
+# into the current slot), `back` spares are given back, and `want` >= 0 keeps the lease
+# (extends it and grants up to `want` more spares) while -1 lets it end.
+#
+# A request is allowed while the settled requests are under the limit and the whole count,
+# leases included, is under the limit plus 1/OVERBOOK of it: spares left unused in one process
+# cannot starve another, and nothing passes the limit by more than that. Spares are granted
+# only within the limit: at most 1/LEASE_DIVISOR of what the window has left, so slices shrink
+# as the budget runs out, and none below LEASE_LEAST (the last requests are counted one by one).
+#
+# Returns: the index (1-based) of the first window that refuses, or 0; Redis's time; then per
+# window its count after this call, its oldest slot, the spares granted, and this process's
+# lease after this call.
+FAST_MIN = 200  # smaller limits lease nothing: Redis counts each of their requests
+LEASE_DIVISOR = 8
+LEASE_LEAST = 2
+OVERBOOK = 10
+LEASE_SECONDS = 4.0  # spares are decided here for this long after the exchange that kept the lease
+LEASE_GRACE = 2.0  # Redis keeps a lease this much longer, so that late settlements still find it
+LEASE_TTL_MS = int((LEASE_SECONDS + LEASE_GRACE) * 1000)
+LEASE_SCRIPT = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local slots, used, full = {{}}, {{}}, 0
+local ms = math.floor(now * 1000)
+local me = ARGV[1]
+local counting = ARGV[2] == '1'
+local args, slots, settled, others, mine, oldest = {{}}, {{}}, {{}}, {{}}, {{}}, {{}}
+local full = 0
 for i = 1, #KEYS do
-  local limit, seconds = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local key, a = KEYS[i], {{}}
+  for word in string.gmatch(ARGV[i + 2], '%S+') do a[#a + 1] = tonumber(word) end
+  args[i] = a
+  local limit, seconds, used, back = a[1], a[2], a[3], a[4]
   local slot = math.floor(now * {SLOTS} / seconds)
-  local total, fields = 0, redis.call('HGETALL', KEYS[i])
+  local fields = redis.call('HGETALL', key)
+  local holds, ends, total, old, held, own = {{}}, {{}}, 0, slot, 0, 0
   for j = 1, #fields, 2 do
-    if tonumber(fields[j]) <= slot - {SPAN} then redis.call('HDEL', KEYS[i], fields[j])
-    else total = total + tonumber(fields[j + 1]) end
+    local name, value = fields[j], tonumber(fields[j + 1])
+    local kind = string.sub(name, 1, 2)
+    if kind == 'l:' then holds[string.sub(name, 3)] = value
+    elseif kind == 'e:' then ends[string.sub(name, 3)] = value
+    elseif tonumber(name) <= slot - {SPAN} then redis.call('HDEL', key, name)
+    else
+      total = total + value
+      if tonumber(name) < old then old = tonumber(name) end
+    end
   end
-  slots[i], used[i] = slot, total
-  if total >= limit and full == 0 then full = i end
+  for id, value in pairs(holds) do
+    if ends[id] == nil or ends[id] <= ms then redis.call('HDEL', key, 'l:' .. id, 'e:' .. id)
+    elseif id == me then own = value
+    else held = held + value end
+  end
+  for id, _ in pairs(ends) do
+    if holds[id] == nil then redis.call('HDEL', key, 'e:' .. id) end
+  end
+  if used > 0 then
+    redis.call('HINCRBY', key, slot, used)
+    total = total + used
+  end
+  own = own - used - back
+  if own < 0 then own = 0 end
+  slots[i], settled[i], others[i], mine[i], oldest[i] = slot, total, held, own, old
+  if counting and full == 0 and (total >= limit or total + held + own >= limit + math.floor(limit / {OVERBOOK})) then
+    full = i
+  end
 end
 local out = {{full, tostring(now)}}
 for i = 1, #KEYS do
-  local seconds = tonumber(ARGV[2 * i])
+  local key, a = KEYS[i], args[i]
+  local limit, seconds, want = a[1], a[2], a[5]
+  local total, own, grant = settled[i], mine[i], 0
   if full == 0 then
-    redis.call('HINCRBY', KEYS[i], slots[i], 1)
-    redis.call('EXPIRE', KEYS[i], math.ceil(seconds * {SPAN} / {SLOTS}) + 1)
-    used[i] = used[i] + 1
-  end
-  local oldest = slots[i]
-  for _, field in ipairs(redis.call('HKEYS', KEYS[i])) do
-    local s = tonumber(field)
-    if s < oldest then oldest = s end
-  end
-  table.insert(out, used[i])
-  table.insert(out, oldest)
-end
-return out
-"""
-
-
-# The batch: ARGV[i] is "<window seconds> <slot>:<count> ..." for KEYS[i] (one argument per
-# window keeps the command small); pushes the counts, returns each window's total in its span.
-SYNC_SCRIPT = f"""
-local out = {{}}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-for i = 1, #KEYS do
-  local seconds, pushed = nil, false
-  for word in string.gmatch(ARGV[i], '%S+') do
-    if seconds == nil then seconds = tonumber(word)
-    else
-      local slot, count = string.match(word, '^(%d+):(%d+)$')
-      redis.call('HINCRBY', KEYS[i], slot, tonumber(count))
-      pushed = true
+    if counting then
+      redis.call('HINCRBY', key, slots[i], 1)
+      total = total + 1
+    end
+    if want > 0 then
+      grant = math.floor((limit - total - others[i] - own) / {LEASE_DIVISOR})
+      if grant > want then grant = want end
+      if grant < {LEASE_LEAST} then grant = 0 end
+      own = own + grant
     end
   end
-  if pushed then redis.call('EXPIRE', KEYS[i], math.ceil(seconds * {SPAN} / {SLOTS}) + 1) end
-  local slot = math.floor(now * {SLOTS} / seconds)
-  local total, fields = 0, redis.call('HGETALL', KEYS[i])
-  for j = 1, #fields, 2 do
-    if tonumber(fields[j]) > slot - {SPAN} then total = total + tonumber(fields[j + 1]) end
+  if own > 0 then
+    redis.call('HSET', key, 'l:' .. me, own)
+    if want >= 0 then redis.call('HSET', key, 'e:' .. me, string.format('%d', ms + {LEASE_TTL_MS})) end
+  else
+    redis.call('HDEL', key, 'l:' .. me, 'e:' .. me)
   end
-  table.insert(out, total)
+  redis.call('EXPIRE', key, math.max(math.ceil(seconds * {SPAN} / {SLOTS}) + 1, {LEASE_TTL_MS // 1000 + 1}))
+  table.insert(out, total + others[i] + own)
+  table.insert(out, oldest[i])
+  table.insert(out, grant)
+  table.insert(out, own)
 end
 return out
 """
-SYNC_SECONDS = 0.02
-FAST_MIN = 200  # limits smaller than this always ask Redis: a few requests decide them
-FAST_MARGIN = 0.8  # decide here while less than this share of the limit is used
-CALM_SHARE = 0.5  # windows using less than this share sync every CALM_TICKS-th tick only
-CALM_TICKS = 5  # (100 ms: far from the limit, a fresher count changes no decision)
-ACTIVE_SECONDS = 2.0  # windows used this recently are synced
-LENGTHS = {per: Limit(1, per) for per in WINDOWS}  # a window's length, as `Window.used` takes it
+LEASE_MIN = 8  # spares asked for at least; else twice what was decided since the last exchange
+RENEW_AFTER = 3.0  # a lease is looked at this long after its last exchange: kept if the window is active
+SETTLE_SHARE = 32  # a window far from its limit is settled after limit // 32 decided spares...
+TIGHT_SHARE = 0.5  # ...one counted at half its limit or more after every one (at the next tick)
+SYNC_SECONDS = 0.02  # the tick of the exchanges that settle and renew leases in the background
+BATCH_WINDOWS = 500  # windows per script, so one script holds Redis briefly
+PROBE_TICKS = 5  # while Redis is down, it is asked every 100 ms whether it is back
+SWEEP_TICKS = 3000  # every minute, windows idle for two days are forgotten
+ACTIVE_SECONDS = 2.0  # a lease of a window used this recently is renewed; of one idle longer, given back
+NEVER = float("inf")
 
 
 class SharedWindow:
-    """What this process knows of one window in Redis."""
+    """What this process knows of one window in Redis, and its lease there. One exchange with
+    Redis at a time per window (`busy`), so the lease's arithmetic needs no locks."""
 
-    __slots__ = ("calm", "full_until", "name", "others", "own", "pending", "per", "seen")
+    __slots__ = (
+        "back",
+        "busy",
+        "due",
+        "frees",
+        "full_until",
+        "limit",
+        "low",
+        "name",
+        "queued",
+        "seen",
+        "spare",
+        "total",
+        "until",
+        "used",
+    )
 
-    def __init__(self, name: str, per: str, epoch: float) -> None:
+    def __init__(self, name: str, limit: Limit) -> None:
         self.name = name  # the window's hash in Redis
-        self.per = per
-        self.own = Window(epoch)  # this process's own requests
-        self.pending: dict[int, int] = {}  # slot -> own requests not yet pushed
-        self.others = 0  # the other processes' requests in the span, as of the last sync
-        self.full_until = 0.0  # Redis found the window full: refuse here until then
-        self.seen = 0.0  # last use: windows idle for a while are no longer synced
-        self.calm = False  # under CALM_SHARE of its limit used at the last local decision
+        self.limit = limit  # the limit its lease is for
+        self.spare = 0  # leased requests this process may still decide alone...
+        self.until = 0.0  # ...until then (Redis keeps the lease LEASE_GRACE longer)
+        self.low = 0  # `take` decides while more spares than this are left; then try_local, which asks for an exchange
+        self.used = 0  # spares decided since the last exchange: in the lease in Redis, not yet in a slot
+        self.back = 0  # spares given up here, to give back at the next exchange
+        self.total = 0  # the window's count at the last exchange, every lease (this one's spares too) included
+        self.frees = 0.0  # when its oldest counted slot leaves the span
+        self.full_until = 0.0  # Redis refused a request: refused here until then
+        self.seen = 0.0  # last use
+        self.due = NEVER  # when the lease is looked at next
+        self.queued = False  # in the limiter's heap of looks (once, however often `due` moves)
+        self.busy: asyncio.Future[None] | None = None  # the exchange under way for this window
 
     def take(self, limit: Limit, now: float) -> bytes | None:
-        """`RedisLimiter.try_local` for this window alone, when it changes nothing but counts
-        (far from the limit, not known full, no change of calm): the end of the answer's head, as
-        `Window.take`; None: the general way decides."""
-        requests = limit.requests
-        used = self.own.used(limit, now) + self.others
-        if self.full_until > now or not far(requests, used) or (used < requests * CALM_SHARE) is not self.calm:
-            return None
-        self.seen = now
-        self.count()
-        return limit.ending % (requests - used - 1, self.own.reset_after(limit, now))
-
-    def count(self) -> None:
-        """One request of this process, in the slot of the last `own.used`; pushed later."""
-        self.own.add()
-        slot = self.own.last
-        self.pending[slot] = self.pending.get(slot, 0) + 1
-
-
-def far(requests: int, used: int) -> bool:
-    """A window this process may decide alone: a limit large enough, far enough from it."""
-    return requests >= FAST_MIN and used < requests * FAST_MARGIN
+        """One request decided on a spare of the lease (no Redis): the end of the answer's head,
+        as `Window.take`; None: the general way decides."""
+        spare = self.spare
+        if spare > self.low and now < self.until:
+            self.spare = spare = spare - 1
+            self.used += 1
+            self.seen = now
+            remaining = limit.requests - self.total + spare
+            reset = math.ceil(self.frees - now)
+            return limit.ending % (remaining if remaining > 0 else 0, reset if reset > 1 else 1)
+        return None
 
 
 class RedisLimiter(Policy):
@@ -231,13 +295,15 @@ class RedisLimiter(Policy):
         import redis.asyncio as redis  # only deployments that use Redis need the package
 
         self._client: Any = redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self._script = self._client.register_script(SCRIPT)
-        self._sync_script = self._client.register_script(SYNC_SCRIPT)
+        self._script = self._client.register_script(LEASE_SCRIPT)
         self._errors = (redis.RedisError, OSError, TimeoutError)
         self._down = False
+        self._id = uuid.uuid4().hex[:16]  # this process's leases in Redis
         self._windows: dict[tuple[str, str, str], SharedWindow] = {}  # (kind, id, per)
-        self._eager: set[SharedWindow] = set()  # windows synced every tick: new, or not calm
-        self._syncing: asyncio.Task | None = None
+        self._soon: set[SharedWindow] = set()  # windows to settle or renew at the next tick
+        self._looks: list[tuple[float, int, SharedWindow]] = []  # a heap of (due, n, window): leases to look at
+        self._looked = 0  # (n: ties in the heap never compare windows)
+        self._ticking: asyncio.Task | None = None
 
     @staticmethod
     def _name(kind: str, ident: str, limit: Limit) -> str:
@@ -246,123 +312,108 @@ class RedisLimiter(Policy):
     def _window(self, kind: str, ident: str, limit: Limit) -> SharedWindow:
         state = self._windows.get((kind, ident, limit.per))
         if state is None:
-            state = self._windows[(kind, ident, limit.per)] = SharedWindow(
-                self._name(kind, ident, limit), limit.per, self.epoch
-            )
-            self._eager.add(state)  # its global count is not known yet
+            state = self._windows[(kind, ident, limit.per)] = SharedWindow(self._name(kind, ident, limit), limit)
+        elif state.limit is not limit:
+            if state.limit.requests != limit.requests and state.spare:  # an edit: the old limit's spares go back
+                state.back += state.spare
+                state.spare = 0
+                self._soon.add(state)
+            state.limit = limit
         return state
 
     def bind(self, key: KeySnapshot, limits: tuple[Limit, ...]) -> None:
-        if not self._down:
+        if not self._down and limits[0].requests >= FAST_MIN:
             key.counters.bind(self.token, self._window("k", key.id, limits[0]), limits[0])
 
     def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict] | None:
-        """Decide here when every window is far from its limit or known full; None: ask Redis."""
+        """Decide here when every window holds a spare, or one is known full; None: ask Redis."""
         if self._down:
             return None
-        if self._syncing is None:
-            self._syncing = asyncio.ensure_future(self._sync_forever())
+        if self._ticking is None:
+            self._ticking = asyncio.ensure_future(self._tick_forever())
         picked = []
         for index, (kind, ident, limits) in enumerate(groups):
             for limit in limits:
                 state = self._window(kind, ident, limit)
                 state.seen = now
                 if state.full_until > now:
-                    return index, Verdict(False, limit.requests, 0, max(1, int(state.full_until - now + 0.999)))
-                used = state.own.used(limit, now) + state.others
-                if not far(limit.requests, used):
-                    if state.calm:
-                        state.calm = False
-                        self._eager.add(state)
+                    return index, Verdict(False, limit.requests, 0, max(1, math.ceil(state.full_until - now)))
+                if state.spare <= 0 or now >= state.until:
                     return None
-                calm = used < limit.requests * CALM_SHARE
-                if calm is not state.calm:
-                    state.calm = calm
-                    (self._eager.discard if calm else self._eager.add)(state)
-                picked.append((state, limit, used))
+                picked.append((state, limit))
         tight, fewest = None, 0
-        for state, limit, used in picked:
-            state.count()
-            remaining = limit.requests - used - 1
+        for state, limit in picked:
+            if state.spare <= state.low:  # running low, or settled after each request: exchange at the next tick
+                self._soon.add(state)
+                state.low = 0  # (`take` may spend the rest meanwhile)
+            state.spare -= 1
+            state.used += 1
+            remaining = max(0, limit.requests - state.total + state.spare)
             if tight is None or remaining < fewest:
                 tight, fewest = (state, limit), remaining
         assert tight is not None
-        return None, Verdict(True, tight[1].requests, fewest, tight[0].own.reset_after(tight[1], now))
-
-    async def _sync_forever(self) -> None:
-        tick = 0
-        while True:
-            await asyncio.sleep(SYNC_SECONDS)
-            tick += 1
-            with contextlib.suppress(LimiterUnavailable):  # said once by _outage; retried
-                await self._sync(every=tick % CALM_TICKS == 0)
-
-    async def _sync(self, every: bool = True) -> None:
-        """Push this process's increments and pull the active windows' global counts: all of
-        them if `every`, else only the eager ones (new, or using half their limit or more)."""
-        now = time.time()
-        if every:  # a full pass, which also forgets windows long idle
-            active = []
-            for where, state in list(self._windows.items()):
-                idle = now - state.seen
-                if idle < ACTIVE_SECONDS or state.pending:
-                    active.append(state)
-                elif idle > WINDOWS["day"] * 2:
-                    del self._windows[where]
-                    self._eager.discard(state)
-        else:  # only the eager ones: no pass over every window 50 times a second
-            active = [state for state in self._eager if now - state.seen < ACTIVE_SECONDS or state.pending]
-        await self._exchange(active, now)
-
-    async def _exchange(self, active: list[SharedWindow], now: float) -> None:
-        """One script: push these windows' pending increments, pull their global counts."""
-        if not active:
-            return
-        keys, args, taken = [], [], []
-        for state in active:
-            pending, state.pending = state.pending, {}
-            taken.append(pending)
-            keys.append(state.name)
-            length, at = LENGTHS[state.per], state.own.absolute
-            args.append(b"%d" % length.seconds + b"".join([b" %d:%d" % (at(s, length), n) for s, n in pending.items()]))
-        try:
-            totals = await self._sync_script(keys=keys, args=args)
-        except self._errors as err:
-            for state, pending in zip(active, taken, strict=True):  # keep them for the next try
-                for slot, count in pending.items():
-                    state.pending[slot] = state.pending.get(slot, 0) + count
-            self._outage(err)
-            raise LimiterUnavailable(str(err)) from None
-        self._back()
-        for state, total in zip(active, totals, strict=True):
-            own = state.own.used(LENGTHS[state.per], now)
-            state.others = max(0, int(total) - own - sum(state.pending.values()))
-
-    def _outage(self, err: Exception) -> None:
-        if not self._down:
-            log.warning("rate-limit backend unavailable: %s", err)
-            self._down = True
-            self.token = object()  # every request asks the backend (and follows on_backend_error)
-
-    def _back(self) -> None:
-        if self._down:
-            log.info("rate-limit backend is back")
-            self._down = False
+        return None, Verdict(True, tight[1].requests, fewest, max(1, math.ceil(tight[0].frees - now)))
 
     async def check(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
-        """The exact path: this request's windows' pending increments first (so Redis counts
-        them), then one atomic script."""
-        mine = [self._windows.get((kind, ident, limit.per)) for kind, ident, limits in groups for limit in limits]
-        held = [state for state in mine if state is not None and state.pending]
-        if held:
-            await self._exchange(held, time.time())
-        keys, args, owners, wheres = [], [], [], []
+        """Asks Redis: settles these windows' leases, counts this request (all or nothing) and
+        leases spares for the next ones. A request whose leasing window is in an exchange
+        already waits for it, then tries its spares (windows of small limits hold no lease, and
+        their requests never wait for each other)."""
+        if self._down:
+            return await self._counted(groups)  # each request asks, until Redis answers again
+        if self._ticking is None:
+            self._ticking = asyncio.ensure_future(self._tick_forever())
+        windows = [(self._window(kind, ident, limit), limit) for kind, ident, limits in groups for limit in limits]
+        leasing = [state for state, limit in windows if limit.requests >= FAST_MIN]
+        while True:
+            busy = {state.busy for state in leasing if state.busy is not None}
+            if not busy:
+                break
+            await asyncio.wait(busy)
+            if self._down:
+                raise LimiterUnavailable("the exchange under way failed")
+            answer = self.try_local(groups, time.time())
+            if answer is not None:
+                return answer
+        done = asyncio.get_running_loop().create_future()
+        for state in leasing:
+            state.busy = done
+        exchange = asyncio.ensure_future(self._decide(groups, [(s, limit, False) for s, limit in windows], done))
+        exchange.add_done_callback(_retrieve)  # (a request that left meanwhile no longer waits for it)
+        return await asyncio.shield(exchange)
+
+    async def _decide(
+        self, groups: Groups, windows: list[tuple[SharedWindow, Limit, bool]], done: asyncio.Future[None]
+    ) -> tuple[int | None, Verdict]:
+        try:
+            full, resets = await self._exchange(windows, counting=True)
+        finally:
+            for state, _, _ in windows:
+                if state.busy is done:
+                    state.busy = None
+            done.set_result(None)
+        owners = [index for index, (_, _, limits) in enumerate(groups) for _ in limits]
+        if full:
+            state, limit, _ = windows[full - 1]
+            state.full_until = state.frees  # (to the slot: a second's window frees every 1/60 s)
+            return owners[full - 1], Verdict(False, limit.requests, 0, resets[full - 1])
+        states = [
+            (limit, state.total - state.spare, reset) for (state, limit, _), reset in zip(windows, resets, strict=True)
+        ]
+        return None, tightest(states, True)
+
+    async def _counted(self, groups: Groups) -> tuple[int | None, Verdict]:
+        """While Redis is down: one request counted, no lease touched (the next exchange of
+        each window settles what it holds)."""
+        keys: list[str] = []
+        args: list[str | bytes] = [self._id, b"1"]
+        owners = []
         for index, (kind, ident, limits) in enumerate(groups):
             for limit in limits:
                 keys.append(self._name(kind, ident, limit))
-                wheres.append((kind, ident, limit.per))
-                args += [limit.requests, limit.seconds]
+                args.append(b"%d %d 0 0 -1" % (limit.requests, limit.seconds))
                 owners.append((index, limit))
+        sent = time.time()
         try:
             answer = await self._script(keys=keys, args=args)
         except self._errors as err:
@@ -372,21 +423,155 @@ class RedisLimiter(Policy):
         full, clock = int(answer[0]), float(answer[1])
         states = []
         for i, (_, limit) in enumerate(owners):
-            used, oldest = int(answer[2 + 2 * i]), int(answer[3 + 2 * i])
-            reset = max(1, int((oldest + SPAN) * limit.seconds / SLOTS - clock + 0.999))
-            states.append((limit, used, reset))
+            count, oldest = int(answer[2 + 4 * i]), int(answer[3 + 4 * i])
+            reset = max(1, math.ceil(sent + (oldest + SPAN) * limit.slot_seconds - clock - time.time()))
+            states.append((limit, count, reset))
         if full:
             index, limit = owners[full - 1]
-            state = self._windows.get(wheres[full - 1])
-            if state is not None:
-                state.full_until = now + states[full - 1][2]
-            return index, tightest([s for s, (i, _) in zip(states, owners, strict=True) if i == index], False)
+            return index, Verdict(False, limit.requests, 0, states[full - 1][2])
         return None, tightest(states, True)
 
+    async def _exchange(self, windows: list[tuple[SharedWindow, Limit, bool]], counting: bool) -> tuple[int, list[int]]:
+        """One script for these windows (each (window, limit, let its lease end)): settle what
+        was decided on spares, give back what is given up, count one request when `counting`,
+        and keep or end each lease. Then what this process knows of them is brought up to date.
+        Returns the window that refused (1-based, 0: none) and each window's reset."""
+        sent = time.time()
+        keys: list[str] = []
+        args: list[str | bytes] = [self._id, b"1" if counting else b"0"]
+        sent_used = []
+        for state, limit, ending in windows:
+            used, back = state.used, state.back
+            if ending or sent >= state.until:  # an idle window's lease ends; an expired one's spares go back
+                back += state.spare
+                state.spare = 0
+            if ending or limit.requests < FAST_MIN:
+                want = -1
+            else:
+                want = max(0, max(LEASE_MIN, 2 * (used + 1 if counting else used)) - state.spare)
+            state.used = state.back = 0
+            keys.append(state.name)
+            args.append(b"%d %d %d %d %d" % (limit.requests, limit.seconds, used, back, want))
+            sent_used.append(used)
+        try:
+            answer = await self._script(keys=keys, args=args)
+        except self._errors as err:
+            for (state, _, _), used in zip(windows, sent_used, strict=True):
+                if used:  # settled again next time (counted twice if this did reach Redis: never too few)
+                    state.used += used
+                    self._soon.add(state)
+            self._outage(err)
+            raise LimiterUnavailable(str(err)) from None
+        self._back()
+        full, clock = int(answer[0]), float(answer[1])
+        resets = []
+        now = time.time()
+        for i, (state, limit, ending) in enumerate(windows):
+            count, oldest, _, mine = (int(x) for x in answer[2 + 4 * i : 6 + 4 * i])
+            state.total = count
+            state.frees = sent + (oldest + SPAN) * limit.slot_seconds - clock
+            resets.append(max(1, math.ceil(state.frees - now)))
+            # the lease now holds the spares left and those decided while the script ran
+            spare = mine - state.used - state.back
+            if ending or spare <= 0:
+                state.spare = 0
+                state.due = NEVER
+            else:
+                state.spare = spare
+                state.until = sent + LEASE_SECONDS
+                state.due = sent + RENEW_AFTER
+                if not state.queued:
+                    self._look(state)
+            tight = count >= limit.requests * TIGHT_SHARE
+            state.low = max(state.spare // 4, state.spare - (0 if tight else max(1, limit.requests // SETTLE_SHARE)))
+            if state.used and (tight or state.spare <= 0):
+                self._soon.add(state)
+        return full, resets
+
+    def _look(self, state: SharedWindow) -> None:
+        self._looked += 1
+        heapq.heappush(self._looks, (state.due, self._looked, state))
+        state.queued = True
+
+    async def _tick_forever(self) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(SYNC_SECONDS)
+            ticks += 1
+            with contextlib.suppress(LimiterUnavailable):  # said once by _outage; retried
+                if self._down:
+                    if ticks % PROBE_TICKS == 0:
+                        await self._probe()
+                    continue
+                await self._tick(time.time())
+                if ticks % SWEEP_TICKS == 0:
+                    self._sweep(time.time())
+
+    async def _tick(self, now: float) -> None:
+        """Exchange, in batches, the windows that asked for it and the leases due a look: an
+        active window's lease is renewed, an idle one's ends."""
+        looks, soon = self._looks, self._soon
+        while looks and looks[0][0] <= now:
+            _, _, state = heapq.heappop(looks)
+            state.queued = False
+            if state.due <= now:
+                soon.add(state)
+            elif state.due != NEVER:  # a later exchange moved its look
+                self._look(state)
+        if not soon:
+            return
+        ready = [state for state in soon if state.busy is None]
+        soon.difference_update(ready)
+        for start in range(0, len(ready), BATCH_WINDOWS):
+            batch = [(s, s.limit, now - s.seen >= ACTIVE_SECONDS) for s in ready[start : start + BATCH_WINDOWS]]
+            done = asyncio.get_running_loop().create_future()
+            for state, _, _ in batch:
+                state.busy = done
+            try:
+                await self._exchange(batch, counting=False)
+            finally:
+                for state, _, _ in batch:
+                    if state.busy is done:
+                        state.busy = None
+                done.set_result(None)
+
+    async def _probe(self) -> None:
+        try:
+            await self._client.ping()
+        except self._errors:
+            return
+        self._back()
+
+    def _sweep(self, now: float) -> None:
+        """Forget windows idle for two days that hold nothing."""
+        for where, state in list(self._windows.items()):
+            if now - state.seen > WINDOWS["day"] * 2 and not (state.spare or state.used or state.back or state.busy):
+                del self._windows[where]
+                self._soon.discard(state)
+
+    def _outage(self, err: Exception) -> None:
+        if not self._down:
+            log.warning("rate-limit backend unavailable: %s", err)
+            self._down = True
+            self.token = object()  # every request asks the backend (and follows on_backend_error)
+            for state in self._windows.values():  # a lease may end while Redis is away: the next exchange says
+                state.spare = 0
+
+    def _back(self) -> None:
+        if self._down:
+            log.info("rate-limit backend is back")
+            self._down = False
+
     async def close(self) -> None:
-        if self._syncing is not None:
-            self._syncing.cancel()
+        if self._ticking is not None:
+            self._ticking.cancel()
         await self._client.aclose()
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """An exchange's outcome is read even when the request that began it left."""
+    if not task.cancelled():
+        task.exception()
 
 
 def open_limiter(
