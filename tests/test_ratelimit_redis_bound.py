@@ -198,10 +198,10 @@ async def test_a_lease_is_counted_at_once_and_ends_with_its_process(redis_server
         assert await decide(a, groups) == -1
         _, verdict = await b.check(groups, time.time())
         assert verdict.remaining == 1000 - 2 - LEASE_MIN  # both requests, and A's spares (B's own are B's to use)
-        await b._client.hset("gateway:rl:k:leased:minute", f"e:{a._id}", 1)  # A's lease ended long ago
+        await b._client.hset("gateway:rl2:k:leased:minute", f"e:{a._id}", 1)  # A's lease ended long ago
         _, verdict = await b.check(groups, time.time())
         assert verdict.remaining == 1000 - 3  # A's spares count no more
-        assert not await b._client.hexists("gateway:rl:k:leased:minute", f"l:{a._id}")
+        assert not await b._client.hexists("gateway:rl2:k:leased:minute", f"l:{a._id}")
     finally:
         await a.close()
         await b.close()
@@ -216,7 +216,7 @@ async def test_a_quiet_window_gives_its_lease_back(redis_server: PrivateRedis, m
     monkeypatch.setattr(limits, "RENEW_AFTER", 0.2)
     monkeypatch.setattr(limits, "ACTIVE_SECONDS", 0.3)
     limiter = limits.RedisLimiter(redis_server.url)
-    name = "gateway:rl:k:quiet:minute"
+    name = "gateway:rl2:k:quiet:minute"
     try:
         groups = [("k", "quiet", (Limit(1000, "minute"),))]
         assert await decide(limiter, groups) == -1
@@ -241,7 +241,7 @@ async def test_an_edited_limit_gives_the_old_spares_back(redis_server: PrivateRe
     from gateway.keyring.limits import LEASE_MIN, RedisLimiter
 
     limiter = RedisLimiter(redis_server.url)
-    name = "gateway:rl:k:edited:minute"
+    name = "gateway:rl2:k:edited:minute"
     try:
         assert await decide(limiter, [("k", "edited", (Limit(1000, "minute"),))]) == -1
         state = limiter._windows[("k", "edited", "minute")]
@@ -279,5 +279,22 @@ async def test_a_process_decides_no_more_than_its_spares(redis_server: PrivateRe
                 decided += 1
         assert decided == LEASE_MIN and state.spare == 0 and state.used == LEASE_MIN
         assert state in limiter._soon
+    finally:
+        await limiter.close()
+
+
+async def test_the_previous_release_never_reads_a_lease(redis_server: PrivateRedis) -> None:
+    """The previous release's script reads every field of `gateway:rl:<kind>:<id>:<per>` as a
+    slot number, and fails on a lease field: the leasing windows live under a name of their
+    own, so a rolling upgrade leaves the old replicas counting, apart, instead of failing open."""
+    from gateway.core.ratelimit import Limit
+    from gateway.keyring.limits import RedisLimiter
+
+    limiter = RedisLimiter(redis_server.url)
+    try:
+        assert await decide(limiter, [("k", "upgraded", (Limit(1000, "minute"),))]) == -1
+        assert await limiter._client.keys("gateway:rl:*") == []
+        fields = await limiter._client.hkeys("gateway:rl2:k:upgraded:minute")
+        assert f"l:{limiter._id}".encode() in fields
     finally:
         await limiter.close()

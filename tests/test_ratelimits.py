@@ -221,7 +221,9 @@ async def test_a_check_settles_only_its_own_windows() -> None:
 
     async def in_redis(name: str) -> tuple[int, int]:
         """The window's settled requests, and what this process holds on lease."""
-        fields = {k.decode(): int(v) for k, v in (await limiter._client.hgetall(f"gateway:rl:k:{name}:minute")).items()}
+        fields = {
+            k.decode(): int(v) for k, v in (await limiter._client.hgetall(f"gateway:rl2:k:{name}:minute")).items()
+        }
         return sum(v for k, v in fields.items() if k.isdigit()), fields.get(f"l:{limiter._id}", 0)
 
     try:

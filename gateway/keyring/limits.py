@@ -110,7 +110,9 @@ class LocalLimiter(Policy):
         pass
 
 
-# Redis keeps one hash per window. Its numeric fields are slots as in core.ratelimit (numbered
+# Redis keeps one hash per window, `gateway:rl2:<kind>:<id>:<per>` (releases before leases used
+# `gateway:rl:`, and their script fails on a lease field: while both run, in a rolling upgrade,
+# they count apart instead). Its numeric fields are slots as in core.ratelimit (numbered
 # from the Unix epoch on Redis's clock, so every replica counts on one clock), holding the
 # requests settled there. `l:<lease id>` holds what one process has on lease from the window:
 # spares it may still decide alone, and the ones it decided and has not settled yet;
@@ -307,7 +309,7 @@ class RedisLimiter(Policy):
 
     @staticmethod
     def _name(kind: str, ident: str, limit: Limit) -> str:
-        return f"gateway:rl:{kind}:{ident}:{limit.per}"
+        return f"gateway:rl2:{kind}:{ident}:{limit.per}"
 
     def _window(self, kind: str, ident: str, limit: Limit) -> SharedWindow:
         state = self._windows.get((kind, ident, limit.per))
