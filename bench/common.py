@@ -44,7 +44,8 @@ def spawn_gateway(
     `launcher` replaces `-m gateway` (a harness around the CLI); `after` ends its arguments."""
     config = work / f"{name}.yaml"
     config.write_text(
-        f"listen: {{host: 127.0.0.1, port: {proxy}}}\nadmin: {{host: 127.0.0.1, port: {admin}, token: bench-admin-token-0123456789}}\n"
+        f"listen: {{host: 127.0.0.1, port: {proxy}}}\n"
+        f"admin: {{host: 127.0.0.1, port: {admin}, token: bench-admin-token-0123456789}}\n"
         f"database: '{database}'\n{extra}"
     )
     return subprocess.Popen(

@@ -105,6 +105,20 @@ class RateLimits:
 
 
 @dataclass(frozen=True)
+class AuthListen:
+    host: str = "127.0.0.1"
+    port: int = 8082
+
+
+@dataclass(frozen=True)
+class ForwardAuth:
+    """The forward-authorization port: decides like the proxy port and never forwards."""
+
+    listen: AuthListen = field(default_factory=AuthListen)
+    trusted: tuple[str, ...] = ("127.0.0.1/32",)  # peers whose X-Original-*/X-Forwarded-* name the request
+
+
+@dataclass(frozen=True)
 class Keys:
     prefix: str = ""  # new secrets start with it (e.g. "gk_"), so secret scanners can spot them
 
@@ -129,6 +143,7 @@ class Config:
     log: Log = field(default_factory=Log)
     keys: Keys = field(default_factory=Keys)
     rate_limits: RateLimits = field(default_factory=RateLimits)
+    forward_auth: ForwardAuth | None = None  # off unless set
     shutdown_timeout: float = 30.0
     secret_key: str = ""
 
@@ -279,11 +294,15 @@ def _validate(config: Config) -> None:
     wrong = databases.problem(db)  # the one table of database URLs (core.databases)
     if wrong is not None:
         raise RuleError("database", wrong)
-    for i, cidr in enumerate(config.trusted_proxies):
+    cidrs = [(f"trusted_proxies[{i}]", cidr) for i, cidr in enumerate(config.trusted_proxies)]
+    if config.forward_auth is not None:
+        _check_port(config.forward_auth.listen.port, "forward_auth.listen.port")
+        cidrs += [(f"forward_auth.trusted[{i}]", cidr) for i, cidr in enumerate(config.forward_auth.trusted)]
+    for where, cidr in cidrs:
         try:
             ipaddress.ip_network(cidr.strip(), strict=True)
         except ValueError as err:
-            raise RuleError(f"trusted_proxies[{i}]", f"not a CIDR: {err}") from None
+            raise RuleError(where, f"not a CIDR: {err}") from None
     for name, value in (("auth.header", config.auth.header), ("plugins.header", config.plugins.header)):
         if not HEADER_NAME.fullmatch(value):
             raise RuleError(name, f"not a header name: {value!r}")

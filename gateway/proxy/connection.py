@@ -25,7 +25,7 @@ from gateway.wire.refusals import (
     UPGRADE_NOT_SUPPORTED,
     deny_response,
 )
-from gateway.wire.request import FramingError, RequestHead, RequestShapes, read_head
+from gateway.wire.request import FramingError, RequestHead, RequestShapes, asked_about, read_head
 
 if TYPE_CHECKING:
     from gateway.proxy.shared import DataPath
@@ -59,6 +59,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip: int | None = None
         self.peer_trusted = False
         self.counted = False  # counted against the connection limits (see connection_made)
+        self.asker = False  # a proxy whose checks name the request they ask about (forward_auth.trusted)
         self.current: Exchange | None = None  # the exchange being answered
         self.parsing: Exchange | None = None  # the exchange whose request is being read
         self.queue: deque[Exchange] = deque()
@@ -94,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_bytes = self.peer.encode()
         self.peer_ip = client_ip(self.peer)
         self.peer_trusted = bool(self.server.trusted) and self.server.trusted.trusts(self.peer)
+        self.asker = bool(self.server.askers) and self.server.askers.trusts(self.peer)
         if not self.server.admit_connection(self.peer):
             self.closing = True  # over a connection limit: closed at once, nothing read or written
             transport.close()  # (nothing was written: closes at once)
@@ -108,7 +110,7 @@ class ClientConnection(asyncio.Protocol):
         shapes = self.shapes
         shapes.chunk = None
         if not self.in_head and self.parsing is None and not self.last_request:  # the first bytes after a request
-            if self.current is None:  # between requests: this read may be one whole request
+            if self.current is None and not self.asker:  # between requests: may be one whole request
                 head = shapes.whole(data)
                 if head is not None:  # the same request as before but for its key and body: no parser
                     self.take(head, data)
@@ -222,6 +224,8 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(UPGRADE_NOT_SUPPORTED)
         if not head.keep_alive:
             self.last_request = True
+        if self.asker:  # a proxy's check: decide the request it names (forward authorization)
+            head = asked_about(head)
         exchange = Exchange(self, head, self.server)
         self.parsing = exchange
         if self.current is None:

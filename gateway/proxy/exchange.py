@@ -30,6 +30,7 @@ from gateway.wire.verdict import judge_body, judge_head
 PIPELINE, BUFFER_FULL = 1, 4
 assert UPSTREAM_FULL not in (PIPELINE, BUFFER_FULL)
 HIGH_WATER = 256 * 1024  # request body bytes held while the decision is pending
+CHECK_ALLOWED = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nCache-Control: no-store\r\n"
 
 # The exchange's one table: the decision's phases, then the answer's. Every move is checked
 # (`_enter`); the request side has one move of its own (`request_complete`, set once when the
@@ -230,6 +231,9 @@ class Exchange:
         head, key = self.head, self.key
         assert key is not None
         self.services.usage.touch(key.id, self.now)
+        if self.services.decide_only:
+            self.allow_check(key)
+            return
         if head.expect_continue and not self.request_complete and not self.inspected:
             self.conn.write(CONTINUE)
         # sent again only when repeating it is harmless and the whole body is in hand
@@ -237,6 +241,19 @@ class Exchange:
         self._enter(FORWARDING)
         self.relay = Relay(self, self.conn, self.services.relays, replay)
         self.relay.start()
+
+    def allow_check(self, key: KeySnapshot) -> None:
+        """On the forward-authorization port the answer is the decision: 200, the key's
+        identity and its RateLimit lines, no body; nothing is forwarded."""
+        self._enter(FORWARDING)
+        self.answering(200, self.keep_alive)
+        ending = self.head_ending or b"\r\n"
+        close = b"" if self.keep_alive else b"Connection: close\r\n"
+        self.conn.write(CHECK_ALLOWED + key.identity_headers + close + ending)
+        self.response_complete = True
+        self._enter(ANSWERED)
+        self.record(200, "allowed")
+        self.conn.finished(self)
 
     def relaying(self, relay: object) -> bool:
         """Whether `relay` still forwards for this exchange (the client may have left)."""

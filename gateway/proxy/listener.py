@@ -1,11 +1,12 @@
-"""The proxy port: accept connections, sweep timeouts four times a second, drain on stop."""
+"""The proxy port (and the forward-authorization port, which decides the same way and never
+forwards): accept connections, sweep timeouts four times a second, drain on stop."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 
-from gateway.config import Config
+from gateway.config import Config, Listen
 from gateway.core.routes import RouteTable
 from gateway.keyring.index import Keyring, Usage
 from gateway.observe.accesslog import AccessLog
@@ -20,11 +21,29 @@ class ProxyServer:
     """The listening socket and the timeout sweep, over the process's `DataPath`."""
 
     def __init__(
-        self, config: Config, keyring: Keyring, routes: RouteTable, usage: Usage, metrics: Metrics, access: AccessLog
+        self,
+        config: Config,
+        keyring: Keyring,
+        routes: RouteTable,
+        usage: Usage,
+        metrics: Metrics,
+        access: AccessLog,
+        checks_for: ProxyServer | None = None,
     ) -> None:
+        """`checks_for`: this is the forward-authorization port of that proxy port (its
+        rate-limit counters are shared)."""
         self.config = config
-        self.shared = DataPath(config, keyring, routes, usage, metrics, access)
-        self.port = config.listen.port
+        limiter = checks_for.shared.limiter if checks_for is not None else None
+        self.shared: DataPath = DataPath(
+            config, keyring, routes, usage, metrics, access, limiter, checks_for is not None
+        )
+        self.listen = config.listen
+        self.tls = config.listen.tls
+        if checks_for is not None:
+            assert config.forward_auth is not None
+            self.listen = Listen(config.forward_auth.listen.host, config.forward_auth.listen.port)
+            self.tls = None
+        self.port = self.listen.port
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -46,14 +65,14 @@ class ProxyServer:
         shared = self.shared
         shared.now = loop.time()
         ssl_context = None
-        if self.config.listen.tls is not None:
+        if self.tls is not None:
             ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(self.config.listen.tls.cert, self.config.listen.tls.key)
+            ssl_context.load_cert_chain(self.tls.cert, self.tls.key)
         self._server = await loop.create_server(
             lambda: ClientConnection(shared),
-            self.config.listen.host,
-            self.config.listen.port,
-            backlog=self.config.listen.backlog,
+            self.listen.host,
+            self.listen.port,
+            backlog=self.listen.backlog,
             ssl=ssl_context,
             reuse_port=reuse_port or None,
         )
@@ -91,4 +110,5 @@ class ProxyServer:
         if self._ticker is not None:
             self._ticker.cancel()
         shared.pool.close()
-        await shared.limiter.close()
+        if not shared.decide_only:  # (the proxy port's own: it closes it)
+            await shared.limiter.close()

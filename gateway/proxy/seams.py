@@ -90,6 +90,8 @@ class ExchangeServices(Protocol):
     @property
     def auth_scheme(self) -> str: ...
     @property
+    def decide_only(self) -> bool: ...  # the forward-authorization port: allowed is 200, never forwarded
+    @property
     def relays(self) -> RelayServices: ...
 
     def record(

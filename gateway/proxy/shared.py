@@ -14,7 +14,7 @@ from gateway.config import Config
 from gateway.core.decision import KeySnapshot
 from gateway.core.routes import RouteTable
 from gateway.keyring.index import Keyring, Usage
-from gateway.keyring.limits import open_limiter
+from gateway.keyring.limits import LocalLimiter, RedisLimiter, open_limiter
 from gateway.observe.accesslog import AccessLog, clip
 from gateway.observe.metrics import Metrics
 from gateway.proxy.outbox import Outbox
@@ -48,8 +48,13 @@ class DataPath:
         usage: Usage,
         metrics: Metrics,
         access: AccessLog,
+        limiter: LocalLimiter | RedisLimiter | None = None,
+        decide_only: bool = False,
     ) -> None:
+        """`decide_only`: the forward-authorization port (answers 200 where the proxy port
+        would forward); it shares the proxy port's `limiter`, so both count one budget."""
         self.config = config
+        self.decide_only = decide_only
         self.metrics = metrics
         self.access = access
         self.draining = False
@@ -60,7 +65,9 @@ class DataPath:
         self.usage = usage
         self.outbox = Outbox()  # every write of the data path leaves through it
         self.pool = UpstreamPool(config.upstream, self.outbox, config.limits.max_upstream_head)
-        self.trusted = TrustedProxies(config.trusted_proxies)
+        asking = config.forward_auth.trusted if decide_only and config.forward_auth is not None else ()
+        self.askers = TrustedProxies(asking)  # peers whose checks name the request they ask about
+        self.trusted = TrustedProxies((*config.trusted_proxies, *asking))
         self.head_rules = HeadRules(
             config.auth.header,
             config.auth.scheme,
@@ -72,7 +79,9 @@ class DataPath:
             app_headers=frozenset(canonical(key.lower().encode()) for key in routes.app_keys),
         )
         rates = config.rate_limits
-        self.limiter = open_limiter(rates.backend, rates.account_limits(), rates.key_defaults())
+        if limiter is None:
+            limiter = open_limiter(rates.backend, rates.account_limits(), rates.key_defaults())
+        self.limiter = limiter
         self.limits_fail_open = rates.on_backend_error == "allow"
         self.unknown_allowed = config.routes.unknown == "allow"
         self.max_inspect = config.routes.max_body_inspect

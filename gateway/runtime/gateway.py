@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -109,6 +110,10 @@ class Gateway:
         self._tasks: list[asyncio.Task] = []
         self.admin_port = config.admin.port
         self.proxy = ProxyServer(config, self.keyring, self.routes, self.usage, self.metrics, self.access)
+        self.checks: ProxyServer | None = None  # the forward-authorization port, when configured
+        if config.forward_auth is not None:
+            parts = (config, self.keyring, self.routes, self.usage, self.metrics, self.access)
+            self.checks = ProxyServer(*parts, checks_for=self.proxy)
         self.metrics_dir = config.data_dir / "metrics"
 
     async def start(self) -> None:
@@ -125,6 +130,8 @@ class Gateway:
         if self.serve_admin:
             await self._bind("admin", self._start_admin())
         await self._bind("listen", self.proxy.start(reuse_port=self.reuse_port))
+        if self.checks is not None:
+            await self._bind("forward_auth.listen", self.checks.start(reuse_port=self.reuse_port), self.checks.listen)
         self.access.start()
         self._tasks.append(asyncio.create_task(self._flush_usage_forever()))
         if self.reuse_port and self.worker != 0:
@@ -140,9 +147,9 @@ class Gateway:
             len(self.keyring),
         )
 
-    async def _bind(self, section: str, starting: Awaitable[None]) -> None:
+    async def _bind(self, section: str, starting: Awaitable[None], where: Any = None) -> None:
         """Open a listening port; a port in use or an address we cannot bind names its config field."""
-        where = getattr(self.config, section)
+        where = where or getattr(self.config, section)
         try:
             await starting
         except OSError as err:
@@ -225,6 +232,8 @@ class Gateway:
 
     async def stop(self, grace: float = 0.0) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds, flush usage."""
+        if self.checks is not None:
+            await self.checks.stop(grace)
         await self.proxy.stop(grace)
         for task in self._tasks:
             task.cancel()

@@ -562,3 +562,29 @@ class RequestShapes:
         chunk, self.chunk = self.chunk, None
         if chunk is not None:
             self.shape = request_shape(chunk, head, rules) or self.shape
+
+
+# The request a proxy asks about on the forward-authorization port: (method, target) header
+# pairs, Traefik's ForwardAuth first, then nginx's auth_request (and ingress-nginx).
+ASKED_ABOUT = ((b"x-forwarded-method", b"x-forwarded-uri"), (b"x-original-method", b"x-original-uri"))
+
+
+def asked_about(head: RequestHead) -> RequestHead:
+    """The request a trusted proxy's check names in its headers, as a head to decide on (the
+    check's own head when it names none). A pair sent twice, or two pairs naming different
+    requests, is ambiguous: which one the proxy acts on is not ours to guess."""
+    named = set()
+    for method_name, target_name in ASKED_ABOUT:
+        methods, targets = head.values(method_name), head.values(target_name)
+        if methods or targets:
+            if len(methods) != 1 or len(targets) != 1:
+                named.add((b"", b""))  # half a pair, or a repeated one
+            else:
+                named.add((methods[0].strip().upper(), targets[0].strip()))
+    if not named:
+        return head
+    ((method, url), *others) = named
+    asked = head.copy(head.headers, head.presented)
+    asked.method, asked.url, asked.shape = method, url, None
+    asked.ambiguous = bool(others) or not method or head.ambiguous or target_is_ambiguous(url) or method == b"CONNECT"
+    return asked
