@@ -33,7 +33,7 @@ import time
 import uuid
 from typing import Any
 
-from gateway.core.decision import KeySnapshot
+from gateway.core.decision import ACCOUNT_RATE_LIMITED, KEY_RATE_LIMITED, Deny, KeySnapshot
 from gateway.core.ratelimit import SLOTS, SPAN, WINDOWS, Limit, Verdict, Window, check, epoch_of, tightest
 
 log = logging.getLogger("gateway.ratelimit")
@@ -44,9 +44,40 @@ class LimiterUnavailable(Exception):
     """The shared backend did not answer."""
 
 
+class Refused:
+    """`admit`'s answer for a request over a limit: the refusal and its header lines."""
+
+    __slots__ = ("deny", "lines")
+
+    def __init__(self, deny: Deny, lines: bytes) -> None:
+        self.deny = deny
+        self.lines = lines
+
+
+class Pending:
+    """`admit`'s answer when only the shared backend can decide: await `decide()`."""
+
+    __slots__ = ("groups", "limiter")
+
+    def __init__(self, limiter: Policy, groups: Groups) -> None:
+        self.limiter = limiter
+        self.groups = groups
+
+    async def decide(self) -> bytes | Refused:
+        """The answer once the backend answered (LimiterUnavailable if it did not)."""
+        group, verdict = await self.limiter.check(self.groups, time.time())
+        return self.limiter.settle(self.groups, group, verdict)
+
+
+# What `admit` answers: the RateLimit lines and blank line that end an allowed answer's head
+# (b"" when no limit applies), a refusal, or a decision that waits for the shared backend.
+Admission = bytes | Refused | Pending
+
+
 class Policy:
     """The limits that apply to a key: the configured account limits, and the key's own or,
-    when it sets none, the configured default."""
+    when it sets none, the configured default. `admit` is the one call the data path makes;
+    how a key is bound to its windows (ratelimit.Binding) is this class's business."""
 
     def __init__(self, account_limits: tuple[Limit, ...] = (), default_key_limits: tuple[Limit, ...] = ()) -> None:
         self.account_limits = account_limits
@@ -67,6 +98,38 @@ class Policy:
 
     def bind(self, key: KeySnapshot, limits: tuple[Limit, ...]) -> None:
         """Bind `key.counters` to its one window (see ratelimit.Binding), if this limiter can."""
+
+    def admit(self, key: KeySnapshot, now: float) -> Admission:
+        """Count one request of `key` at `now` against every limit that applies to it (the
+        request is allowed by every other check). Rate limits are checked last, so a refused
+        request has consumed nothing."""
+        if not (key.rate_limits or self.always):
+            return b""  # no limit applies
+        bound = key.counters
+        if bound.owner is self.token:  # the common case: one window decides (see ratelimit.Binding)
+            ending = bound.window.take(bound.limit, now)
+            if ending is not None:
+                return ending
+        groups = self.groups(key)
+        answer = self.try_local(groups, now)
+        if answer is None:
+            return Pending(self, groups)
+        return self.settle(groups, *answer)
+
+    def settle(self, groups: Groups, group: int | None, verdict: Verdict) -> bytes | Refused:
+        """The admission a verdict means: allowed (its RateLimit lines) or the refusal of the
+        group it failed in, an account's or the key's."""
+        if group is None:
+            return verdict.headers() + b"\r\n"
+        deny = ACCOUNT_RATE_LIMITED if groups[group][0] == "a" else KEY_RATE_LIMITED
+        return Refused(deny, verdict.headers() + b"Retry-After: %d\r\n" % verdict.reset)
+
+    def try_local(self, groups: Groups, now: float) -> tuple[int | None, Verdict] | None:
+        """Decide here if this process can (None: only the shared backend can)."""
+        raise NotImplementedError
+
+    async def check(self, groups: Groups, now: float) -> tuple[int | None, Verdict]:
+        raise NotImplementedError
 
 
 class LocalLimiter(Policy):
@@ -305,7 +368,7 @@ class RedisLimiter(Policy):
         self._soon: set[SharedWindow] = set()  # windows to settle or renew at the next tick
         self._looks: list[tuple[float, int, SharedWindow]] = []  # a heap of (due, n, window): leases to look at
         self._looked = 0  # (n: ties in the heap never compare windows)
-        self._ticking: asyncio.Task | None = None
+        self._ticking: asyncio.Task[None] | None = None
 
     @staticmethod
     def _name(kind: str, ident: str, limit: Limit) -> str:
@@ -570,7 +633,7 @@ class RedisLimiter(Policy):
         await self._client.aclose()
 
 
-def _retrieve(task: asyncio.Task) -> None:
+def _retrieve(task: asyncio.Task[object]) -> None:
     """An exchange's outcome is read even when the request that began it left."""
     if not task.cancelled():
         task.exception()

@@ -16,9 +16,8 @@ import time
 from gateway.core import decision as decide
 from gateway.core.decision import KeySnapshot
 from gateway.core.iprules import client_ip
-from gateway.core.ratelimit import Verdict as RateVerdict
 from gateway.core.routes import RouteMatch
-from gateway.keyring.limits import Groups, LimiterUnavailable
+from gateway.keyring.limits import Admission, LimiterUnavailable, Pending, Refused
 from gateway.proxy.relay import UPSTREAM_FULL, Relay
 from gateway.proxy.seams import Client, ExchangeServices
 from gateway.wire.ambiguous import IDEMPOTENT
@@ -155,47 +154,31 @@ class Exchange:
 
     # rate limits, checked last so that a refused request consumes nothing
     def admit(self) -> None:
-        key, limiter = self.key, self.services.limiter
-        assert key is not None
-        if not (key.rate_limits or limiter.always):  # no limit applies
-            self.forward()
-            return
-        now = self.now
-        bound = key.counters
-        if bound.owner is limiter.token:  # the common case: one window decides (see ratelimit.Binding)
-            ending = bound.window.take(bound.limit, now)
-            if ending is not None:
-                self.head_ending = ending
-                self.forward()
-                return
-        groups = limiter.groups(key)
-        answer = limiter.try_local(groups, now)
-        if answer is not None:  # decided here: no phase of waiting
-            self.limited(groups, *answer)
-        else:
-            self._enter(LIMITING)
-            self.limiting = asyncio.ensure_future(self._check_shared(groups))
+        assert self.key is not None
+        self.admitted(self.services.limiter.admit(self.key, self.now))
 
-    async def _check_shared(self, groups: Groups) -> None:
-        server = self.services
+    def admitted(self, answer: Admission) -> None:
+        if isinstance(answer, bytes):  # allowed (the common case first)
+            self.head_ending = answer
+            self.forward()
+        elif isinstance(answer, Refused):
+            self.refuse(answer.deny, answer.lines)
+        else:
+            assert isinstance(answer, Pending)
+            self._enter(LIMITING)
+            self.limiting = asyncio.ensure_future(self._check_shared(answer))
+
+    async def _check_shared(self, pending: Pending) -> None:
         try:
-            group, verdict = await server.limiter.check(groups, time.time())
+            answer = await pending.decide()
         except LimiterUnavailable:
             self.limiting = None
             if self.state == LIMITING:
-                self.forward() if server.limits_fail_open else self.refuse(decide.RATE_LIMIT_UNAVAILABLE)
+                self.forward() if self.services.limits_fail_open else self.refuse(decide.RATE_LIMIT_UNAVAILABLE)
             return
         self.limiting = None
         if self.state == LIMITING:  # not if the client left meanwhile
-            self.limited(groups, group, verdict)
-
-    def limited(self, groups: Groups, group: int | None, verdict: RateVerdict) -> None:
-        if group is None:
-            self.head_ending = verdict.headers() + b"\r\n"
-            self.forward()
-        else:
-            deny = decide.ACCOUNT_RATE_LIMITED if groups[group][0] == "a" else decide.KEY_RATE_LIMITED
-            self.refuse(deny, verdict.headers() + b"Retry-After: %d\r\n" % verdict.reset)
+            self.admitted(answer)
 
     def on_request_body(self, data: bytes) -> None:
         state = self.state
