@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -254,7 +255,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         while True:
             query = "?limit=500" + (f"&cursor={cursor}" if cursor else "")
             if args.account:
-                query += "&account=" + urllib.request.quote(args.account)
+                query += "&account=" + urllib.parse.quote(args.account)
             page = client.call("GET", "/api/v1/keys" + query)
             items.extend(page["items"])
             cursor = page["next_cursor"]
@@ -331,7 +332,7 @@ def cmd_tokens(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     """The audit trail, oldest first: every admin write and reveal."""
     client = AdminClient(_admin_url(args), _token(args))
-    query = f"?limit={args.limit}" + (f"&key_id={urllib.request.quote(args.key)}" if args.key else "")
+    query = f"?limit={args.limit}" + (f"&key_id={urllib.parse.quote(args.key)}" if args.key else "")
     items: list[dict[str, Any]] = []
     cursor = None
     while True:

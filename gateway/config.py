@@ -206,7 +206,7 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
     if origin in (Union, types.UnionType):
         options = [t for t in typing.get_args(tp) if t is not type(None)]
         return None if value is None else _convert(options[0], value, path)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     if origin is tuple:
         if not isinstance(value, list):

@@ -59,10 +59,11 @@ class _Clock:
         return self.prefix
 
 
-_middles: dict[tuple, str] = {}
+Who = tuple[str | None, str | None, str | None, str | None, str | None, str]  # client_ip .. reason
+_middles: dict[Who, str] = {}
 
 
-def _middle(who: tuple) -> str:
+def _middle(who: Who) -> str:
     """The fields from client_ip to reason, as JSON; memoised for short ones (a busy client
     sends the same key, interface and app again and again)."""
     found = _middles.get(who)
@@ -100,7 +101,7 @@ class AccessLog:
         self.dropped = 0
         self._clock = _Clock()
         self._chunks: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
 
     def record(self, entry: Entry) -> None:

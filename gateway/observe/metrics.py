@@ -135,5 +135,5 @@ class _Collector:
 
 def render(snapshots: list[dict[str, Any]], keys_per_account: dict[str, int]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(snapshots, keys_per_account))  # type: ignore[arg-type]
+    registry.register(_Collector(snapshots, keys_per_account))
     return generate_latest(registry)

@@ -166,7 +166,7 @@ class Gateway:
         site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
         await site.start()
         server = site._server
-        if server is not None and server.sockets:  # port 0: report the real one
+        if isinstance(server, asyncio.Server) and server.sockets:  # port 0: report the real one
             self.admin_port = server.sockets[0].getsockname()[1]
 
     def _read_gauges(self) -> None:

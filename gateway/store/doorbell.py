@@ -122,6 +122,7 @@ class Doorbell:
                 fd = _checked(parent / made)
                 recorded = made
             self._listen(fd)
+            assert recorded is not None  # (found, or just made)
             self.where = parent / recorded
         except (OSError, Refused) as err:
             log.warning("no change notifications between processes (%s); polling only", err)
