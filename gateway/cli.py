@@ -350,6 +350,146 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+# keys as files (DESIGN §7.4): these open the store named by the config, not the admin API
+def _box_of(config: Config) -> Any:
+    """The secret key, never generated here: a new one could open nothing already sealed."""
+    from gateway.core.sealing import SecretBox
+
+    if config.secret_key:
+        return SecretBox(config.secret_key)
+    path = config.data_dir / "secret.key"
+    if path.is_file() and path.read_text().strip():
+        return SecretBox(path.read_text().strip())
+    raise SystemExit(
+        f"gateway: no secret key: set GATEWAY_SECRET_KEY (or _FILE) to the gateway's, or keep it in {path}"
+    )
+
+
+async def _open_store(config: Config, box: Any) -> Any:
+    from gateway.store import SchemaTooNew, StoreUnavailable, open_store
+    from gateway.store.keyfile import FINGERPRINT
+
+    store = open_store(config.database)
+    try:
+        await store.open()
+        matches = await store.check_secret(box.digest(FINGERPRINT))
+    except (StoreUnavailable, SchemaTooNew) as err:
+        await store.close()
+        raise SystemExit(f"gateway: database: {err}") from None
+    if not matches:
+        await store.close()
+        raise SystemExit("gateway: secret key: it does not match the one this database was created with")
+    return store
+
+
+async def _all_keys(store: Any, account: str | None = None) -> list[Any]:
+    keys: list[Any] = []
+    after = None
+    while True:
+        batch = await store.list_keys(account, after, 2000)
+        keys += batch
+        if len(batch) < 2000:
+            return keys
+        after = batch[-1].id
+
+
+def cmd_keys_export(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.store.keyfile import dump, export_entry
+
+    config = _load(args.config)
+    box = _box_of(config)
+
+    async def export() -> list[dict[str, Any]]:
+        store = await _open_store(config, box)
+        try:
+            entries = []
+            for key in await _all_keys(store, args.account):
+                sealed = await store.get_sealed(key.id)
+                if sealed is not None:
+                    entries.append(export_entry(key, sealed))
+            return entries
+        finally:
+            await store.close()
+
+    entries = asyncio.run(export())
+    header = (
+        f"# gateway keys export, {len(entries)} keys{f' of account {args.account}' if args.account else ''},"
+        f" {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+        "# `sealed` opens only with this gateway's secret key (GATEWAY_SECRET_KEY). Apply: gateway keys apply FILE\n"
+    )
+    text = dump(entries, header)
+    if args.output:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        print(f"{len(entries)} keys written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _apply_document(args: argparse.Namespace, read: Any, action: str) -> int:
+    """Check a keys file (`read(box)` gives it), show the plan, and apply it unless --dry-run."""
+    import asyncio
+
+    from gateway.core.routes import compile_routes
+    from gateway.store import KeyLimitReached
+    from gateway.store.apply import apply_plan
+    from gateway.store.keyfile import KeyFileError, plan
+    from gateway.store.sqlstore import SQLStore
+
+    config = _load(args.config)
+    box = _box_of(config)
+    accepts = compile_routes(config.routes).accepts
+    try:
+        keys_file = read(box, config.limits.ips_per_key, accepts)
+    except KeyFileError as err:
+        raise SystemExit(f"gateway: keys {action}: {err}; nothing changed") from None
+
+    async def run() -> Any:
+        store = await _open_store(config, box)
+        try:
+            if not isinstance(store, SQLStore):
+                raise SystemExit(f"gateway: keys {action}: the database is a keys file (DB-less): edit that file")
+            steps = plan(keys_file, await _all_keys(store), box, prune=args.prune, prefix=config.keys.prefix)
+            if not args.dry_run:
+                await apply_plan(store, steps, config.limits.keys_per_account)
+            return steps
+        finally:
+            await store.close()
+
+    try:
+        steps = asyncio.run(run())
+    except KeyFileError as err:
+        raise SystemExit(f"gateway: keys {action}: {err}; nothing changed") from None
+    except KeyLimitReached as err:
+        raise SystemExit(f"gateway: keys {action}: key_limit_reached: {err}; nothing changed") from None
+    for line in steps.describe():
+        print(line)
+    if args.dry_run:
+        print("dry run: nothing changed")
+    return 0
+
+
+def cmd_keys_apply(args: argparse.Namespace) -> int:
+    from gateway.store.keyfile import KeyFileError, parse_keys
+
+    try:
+        with open(args.file, "rb") as handle:
+            data = handle.read(64 * 1024 * 1024)
+    except OSError as err:
+        raise SystemExit(f"gateway: keys apply: cannot read {args.file}: {err.strerror}") from None
+
+    def read(box: Any, ips: int, known: Any) -> Any:
+        if not data.strip():
+            raise KeyFileError(f"{args.file}: empty (an empty list is written keys: [])")
+        return parse_keys(data, box, source=args.file, ips_limit=ips, known=known)
+
+    return _apply_document(args, read, "apply")
+
+
 def _admin_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """The options of every admin command, accepted before or after the subcommand."""
     parser.add_argument("--admin-url", default=default, help="admin API URL (default: from the config)")
@@ -403,6 +543,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rotate":
             sub.add_argument("--grace", default="0", help="how long the old secret keeps working: 0, 15m, 1h, 7d")
     keys.set_defaults(func=cmd_keys)
+    export = actions.add_parser("export", help="write every key to a YAML file (secrets sealed)", parents=[after])
+    export.add_argument("--account", help="only this account's keys")
+    export.add_argument("--output", "-o", help="file to write (mode 0600; default: standard output)")
+    export.set_defaults(func=cmd_keys_export)
+    apply = actions.add_parser("apply", help="make the store match a keys file; prints the changes", parents=[after])
+    apply.add_argument("file")
+    apply.add_argument("--dry-run", action="store_true", help="print the changes, change nothing")
+    apply.add_argument("--prune", action="store_true", help="delete keys of the file's accounts it does not list")
+    apply.set_defaults(func=cmd_keys_apply)
 
     tokens = commands.add_parser("tokens", help="manage admin tokens")
     _admin_options(tokens, None)
