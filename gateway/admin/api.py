@@ -34,6 +34,7 @@ STATUS_OF = {
     "not_found": 404,
     "method_not_allowed": 405,
     "key_limit_reached": 409,
+    "read_only_store": 409,
     "body_too_large": 413,
     "store_unavailable": 503,
     # the field rules' codes (error_response sends any code not listed as 422 too)
@@ -62,6 +63,7 @@ TOKEN = web.AppKey("token", bytes)
 MAX_BODY = web.AppKey("max_body", int)
 PRINCIPAL = web.RequestKey("principal", Principal)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+WRITES = frozenset({"keys:write", "tokens:manage"})  # refused as read_only_store by a DB-less store
 
 
 def error_response(code: str, message: str, field: str | None = None) -> web.Response:
@@ -112,6 +114,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             principal.require(needed)
             if needed == "metrics:read" and principal.account is not None:
                 raise RuleError(None, "metrics cover every account: they need a token without an account", "forbidden")
+            if needed in WRITES and request.method != "GET" and request.app[SERVICE].read_only:
+                message = "the keys come from a file (DB-less mode, database: file:///...): change the file instead"
+                raise RuleError(None, message, "read_only_store")
         request[PRINCIPAL] = principal
         return await handler(request)
     except RuleError as err:

@@ -132,6 +132,11 @@ class KeyService:
         # delete just removed) nor with the feed applying the change log.
         self._lock = feed.lock
 
+    @property
+    def read_only(self) -> bool:
+        """The store is a keys file (DB-less mode): admin writes answer 409 read_only_store."""
+        return bool(getattr(self.store, "read_only", False))
+
     def _with_usage(self, key: Key) -> Key:
         """Merge usage not yet flushed, so `last_used_at` is current in this process."""
         pending = self.usage.peek(key.id)

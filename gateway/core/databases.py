@@ -19,6 +19,7 @@ SCHEMES = (
     Scheme("sqlite:///", "sqlite", "sqlite:///path", empty="sqlite URL has no file path"),
     Scheme("postgresql://", "postgres", "postgresql://..."),
     Scheme("postgres://", "postgres", None),
+    Scheme("file:///", "file", "file:///path/keys.yaml", empty="file URL has no path"),  # DB-less (§7.4)
 )
 
 

@@ -26,7 +26,13 @@ def _postgres(url: str) -> Store:
     return PostgresStore(url)
 
 
-OPENERS: dict[str, Callable[[str], Store]] = {"sqlite": _sqlite, "postgres": _postgres}
+def _file(url: str) -> Store:
+    from gateway.store.file import FileStore, file_path
+
+    return FileStore(file_path(url))
+
+
+OPENERS: dict[str, Callable[[str], Store]] = {"sqlite": _sqlite, "postgres": _postgres, "file": _file}
 
 
 def open_url(url: str) -> Store:

@@ -1,0 +1,158 @@
+"""DB-less mode (`database: file:///.../keys.yaml`, §7.4): a real gateway with 2 workers serving
+keys from a file, which is replaced the way Kubernetes updates a mounted Secret."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.core.sealing import SecretBox
+from tests.conftest import SECRET
+
+WORKFLOW = "/api/v5/workflow/task/approve"
+FIRST = "FirstSecretInTheFile0123456789ab"
+SECOND = "SecondSecretInTheFile0123456789a"
+SEALED_ID = "k_01m8v53gz9mm09g6htramgad78"
+SEALED_SECRET = "SealedSecretFromExport0123456789"
+
+
+def call(url: str, method: str, path: str, key: str | None = None, body: Any = None, token: str | None = None):
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    connection.request(method, path, body=json.dumps(body if body is not None else {}), headers=headers)
+    response = connection.getresponse()
+    raw = response.read()
+    connection.close()
+    return response.status, json.loads(raw) if raw else None
+
+
+def statuses(proxy_url: str, key: str, times: int = 10) -> set[int]:
+    """Each request on a new connection: with 2 workers sharing the port, both answer some."""
+    return {call(proxy_url, "POST", WORKFLOW, key=key)[0] for _ in range(times)}
+
+
+def keys_document(*entries: dict[str, Any]) -> str:
+    return yaml.safe_dump({"keys": list(entries)})
+
+
+class SecretVolume:
+    """A folder laid out as kubelet lays out a Secret volume: `keys.yaml -> ..data/keys.yaml`,
+    `..data -> ..<version>`; an update writes a new version folder and renames a new `..data`
+    link over the old one (one atomic rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir()
+        self.version = 0
+        (root / "keys.yaml").symlink_to("..data/keys.yaml")
+
+    def publish(self, text: str) -> None:
+        self.version += 1
+        folder = self.root / f"..v{self.version}"
+        folder.mkdir()
+        (folder / "keys.yaml").write_text(text)
+        (self.root / "..data_tmp").symlink_to(folder.name)
+        os.replace(self.root / "..data_tmp", self.root / "..data")
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.root / 'keys.yaml'}"
+
+
+def converge(proxy_url: str, allowed: str, refused: str, timeout: float = 3.0) -> float:
+    start = time.monotonic()
+    while True:
+        if statuses(proxy_url, allowed) == {200} and statuses(proxy_url, refused) == {401}:
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, "the workers did not reload the keys file"
+        time.sleep(0.02)
+
+
+def test_two_workers_follow_a_secret_volume_and_refuse_writes(spawn, upstream_process, tmp_path: Path) -> None:
+    box = SecretBox(SECRET)
+    volume = SecretVolume(tmp_path / "secret")
+    sealed = {
+        "id": SEALED_ID,
+        "name": "Exported",
+        "account": "acme",
+        "sealed": box.encrypt(SEALED_SECRET, SEALED_ID),
+        "ip_whitelist": ["127.0.0.1"],
+    }
+    volume.publish(keys_document({"name": "First", "account": "acme", "key": FIRST}, sealed))
+    env = {"GATEWAY_SECRET_KEY": SECRET, "GATEWAY_DATABASE": volume.url}
+    proc = spawn(f"upstream: {{url: {upstream_process}}}\n", env=env, workers=2)
+    assert statuses(proc.proxy_url, FIRST) == {200}
+    assert statuses(proc.proxy_url, SEALED_SECRET) == {200}
+    assert statuses(proc.proxy_url, SECOND) == {401}
+
+    # a Kubernetes-style update: a new version folder, then one rename of the ..data link
+    volume.publish(keys_document({"name": "Second", "account": "acme", "key": SECOND}, sealed))
+    took = converge(proc.proxy_url, SECOND, FIRST)
+    print(f"symlink swap seen by both workers in {took:.3f} s")
+    assert took < 1.0
+
+    # a plain atomic replacement of the file (write a temporary file, rename it over)
+    temporary = tmp_path / ".plain.tmp"
+    # (the gateway above watches the volume; this checks the same on the volume's target file)
+    temporary.write_text(keys_document({"name": "First again", "account": "acme", "key": FIRST}, sealed))
+    target = volume.root / f"..v{volume.version}" / "keys.yaml"
+    os.replace(temporary, target)
+    took = converge(proc.proxy_url, FIRST, SECOND)
+    print(f"atomic rename seen by both workers in {took:.3f} s")
+    assert took < 1.0
+
+    # an invalid file keeps the last good keys, and the log says why
+    volume.publish("keys:\n  - name: [broken\n")
+    time.sleep(0.8)
+    assert statuses(proc.proxy_url, FIRST) == {200}
+    volume.publish(keys_document({"name": "Bad", "account": "acme", "key": SECOND, "ip_whitelist": ["1.2.3.999"]}))
+    time.sleep(0.8)
+    assert statuses(proc.proxy_url, FIRST) == {200} and statuses(proc.proxy_url, SECOND) == {401}
+    log = (tmp_path / "gateway.out").read_text()
+    assert "keys file not used, keeping the 2 keys loaded before" in log
+    assert "not valid YAML at line" in log and "ip_whitelist[0]" in log
+
+    # the admin API reads, and refuses every write with 409 read_only_store
+    token = proc.token
+    status, page = call(proc.admin_url, "GET", "/api/v1/keys", token=token)
+    assert status == 200 and {item["name"] for item in page["items"]} == {"First again", "Exported"}
+    status, revealed = call(proc.admin_url, "GET", f"/api/v1/keys/{SEALED_ID}/secret", token=token)
+    assert status == 200 and revealed["key"] == SEALED_SECRET
+    writes = [
+        ("POST", "/api/v1/keys", {"name": "x"}),
+        ("PATCH", f"/api/v1/keys/{SEALED_ID}", {"name": "x"}),
+        ("DELETE", f"/api/v1/keys/{SEALED_ID}", None),
+        ("POST", f"/api/v1/keys/{SEALED_ID}/rotate", None),
+        ("POST", f"/api/v1/keys/{SEALED_ID}/copy", None),
+        ("POST", "/api/v1/tokens", {"name": "t", "permissions": ["keys:read"]}),
+    ]
+    for method, path, body in writes:
+        status, answer = call(proc.admin_url, method, path, body=body, token=token)
+        assert status == 409, (method, path, answer)
+        assert answer["error"]["code"] == "read_only_store" and answer["error"]["message"]
+    assert statuses(proc.proxy_url, SEALED_SECRET) == {200}
+
+
+def test_a_bad_keys_file_at_start_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "keys.yaml").write_text(keys_document({"name": "x", "key": "short"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env |= {"GATEWAY_SECRET_KEY": SECRET, "GATEWAY_DATABASE": f"file://{tmp_path}/keys.yaml"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30
+    )
+    assert result.returncode == 1
+    assert "keys[0]: key: not a secret the proxy accepts" in result.stderr
+    assert "Traceback" not in result.stderr
