@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -490,6 +491,38 @@ def cmd_keys_apply(args: argparse.Namespace) -> int:
     return _apply_document(args, read, "apply")
 
 
+def cmd_keys_import(args: argparse.Namespace) -> int:
+    from gateway.store.keyfile import KeyFileError, check_document, load_document
+    from gateway.store.kong import KongError, read_kong
+
+    documents = []
+    for name in args.file:
+        try:
+            with open(name, "rb") as handle:
+                documents.append(load_document(handle.read(64 * 1024 * 1024 + 1), name))
+        except OSError as err:
+            raise SystemExit(f"gateway: keys import: cannot read {name}: {err.strerror}") from None
+        except KeyFileError as err:
+            raise SystemExit(f"gateway: keys import: {err}") from None
+    try:
+        imported = read_kong(documents)
+    except KongError as err:
+        raise SystemExit(f"gateway: keys import: not a Kong export this reads: {err}") from None
+    for note in imported.notes:
+        print(f"kong: {note}", file=sys.stderr)
+    args.prune = False
+
+    def read(box: Any, ips: int, known: Any) -> Any:
+        try:
+            return check_document({"keys": imported.keys}, box, source="kong", ips_limit=ips, known=known)
+        except KeyFileError as err:  # keys[i] of the converted list: say which credential that is
+            found = re.search(r"keys\[(\d+)\]", str(err))
+            named = f" (keys[{found[1]}] is {imported.keys[int(found[1])]['name']})" if found else ""
+            raise KeyFileError(f"{err}{named}") from None
+
+    return _apply_document(args, read, "import")
+
+
 def _admin_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """The options of every admin command, accepted before or after the subcommand."""
     parser.add_argument("--admin-url", default=default, help="admin API URL (default: from the config)")
@@ -552,6 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("--dry-run", action="store_true", help="print the changes, change nothing")
     apply.add_argument("--prune", action="store_true", help="delete keys of the file's accounts it does not list")
     apply.set_defaults(func=cmd_keys_apply)
+    kong = actions.add_parser("import", help="import Kong consumers' key-auth credentials", parents=[after])
+    kong.add_argument("--from", dest="source", required=True, choices=["kong"], help="where the keys come from")
+    kong.add_argument("file", nargs="+", help="a decK file, or Admin API JSON (/consumers, /key-auths, /plugins)")
+    kong.add_argument("--dry-run", action="store_true", help="print the changes, change nothing")
+    kong.set_defaults(func=cmd_keys_import)
 
     tokens = commands.add_parser("tokens", help="manage admin tokens")
     _admin_options(tokens, None)
