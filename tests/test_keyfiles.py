@@ -45,8 +45,8 @@ def rows(tmp_path: Path, name: str) -> list[tuple[Any, ...]]:
         return db.execute("SELECT id, name, digest, sealed, ip_whitelist, enabled FROM keys ORDER BY id").fetchall()
 
 
-async def proxy_on(start_gateway: Any, upstream: Any, tmp_path: Path, database: str) -> Proxy:
-    running = await start_gateway(make_config(tmp_path, database, upstream={"url": upstream.url}))
+async def proxy_on(start_gateway: Any, upstream: Any, tmp_path: Path, database: str, **overrides: Any) -> Proxy:
+    running = await start_gateway(make_config(tmp_path, database, upstream={"url": upstream.url}, **overrides))
     port = running.gateway.proxy.port
     return Proxy(running, upstream, f"http://127.0.0.1:{port}", port)
 

@@ -26,6 +26,9 @@ _info:
 services:
   - name: billing
     url: http://billing.internal:8080
+    plugins:
+      - name: key-auth
+        config: {{key_names: [apikey], key_in_query: false}}
     routes:
       - name: billing-api
         paths: [/billing]
@@ -104,6 +107,7 @@ async def test_a_deck_file_imports_and_its_keys_work(start_gateway, upstream, tm
         "consumer alice: ip-restriction status: not kept",
         "plugin cors (plugins[0]): not consumer-scoped",
         "services: not imported",
+        'key-auth: clients send their keys in apikey: set auth.header to it and auth.scheme: ""',
     ):
         assert expected in notes, (expected, notes)
     assert CAROL not in done.stdout + notes and ALICE_1 not in done.stdout + notes  # secrets never printed
@@ -127,6 +131,13 @@ async def test_a_deck_file_imports_and_its_keys_work(start_gateway, upstream, tm
     assert bob_headers["RateLimit-Limit"] == "5"  # the top-level plugin naming bob
     status, body = await proxy.json("POST", WORKFLOW, key="1234567890abcdef1234567890abcdef")
     assert (status, body["reason"]) == (401, "invalid_key")  # dave: left out, not opened up
+
+    # as the note says: the header Kong's clients already send, with no scheme word
+    kong_like = await proxy_on(
+        start_gateway, upstream, tmp_path, f"sqlite:///{tmp_path}/a.db", auth={"header": "apikey", "scheme": ""}
+    )
+    status, _, _ = await kong_like.request("POST", WORKFLOW, headers={"apikey": ALICE_2})
+    assert status == 200
 
 
 def admin_api_pages() -> dict[str, Any]:

@@ -115,10 +115,42 @@ def from_deck(document: dict[str, Any], notes: list[str]) -> list[Consumer]:
             by_name[owner].plugins.append(plugin)
         else:
             notes.append(f"plugin {plugin_name} (plugins[{index}]): its consumer {owner!r} is not in the file")
+    _key_names(document, notes)
     for section in ("services", "routes", "upstreams", "certificates", "ca_certificates", "consumer_groups"):
         if document.get(section):
             notes.append(f"{section}: not imported (routes and upstreams are the gateway's own config)")
     return consumers
+
+
+def _key_auth_plugins(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The key-auth plugins of a decK file: top level, on services, on their routes, on routes."""
+    holders: list[Any] = [document]
+    for service in document.get("services") or []:
+        if isinstance(service, dict):
+            holders += [service, *(service.get("routes") or [])]
+    holders += document.get("routes") or []
+    return [
+        plugin
+        for holder in holders
+        if isinstance(holder, dict)
+        for plugin in holder.get("plugins") or []
+        if isinstance(plugin, dict) and plugin.get("name") == "key-auth"
+    ]
+
+
+def _key_names(document: dict[str, Any], notes: list[str]) -> None:
+    """Where Kong's clients send their keys: the gateway reads one header (auth.header)."""
+    names: set[str] = set()
+    for plugin in _key_auth_plugins(document):
+        raw_config = plugin.get("config")
+        config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
+        found = config.get("key_names") or ["apikey"]
+        names |= {str(name) for name in found} if isinstance(found, list) else set()
+        if config.get("key_in_query", True) is not False:
+            notes.append("key-auth: Kong also reads keys from the query string; the gateway reads a header only")
+    if names:
+        shown = ", ".join(sorted(names))
+        notes.append(f'key-auth: clients send their keys in {shown}: set auth.header to it and auth.scheme: ""')
 
 
 def _entities(page: Any, where: str) -> list[dict[str, Any]]:
