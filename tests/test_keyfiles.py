@@ -4,6 +4,7 @@ files, and the keys they move checked through a real proxy."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -85,6 +86,10 @@ async def test_export_then_apply_on_a_fresh_store_keeps_every_secret_working(
     again = cli("apply", "keys.yaml", "--config", config_for(tmp_path, "b"), cwd=tmp_path)
     assert again.stdout.strip() == "0 to add, 0 to change, 0 to delete, 3 unchanged"
     before = rows(tmp_path, "b")
+    as_json = cli("export", "--json", "--config", config_for(tmp_path, "a"), "-o", "keys.json", cwd=tmp_path)
+    assert as_json.returncode == 0 and json.loads((tmp_path / "keys.json").read_text())["keys"]
+    same = cli("apply", "keys.json", "--config", config_for(tmp_path, "b"), cwd=tmp_path)
+    assert same.stdout.strip() == "0 to add, 0 to change, 0 to delete, 3 unchanged"
 
     target = await proxy_on(start_gateway, upstream, tmp_path, f"sqlite:///{tmp_path}/b.db")
     orders, reports, paused = made

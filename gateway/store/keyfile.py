@@ -84,16 +84,49 @@ class _Loader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+# libyaml's parser when PyYAML has it: about 2.5 times faster. Its aliases are found afterwards,
+# as one list or mapping reached twice (_shared), before anything walks the tree.
+_FAST = getattr(yaml, "CSafeLoader", None)
+
+
+def _shared(document: Any) -> bool:
+    """Whether a list or mapping is reached twice (a YAML alias); iterative, so depth is no matter."""
+    seen: set[int] = set()
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict | list):
+            if id(node) in seen:
+                return True
+            seen.add(id(node))
+            stack.extend(node.values() if isinstance(node, dict) else node)
+    return False
+
+
 def load_document(data: bytes, source: str) -> Any:
-    """Parse YAML (or JSON, which is YAML) with the bounds above; any failure is a KeyFileError."""
+    """Parse JSON or YAML with the bounds above; any failure is a KeyFileError. JSON (a file
+    starting with `{`) is read by the json module: a hundred times faster than YAML, for large
+    DB-less files (`gateway keys export --json`)."""
     if len(data) > MAX_FILE_BYTES:
         raise KeyFileError(f"{source}: the file is {len(data)} bytes; at most {MAX_FILE_BYTES} are read")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise KeyFileError(f"{source}: not UTF-8 text (byte {err.start})") from None
     try:
-        return yaml.load(text, Loader=_Loader)
+        if text.lstrip().startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as err:
+                raise KeyFileError(
+                    f"{source}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+                ) from None
+        if _FAST is None:
+            return yaml.load(text, Loader=_Loader)
+        document = yaml.load(text, Loader=_FAST)
+        if _shared(document):
+            raise KeyFileError(f"{source}: not valid here: aliases (*name) are not accepted")
+        return document
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
