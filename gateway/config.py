@@ -59,6 +59,62 @@ class Upstream:
 
 
 @dataclass(frozen=True)
+class Target:
+    """One server of a named upstream."""
+
+    url: str
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Passive:
+    """Ejection after consecutive failures (connect refused or timed out, closed before an
+    answer, read timeout): `eject_for` seconds, doubling while it keeps failing, at most 300."""
+
+    failures: int = 3
+    eject_for: float = 10.0
+
+
+@dataclass(frozen=True)
+class Active:
+    """Probes: `GET path` every `interval` seconds; `unhealthy` failures in a row take the
+    target out, `healthy` successes (2xx or 3xx within `timeout`) bring it back."""
+
+    path: str = "/healthz"
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy: int = 2
+    unhealthy: int = 3
+
+
+@dataclass(frozen=True)
+class Health:
+    passive: Passive = field(default_factory=Passive)
+    active: Active | None = None  # off unless set
+
+
+@dataclass(frozen=True)
+class UpstreamGroup:
+    """One named upstream of `upstreams:`: weighted targets, how to choose, how to fail over."""
+
+    targets: tuple[Target, ...] = ()
+    balance: str = "round_robin"  # or least_requests
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    retries: int = 2  # other targets tried when nothing of the request was sent (see docs/upstreams.md)
+    verify_tls: bool = True
+    host: str = ""  # the Host every target gets; "": each target's own host[:port]
+    preserve_host: bool = False
+    max_idle_connections: int = 64  # per target
+    health: Health = field(default_factory=Health)
+
+
+BALANCES = ("round_robin", "least_requests")
+UPSTREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_EJECTION = 300.0
+
+
+@dataclass(frozen=True)
 class Auth:
     header: str = "Authorization"
     scheme: str = "Bearer"
@@ -146,6 +202,26 @@ class Config:
     forward_auth: ForwardAuth | None = None  # off unless set
     shutdown_timeout: float = 30.0
     secret_key: str = ""
+    # named upstreams, in the file's order: (name, upstream); `upstream:` is "default" unless named here
+    upstreams: tuple[tuple[str, UpstreamGroup], ...] = ()
+
+    @property
+    def upstream_groups(self) -> tuple[tuple[str, UpstreamGroup], ...]:
+        """Every upstream, "default" first: the named one, or the one `upstream:` describes."""
+        named = dict(self.upstreams)
+        default = named.pop("default", None)
+        if default is None:
+            one = self.upstream
+            default = UpstreamGroup(
+                targets=(Target(one.url),),
+                connect_timeout=one.connect_timeout,
+                read_timeout=one.read_timeout,
+                retries=0,
+                verify_tls=one.verify_tls,
+                preserve_host=one.preserve_host,
+                max_idle_connections=one.max_idle_connections,
+            )
+        return (("default", default), *named.items())
 
     @property
     def worker_count(self) -> int:
@@ -272,20 +348,81 @@ def _check_positive(value: float, path: str) -> None:
         raise RuleError(path, f"must be greater than 0, got {value}")
 
 
-def _validate(config: Config) -> None:
-    _check_port(config.listen.port, "listen.port")
-    _check_port(config.admin.port, "admin.port")
-    url = urlsplit(config.upstream.url)
+def _check_url(value: str, path: str) -> None:
+    url = urlsplit(value)
     if url.scheme not in ("http", "https") or not url.hostname:
-        raise RuleError("upstream.url", f"expected http://host:port or https://host, got {config.upstream.url!r}")
+        raise RuleError(path, f"expected http://host:port or https://host, got {value!r}")
     try:
         _ = url.port
     except ValueError:
-        raise RuleError("upstream.url", f"bad port in {config.upstream.url!r}") from None
+        raise RuleError(path, f"bad port in {value!r}") from None
     if url.path not in ("", "/") or url.query or url.fragment:
-        raise RuleError("upstream.url", "must not have a path, query or fragment")
+        raise RuleError(path, "must not have a path, query or fragment")
+
+
+def _parse_upstreams(raw: Any) -> tuple[tuple[str, UpstreamGroup], ...]:
+    """`upstreams:` is a mapping of names to upstreams; each is checked where it is written."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise RuleError("upstreams", "expected a mapping of names to upstreams")
+    groups = []
+    for name, body in raw.items():
+        where = f"upstreams.{name}"
+        if not isinstance(name, str) or not UPSTREAM_NAME.fullmatch(name):
+            raise RuleError(where, "a name is 1-64 letters, digits, _ and -")
+        group = _build(UpstreamGroup, body, where)
+        if not group.targets:
+            raise RuleError(f"{where}.targets", "at least one target is required")
+        for i, target in enumerate(group.targets):
+            _check_url(target.url, f"{where}.targets[{i}].url")
+            if not 1 <= target.weight <= 1000:
+                raise RuleError(f"{where}.targets[{i}].weight", f"must be 1-1000, got {target.weight}")
+        if len({target.url.rstrip("/") for target in group.targets}) != len(group.targets):
+            raise RuleError(f"{where}.targets", "a target is listed twice")
+        if group.balance not in BALANCES:
+            raise RuleError(f"{where}.balance", f"expected round_robin or least_requests, got {group.balance!r}")
+        for field_name in ("connect_timeout", "read_timeout"):
+            _check_positive(getattr(group, field_name), f"{where}.{field_name}")
+        if group.retries > 10:
+            raise RuleError(f"{where}.retries", f"must be 0-10, got {group.retries}")
+        if group.max_idle_connections < 0:
+            raise RuleError(f"{where}.max_idle_connections", "must be 0 or more")
+        if group.host and not re.fullmatch(r"[A-Za-z0-9.:\[\]_-]+", group.host):
+            raise RuleError(f"{where}.host", f"not a host name: {group.host!r}")
+        passive = group.health.passive
+        if passive.failures < 1:
+            raise RuleError(f"{where}.health.passive.failures", "must be at least 1")
+        if not 0 < passive.eject_for <= MAX_EJECTION:
+            raise RuleError(f"{where}.health.passive.eject_for", "must be more than 0 and at most 300 seconds")
+        active = group.health.active
+        if active is not None:
+            here = f"{where}.health.active"
+            if not active.path.startswith("/") or any(c in active.path for c in " \r\n#"):
+                raise RuleError(f"{here}.path", f"expected an origin-form path such as /healthz, got {active.path!r}")
+            for field_name in ("interval", "timeout"):
+                _check_positive(getattr(active, field_name), f"{here}.{field_name}")
+            for field_name in ("healthy", "unhealthy"):
+                if getattr(active, field_name) < 1:
+                    raise RuleError(f"{here}.{field_name}", "must be at least 1")
+        groups.append((name, group))
+    return tuple(groups)
+
+
+def _validate(config: Config, explicit_upstream: bool = False) -> None:
+    """`explicit_upstream`: GATEWAY_UPSTREAM is set (it names the default upstream's one URL)."""
+    _check_port(config.listen.port, "listen.port")
+    _check_port(config.admin.port, "admin.port")
+    _check_url(config.upstream.url, "upstream.url")
     for name in ("connect_timeout", "read_timeout"):
         _check_positive(getattr(config.upstream, name), f"upstream.{name}")
+    named = dict(config.upstreams)
+    if "default" in named and explicit_upstream:
+        raise RuleError("GATEWAY_UPSTREAM", "upstreams.default is configured: set one or the other, not both")
+    for i, rule in enumerate(config.routes.rules):
+        wanted = rule.upstream
+        if wanted is not None and wanted != "default" and wanted not in named:
+            raise RuleError(f"routes.rules[{i}].upstream", f"no upstream named {wanted!r} under upstreams")
     _check_positive(config.shutdown_timeout, "shutdown_timeout")
     _check_positive(config.limits.idle_timeout, "limits.idle_timeout")
     _check_positive(config.limits.header_timeout, "limits.header_timeout")
@@ -408,13 +545,15 @@ def parse_config(raw: Any, env: Mapping[str, str], base: Path | None = None) -> 
                 node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
             node[where[-1]] = env[var]
     raw_secret = raw.pop("secret_key", "")
+    upstreams = _parse_upstreams(raw.pop("upstreams", None))
+    explicit_upstream = "GATEWAY_UPSTREAM" in env
     config = _build(Config, raw, "")
-    config = dataclasses.replace(config, secret_key=str(raw_secret))
+    config = dataclasses.replace(config, secret_key=str(raw_secret), upstreams=upstreams)
     _check_secret(config.secret_key, _secret_source("GATEWAY_SECRET_KEY", "secret_key", env))
     _check_secret(config.admin.token, _secret_source("GATEWAY_ADMIN_TOKEN", "admin.token", env))
 
     config = _anchor(config, base or Path.cwd())
-    _validate(config)
+    _validate(config, explicit_upstream)
     compile_routes(config.routes)
     return config
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.admin.service import KeyService
 from gateway.core.errors import RuleError
-from gateway.core.record import CATEGORIES
+from gateway.core.record import CATEGORIES, iso_time
 from gateway.core.routes import RouteTable
 from gateway.core.tokens import PERMISSIONS, ROOT, Principal
 from gateway.store import STORE_ERRORS
@@ -314,6 +314,21 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+# What the proxy reports of its upstreams (proxy.shared.DataPath.upstream_status), set by the runtime.
+UPSTREAMS: web.AppKey[Callable[[], list[dict[str, Any]]]] = web.AppKey("upstreams")
+
+
+async def upstreams(request: web.Request) -> web.Response:
+    """Every upstream and its targets: weight, health, ejection, load (this process's view)."""
+    report = request.app.get(UPSTREAMS)
+    items = report() if report is not None else []
+    for item in items:
+        for target in item["targets"]:
+            until = target["ejected_until"]
+            target["ejected_until"] = None if until is None else iso_time(until)
+    return web.json_response({"items": items})
+
+
 async def console_index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(CONSOLE / "index.html")
 
@@ -517,6 +532,14 @@ ROUTE_TABLE: tuple[Route, ...] = (
     route("GET", "/api/v1/me", me, None, "The calling token: its id, account and permissions", {200: "Me"}),
     route("GET", "/api/v1/openapi.json", openapi, None, "This document", {200: "Document"}),
     route("GET", "/metrics", metrics, "metrics:read", "Prometheus metrics of every worker", {200: "Metrics"}),
+    route(
+        "GET",
+        "/api/v1/upstreams",
+        upstreams,
+        "metrics:read",
+        "Every upstream's targets: weight, healthy, ejected_until, active_requests, failures",
+        {200: None},
+    ),
 )
 ROUTE_PERMISSIONS = {(method, path): about.permission for method, path, _, about in ROUTE_TABLE}
 # The console: static files, no token, not part of the API (nor of its document).

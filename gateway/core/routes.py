@@ -31,6 +31,7 @@ class RouteRule:
     interface: str
     app_id: str | None = None
     methods: tuple[str, ...] | None = None
+    upstream: str | None = None  # the named upstream it goes to (config.upstreams); None: "default"
 
 
 @dataclass(frozen=True)

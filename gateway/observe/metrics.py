@@ -10,15 +10,22 @@ import bisect
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SNAPSHOT_MAX_AGE = 10.0  # a worker file older than this belongs to a worker that is gone
+# What each target of each upstream reports (proxy.balance.target.Target.counters), in order.
+UPSTREAM_FIELDS = ("upstream", "target", "requests", "failures", "ejections", "answers", "latency", "active", "up")
 
 
 class Metrics:
@@ -31,6 +38,8 @@ class Metrics:
         self.propagation_lag = 0.0
         self.keyring_size = 0
         self.access_log_dropped = 0
+        # the data path's per-target numbers, read when a snapshot is taken (set by proxy.shared)
+        self.upstream_counters: Callable[[], list[list[Any]]] | None = None
 
     def count(self, reason: str, status: int) -> None:
         key = (reason, status)
@@ -52,6 +61,7 @@ class Metrics:
             "propagation_lag": self.propagation_lag,
             "keyring_size": self.keyring_size,
             "access_log_dropped": self.access_log_dropped,
+            "upstreams": self.upstream_counters() if self.upstream_counters is not None else [],
         }
 
     def write_snapshot(self, directory: Path) -> None:
@@ -131,6 +141,57 @@ class _Collector:
         )
         dropped.add_metric([], sum(s["access_log_dropped"] for s in self.snapshots))
         yield dropped
+
+        yield from _upstream_families(self.snapshots)
+
+
+def _upstream_families(snapshots: list[dict[str, Any]]) -> Iterable[Any]:
+    """Per upstream and target: counters summed over the workers, `up` only if every worker
+    has the target in its rotation."""
+    merged: dict[tuple[str, str], list[Any]] = {}
+    for snap in snapshots:
+        for row in snap.get("upstreams", []):
+            values = dict(zip(UPSTREAM_FIELDS, row, strict=False))
+            where = (str(values["upstream"]), str(values["target"]))
+            seen = merged.get(where)
+            numbers = [values[name] for name in UPSTREAM_FIELDS[2:]]
+            if seen is None:
+                merged[where] = numbers
+            else:
+                merged[where] = [
+                    *(a + b for a, b in zip(seen[:-1], numbers[:-1], strict=True)),
+                    min(seen[-1], numbers[-1]),
+                ]
+    labels = ["upstream", "target"]
+    families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
+        "requests": CounterMetricFamily(
+            "gateway_upstream_requests", "Requests sent to each target (each try counts)", labels=labels
+        ),
+        "failures": CounterMetricFamily(
+            "gateway_upstream_failures",
+            "Connects refused or timed out, closes before an answer, read timeouts, per target",
+            labels=labels,
+        ),
+        "ejections": CounterMetricFamily(
+            "gateway_upstream_ejections", "Times each target was ejected after failures in a row", labels=labels
+        ),
+        "active": GaugeMetricFamily("gateway_upstream_active_requests", "Requests in flight per target", labels=labels),
+        "up": GaugeMetricFamily(
+            "gateway_upstream_target_up", "1 when the target is in the rotation (healthy, not ejected)", labels=labels
+        ),
+    }
+    latency = SummaryMetricFamily(
+        "gateway_upstream_target_latency_seconds",
+        "Time from sending a request to its answer's head, per target",
+        labels=labels,
+    )
+    for (upstream, target), numbers in sorted(merged.items()):
+        values = dict(zip(UPSTREAM_FIELDS[2:], numbers, strict=True))
+        for name, family in families.items():
+            family.add_metric([upstream, target], values[name])
+        latency.add_metric([upstream, target], count_value=values["answers"], sum_value=values["latency"])
+    yield from families.values()
+    yield latency
 
 
 def render(snapshots: list[dict[str, Any]], keys_per_account: dict[str, int]) -> bytes:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.core import decision as decide
-from gateway.proxy.seams import Client, RelayServices, Requester, UpstreamLink
+from gateway.proxy.seams import Chooser, Client, RelayServices, Requester, UpstreamLink, Upstreams
 from gateway.wire.request import upstream_head
 from gateway.wire.response import LAST_CHUNK, ResponsePlan, ResponseShape, chunk, plan_response
 
@@ -33,12 +33,16 @@ class Relay:
         "paused",
         "plan",
         "replay",
+        "retries",
         "reused",
         "seen",
         "sent_at",
         "services",
         "spoke",
+        "target",
+        "tried",
         "upstream",
+        "upstreams",
     )
 
     def __init__(self, exchange: Requester, client: Client, services: RelayServices, replay: bool) -> None:
@@ -55,45 +59,87 @@ class Relay:
         self.sent_at = 0.0
         self.plan: ResponsePlan | None = None
         self.head_only = exchange.head.method == b"HEAD"  # the answer has a head and no body
+        self.upstreams: Chooser | None = None  # the upstream the request goes to
+        self.target: Upstreams | None = None  # the target of the current try (its load counts it)
+        self.tried: list[Upstreams] | None = None  # targets tried before the current one
+        self.retries = 0  # other targets it may still try
 
     def start(self) -> None:
-        upstream = self.services.pool.take_idle()
+        upstreams = self.services.upstream_for(self.exchange.head)
+        self.upstreams = upstreams
+        target = upstreams.pick(None)
+        if target is None:  # every target is out: the least recently failed one, once
+            target = upstreams.fallback()
+        else:
+            self.retries = upstreams.retries
+        self.send_to(target)
+
+    def send_to(self, target: Upstreams) -> None:
+        self.target = target
+        target.active += 1
+        target.requests += 1
+        upstream = target.take_idle()
         if upstream is not None:
             self.reused = True
             self.attach(upstream)
         else:
-            self.connecting = asyncio.ensure_future(self._connect())
+            self.reused = False
+            self.connecting = asyncio.ensure_future(self._connect(target))
 
-    async def _connect(self) -> None:
-        server = self.services
+    def let_go(self) -> Upstreams | None:
+        """The current try is over: its target carries one request less."""
+        target, self.target = self.target, None
+        if target is not None:
+            target.active -= 1
+        return target
+
+    def retry(self, failed: Upstreams) -> bool:
+        """Try another target, if one is left and retries are: the caller has checked that
+        nothing of the request reached `failed`, or that it may be sent again."""
+        if self.retries <= 0 or self.upstreams is None:
+            return False
+        tried = self.tried
+        if tried is None:
+            tried = self.tried = [failed]
+        else:
+            tried.append(failed)
+        target = self.upstreams.pick(tried)
+        if target is None:
+            return False
+        self.retries -= 1
+        self.spoke = False
+        self.send_to(target)
+        return True
+
+    async def _connect(self, target: Upstreams) -> None:
         try:
-            upstream = await server.pool.connect()
-        except OSError as err:  # TimeoutError included
+            upstream = await target.connect()
+        except OSError as err:  # TimeoutError included: nothing of the request was written
             self.connecting = None
-            if not isinstance(err, TimeoutError):
-                server.upstream_failed(err)
-            self.exchange.refuse(
-                decide.UPSTREAM_TIMEOUT if isinstance(err, TimeoutError) else decide.UPSTREAM_UNAVAILABLE
-            )
+            timeout = isinstance(err, TimeoutError)
+            target.failed("connect timed out" if timeout else f"connect failed: {err.strerror or err}")
+            self.let_go()
+            if self.exchange.relaying(self) and not self.retry(target):
+                self.exchange.refuse(decide.UPSTREAM_TIMEOUT if timeout else decide.UPSTREAM_UNAVAILABLE)
             return
         self.connecting = None
         if not self.exchange.relaying(self):  # the client went away meanwhile
             upstream.finish(True)
             return
-        self.reused = False
         self.attach(upstream)
 
     def attach(self, upstream: UpstreamLink) -> None:
-        exchange, conn, server = self.exchange, self.client, self.services
+        exchange, conn, target = self.exchange, self.client, self.target
+        assert target is not None
         self.upstream = upstream
         upstream.relay = self
-        self.seen = server.clock.now
+        self.seen = self.services.clock.now
         self.sent_at = time.monotonic()
         head = exchange.head
         assert exchange.key is not None
         identity = exchange.key.identity_headers
         client = exchange.client.encode()
-        parts = [upstream_head(head, server.head_rules, conn.peer_trusted, conn.peer_bytes, client, identity)]
+        parts = [upstream_head(head, target.rules, conn.peer_trusted, conn.peer_bytes, client, identity)]
         held = exchange.body_sent(keep=self.replay)  # what arrived while deciding and connecting
         if held:
             parts.extend([chunk(piece) for piece in held] if head.chunked else held)
@@ -146,7 +192,14 @@ class Relay:
         """The answer's head goes to the client as `plan` says; its body follows, or comes with
         it as `body` when the whole answer is in hand (a known head: a Content-Length, no chunks)."""
         exchange = self.exchange
-        self.services.metrics.observe_upstream(time.monotonic() - self.sent_at)
+        seconds = time.monotonic() - self.sent_at
+        self.services.metrics.observe_upstream(seconds)
+        target = self.target
+        if target is not None:
+            target.answers += 1
+            target.latency += seconds
+            if target.failures:
+                target.recovered()
         self.plan = plan
         exchange.answering(status, plan.keep_alive)
         if body:
@@ -176,6 +229,7 @@ class Relay:
             if self.paused:
                 self.resume(upstream)
             upstream.finish(reusable and exchange.request_complete)
+        self.let_go()
         exchange.answered()
 
     def on_upstream_lost(self) -> None:
@@ -185,10 +239,23 @@ class Relay:
             return
         upstream.relay = None
         if not exchange.response_started:
-            if self.reused and self.replay and not self.spoke:
-                self.connecting = asyncio.ensure_future(self._connect())  # stale pooled connection: once more
-            else:
+            target = self.target
+            assert target is not None
+            if self.spoke:  # an answer began and broke off, or could not be read
+                self.let_go()
                 exchange.refuse(decide.UPSTREAM_UNAVAILABLE)
+            elif self.reused:  # a pooled connection the upstream had closed: no fault of the target's
+                if self.replay:
+                    self.reused = False
+                    self.connecting = asyncio.ensure_future(self._connect(target))  # once more, on a fresh one
+                else:
+                    self.let_go()
+                    exchange.refuse(decide.UPSTREAM_UNAVAILABLE)
+            else:  # a fresh connection closed before any answer byte: the target failed
+                target.failed("closed before answering")
+                self.let_go()
+                if not (self.replay and self.retry(target)):
+                    exchange.refuse(decide.UPSTREAM_UNAVAILABLE)
         elif self.plan is not None and self.plan.close_delimited:
             self.on_response_complete()
         else:
@@ -196,9 +263,13 @@ class Relay:
             self.client.abort()  # truncated: the client must see a broken response, not a short one
 
     def check_timeout(self, now: float) -> None:
-        if self.upstream is not None and now - self.seen > self.services.pool.read_timeout:
+        target = self.target
+        if self.upstream is not None and target is not None and now - self.seen > target.read_timeout:
             upstream, self.upstream = self.upstream, None
             upstream.abort()
+            if not self.spoke:
+                target.failed("read timed out")
+            self.let_go()
             self.exchange.refuse(decide.UPSTREAM_TIMEOUT)
 
     # flow control: the upstream's writes follow the client's reads, and back
@@ -228,3 +299,4 @@ class Relay:
         if upstream is not None:
             upstream.relay = None
             upstream.abort()
+        self.let_go()

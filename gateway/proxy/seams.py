@@ -121,12 +121,30 @@ class UpstreamLink(Protocol):
 
 
 class Upstreams(Protocol):
-    """Where a relay gets its upstream connection."""
+    """One target of an upstream, as a relay uses it: its connections, the head rules that
+    write its Host, its load and its passive health (proxy.balance.target.Target)."""
 
     read_timeout: float
+    rules: HeadRules
+    active: int  # requests in flight on it
+    requests: int
+    answers: int
+    latency: float
+    failures: int  # in a row, since its last answer
 
     def take_idle(self) -> UpstreamLink | None: ...
     async def connect(self) -> UpstreamLink: ...
+    def failed(self, why: str) -> None: ...
+    def recovered(self) -> None: ...
+
+
+class Chooser(Protocol):
+    """One named upstream: which target a request tries (proxy.balance.Balancer)."""
+
+    retries: int  # other targets a request may try when nothing of it was sent
+
+    def pick(self, tried: Sequence[object] | None) -> Upstreams | None: ...
+    def fallback(self) -> Upstreams: ...
 
 
 class Clock(Protocol):
@@ -141,14 +159,10 @@ class RelayServices(Protocol):
     """What a relay forwards with: one per process."""
 
     @property
-    def pool(self) -> Upstreams: ...
-    @property
-    def head_rules(self) -> HeadRules: ...
-    @property
     def clock(self) -> Clock: ...
     @property
     def metrics(self) -> Observer: ...
-    def upstream_failed(self, err: OSError) -> None: ...
+    def upstream_for(self, head: RequestHead) -> Chooser: ...
 
 
 class Requester(Protocol):

@@ -1,28 +1,30 @@
 """What every connection of the data path in one process shares: the keyring, the route
-table, the upstream pool, the rules for reading heads, metrics and the access log, and a
+table, the upstreams (proxy.balance), the rules for reading heads, metrics and the access log, and a
 coarse clock. The listener (`ProxyServer`) holds one, beside its socket and timer; exchanges
 and relays see it only through the Protocols of `proxy.seams` (it satisfies both).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
+from typing import Any
 
 from gateway.config import Config
 from gateway.core.decision import KeySnapshot
-from gateway.core.routes import RouteTable
+from gateway.core.routes import RouteTable, compile_routes
 from gateway.keyring.index import Keyring, Usage
 from gateway.keyring.limits import LocalLimiter, RedisLimiter, open_limiter
 from gateway.observe.accesslog import AccessLog, clip
 from gateway.observe.metrics import Metrics
+from gateway.proxy.balance import Balancer, Target, build_upstreams
 from gateway.proxy.outbox import Outbox
 from gateway.proxy.seams import Swept
-from gateway.proxy.upstream import UpstreamPool
 from gateway.wire.ambiguous import canonical
 from gateway.wire.forwarded import TrustedProxies
-from gateway.wire.request import HeadRules
+from gateway.wire.request import HeadRules, RequestHead
 
 log = logging.getLogger("gateway.proxy")
 RESERVED_FILES = 256  # descriptors kept for the admin port, upstream connections, the store and logs
@@ -58,13 +60,10 @@ class DataPath:
         self.metrics = metrics
         self.access = access
         self.draining = False
-        self._upstream_logged = -1e9
-        self._upstream_failures = 0
         self.keyring = keyring
         self.routes = routes
         self.usage = usage
         self.outbox = Outbox()  # every write of the data path leaves through it
-        self.pool = UpstreamPool(config.upstream, self.outbox, config.limits.max_upstream_head)
         asking = config.forward_auth.trusted if decide_only and config.forward_auth is not None else ()
         self.askers = TrustedProxies(asking)  # peers whose checks name the request they ask about
         self.trusted = TrustedProxies((*config.trusted_proxies, *asking))
@@ -74,10 +73,16 @@ class DataPath:
             config.plugins.header,
             strip_auth=config.auth.strip,
             preserve_host=config.upstream.preserve_host,
-            upstream_host=self.pool.host_header,
             scheme=b"https" if config.listen.tls else b"http",
             app_headers=frozenset(canonical(key.lower().encode()) for key in routes.app_keys),
         )
+        # the upstreams; each target writes heads with a copy of head_rules naming its Host
+        self.upstreams, self.checks = build_upstreams(config, self.outbox, self.head_rules, self)
+        self.default = self.upstreams["default"]
+        self.pool: Target = self.default.targets[0]  # the default's first target (tests and bench look in it)
+        self.chooser = upstream_chooser(config, self.upstreams)
+        if not decide_only:
+            metrics.upstream_counters = self.upstream_counters
         rates = config.rate_limits
         if limiter is None:
             limiter = open_limiter(rates.backend, rates.account_limits(), rates.key_defaults())
@@ -141,16 +146,45 @@ class DataPath:
         else:
             self.per_ip.pop(peer, None)
 
-    def upstream_failed(self, err: OSError) -> None:
-        """Log an upstream outage once per 10 s, with how many connects failed meanwhile."""
-        self._upstream_failures += 1
-        now = time.monotonic()
-        if now - self._upstream_logged >= 10.0:
-            log.warning(
-                "upstream %s unavailable: %s (%d failed connects)",
-                self.config.upstream.url,
-                err.strerror or err,
-                self._upstream_failures,
-            )
-            self._upstream_logged = now
-            self._upstream_failures = 0
+    def upstream_for(self, head: RequestHead) -> Balancer:
+        """The upstream a request goes to: its rule's `upstream`, else "default"."""
+        chooser = self.chooser
+        if chooser is None:  # no rule names an upstream
+            return self.default
+        table, marks = chooser
+        match = table.match(head.method.decode("latin-1"), head.path.decode("latin-1"))
+        if match is None or match.app_key is None:
+            return self.default
+        return marks.get(match.app_key, self.default)
+
+    def upstream_status(self) -> list[dict[str, Any]]:
+        """GET /api/v1/upstreams: every upstream and its targets, as this process sees them."""
+        return [balancer.status() for balancer in self.upstreams.values()]
+
+    def upstream_counters(self) -> list[list[object]]:
+        return [target.counters() for balancer in self.upstreams.values() for target in balancer.targets]
+
+    def close_upstreams(self) -> None:
+        """Close every target's idle connections (the listener closes the default's first)."""
+        for balancer in self.upstreams.values():
+            for target in balancer.targets:
+                target.close()
+
+
+def upstream_chooser(config: Config, upstreams: dict[str, Balancer]) -> tuple[RouteTable, dict[str, Balancer]] | None:
+    """Which upstream each route goes to, when a rule names one: a second route table with the
+    same rules (so the same rule wins for every request), each rule's app id replaced by a
+    mark naming its upstream (`header.x-upstream-<n>`; a route table keeps a rule's app key)."""
+    named = [rule.upstream for rule in config.routes.rules if rule.upstream not in (None, "default")]
+    if not named:
+        return None
+    names = list(dict.fromkeys(name for name in named if name is not None))
+    marks = {f"x-upstream-{i}": upstreams[name] for i, name in enumerate(names)}
+    rules = tuple(
+        dataclasses.replace(
+            rule,
+            app_id=None if rule.upstream in (None, "default") else f"header.x-upstream-{names.index(rule.upstream)}",
+        )
+        for rule in config.routes.rules
+    )
+    return compile_routes(dataclasses.replace(config.routes, rules=rules)), marks

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.api import build_admin_app
+from gateway.admin.api import UPSTREAMS, build_admin_app
 from gateway.admin.openapi import document
 from gateway.admin.service import KeyService
 from gateway.config import Config
@@ -130,6 +130,7 @@ class Gateway:
         if self.serve_admin:
             await self._bind("admin", self._start_admin())
         await self._bind("listen", self.proxy.start(reuse_port=self.reuse_port))
+        self.proxy.shared.checks.start()  # active health checks of the upstreams that ask for them
         if self.checks is not None:
             await self._bind("forward_auth.listen", self.checks.start(reuse_port=self.reuse_port), self.checks.listen)
         self.access.start()
@@ -161,6 +162,7 @@ class Gateway:
         app = build_admin_app(
             self.service, self.routes, self.token, self.config.admin.max_body, self.render_metrics, document()
         )
+        app[UPSTREAMS] = self.proxy.shared.upstream_status
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.admin.host, self.config.admin.port)
@@ -235,6 +237,8 @@ class Gateway:
         if self.checks is not None:
             await self.checks.stop(grace)
         await self.proxy.stop(grace)
+        await self.proxy.shared.checks.stop()
+        self.proxy.shared.close_upstreams()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
