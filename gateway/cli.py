@@ -29,6 +29,10 @@ def _load(path: str | None) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    if config.database.startswith("file://") and config.secret_key:
+        # DB-less: the file store is opened from its URL alone and finds the secret key in the
+        # environment (store/file.py); a key given in the config file reaches it (and workers) so
+        os.environ["GATEWAY_SECRET_KEY"] = config.secret_key
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from gateway.runtime.gateway import StartupError, serve
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from gateway.core.sealing import SecretBox
@@ -22,6 +23,12 @@ FIRST = "FirstSecretInTheFile0123456789ab"
 SECOND = "SecondSecretInTheFile0123456789a"
 SEALED_ID = "k_01m8v53gz9mm09g6htramgad78"
 SEALED_SECRET = "SealedSecretFromExport0123456789"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """Unused (the keys file is the store), but the in-process fixtures ask for one."""
+    return f"sqlite:///{tmp_path}/unused.db"
 
 
 def call(url: str, method: str, path: str, key: str | None = None, body: Any = None, token: str | None = None):
@@ -156,3 +163,31 @@ def test_a_bad_keys_file_at_start_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "keys[0]: key: not a secret the proxy accepts" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_secret_key_in_the_config_file_opens_sealed_entries(spawn, upstream_process, tmp_path: Path) -> None:
+    box = SecretBox(SECRET)
+    entry = {"id": SEALED_ID, "name": "Exported", "sealed": box.encrypt(SEALED_SECRET, SEALED_ID)}
+    (tmp_path / "keys.yaml").write_text(keys_document(entry))
+    config = f"upstream: {{url: {upstream_process}}}\nsecret_key: {SECRET}\n"
+    proc = spawn(config, env={"GATEWAY_DATABASE": f"file://{tmp_path}/keys.yaml"}, workers=2)
+    assert statuses(proc.proxy_url, SEALED_SECRET) == {200}
+
+
+async def test_usage_is_counted_in_memory(start_gateway, upstream, tmp_path: Path, monkeypatch) -> None:
+    from tests.conftest import Proxy, make_config
+
+    monkeypatch.setenv("GATEWAY_SECRET_KEY", SECRET)
+    (tmp_path / "keys.yaml").write_text(keys_document({"name": "First", "key": FIRST}))
+    database = f"file://{tmp_path}/keys.yaml"
+    running = await start_gateway(make_config(tmp_path, database, upstream={"url": upstream.url}))
+    port = running.gateway.proxy.port
+    proxy = Proxy(running, upstream, f"http://127.0.0.1:{port}", port)
+    for _ in range(3):
+        assert (await proxy.json("POST", WORKFLOW, key=FIRST))[0] == 200
+    await running.gateway.flush_usage()
+    _, page = await running.admin.call("GET", "/api/v1/keys")
+    (key,) = page["items"]
+    assert key["request_count"] == 3 and key["last_used_at"] is not None
+    status, body = await running.admin.call("PATCH", f"/api/v1/keys/{key['id']}", {"name": "x"})
+    assert (status, body["error"]["code"]) == (409, "read_only_store")

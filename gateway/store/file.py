@@ -42,12 +42,13 @@ def file_path(url: str) -> str:
 
 
 def secret_box() -> sealing.SecretBox | None:
-    """The secret key as the runtime finds it when it is not in the config file: the
-    environment (or the file it names), else the generated `data/secret.key` of a gateway
-    without a database file. `check_secret` then confirms it is the runtime's."""
+    """The secret key as the runtime finds it: the environment (or the file it names; `gateway
+    serve` puts a key from the config file there too), else the generated `data/secret.key` of
+    a gateway without a database file. `check_secret` then confirms it is the runtime's. (The
+    store is opened from its URL alone; a runtime that hands it the box sets `box` instead.)"""
     value = os.environ.get("GATEWAY_SECRET_KEY", "")
     named = os.environ.get("GATEWAY_SECRET_KEY_FILE")
-    if named:
+    if named and not value:
         try:
             value = Path(named).read_text().removesuffix("\n")
         except OSError:
