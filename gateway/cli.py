@@ -441,8 +441,8 @@ def _apply_document(args: argparse.Namespace, read: Any, action: str) -> int:
     import asyncio
 
     from gateway.core.routes import compile_routes
-    from gateway.store import KeyLimitReached
-    from gateway.store.apply import apply_plan
+    from gateway.store import KeyLimitReached, StoreUnavailable
+    from gateway.store.apply import apply_file
     from gateway.store.keyfile import KeyFileError, plan
     from gateway.store.sqlstore import SQLStore
 
@@ -459,10 +459,11 @@ def _apply_document(args: argparse.Namespace, read: Any, action: str) -> int:
         try:
             if not isinstance(store, SQLStore):
                 raise SystemExit(f"gateway: keys {action}: the database is a keys file (DB-less): edit that file")
-            steps = plan(keys_file, await _all_keys(store), box, prune=args.prune, prefix=config.keys.prefix)
-            if not args.dry_run:
-                await apply_plan(store, steps, config.limits.keys_per_account)
-            return steps
+
+            def make_plan(current: list[Any]) -> Any:
+                return plan(keys_file, current, box, prune=args.prune, prefix=config.keys.prefix)
+
+            return await apply_file(store, make_plan, config.limits.keys_per_account, args.dry_run)
         finally:
             await store.close()
 
@@ -472,6 +473,8 @@ def _apply_document(args: argparse.Namespace, read: Any, action: str) -> int:
         raise SystemExit(f"gateway: keys {action}: {err}; nothing changed") from None
     except KeyLimitReached as err:
         raise SystemExit(f"gateway: keys {action}: key_limit_reached: {err}; nothing changed") from None
+    except StoreUnavailable as err:
+        raise SystemExit(f"gateway: keys {action}: database: {err}; nothing changed") from None
     for line in steps.describe():
         print(line)
     if args.dry_run:

@@ -240,3 +240,17 @@ def test_the_key_limit_holds_for_the_whole_file(tmp_path: Path) -> None:
     result = cli("apply", "keys.yaml", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1 and "key_limit_reached" in result.stderr
     assert rows(tmp_path, "a") == []
+
+
+def test_a_refused_plan_changes_nothing(tmp_path: Path) -> None:
+    """Errors found while planning against the store (inside the write transaction) roll it back."""
+    config = config_for(tmp_path, "a")
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump({"keys": GOOD}))
+    assert cli("apply", "good.yaml", "--config", config, cwd=tmp_path).returncode == 0
+    before = rows(tmp_path, "a")
+    moved = [{"name": "New", "account": "zeta", "key": "AnotherSecret0123456789abcdefghi"}, {**GOOD[0], "account": "b"}]
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump({"keys": moved}))
+    result = cli("apply", "moved.yaml", "--config", config, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "keys[1]" in result.stderr and "account: 'acme' in the store" in result.stderr
+    assert rows(tmp_path, "a") == before
