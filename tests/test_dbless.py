@@ -191,3 +191,14 @@ async def test_usage_is_counted_in_memory(start_gateway, upstream, tmp_path: Pat
     assert key["request_count"] == 3 and key["last_used_at"] is not None
     status, body = await running.admin.call("PATCH", f"/api/v1/keys/{key['id']}", {"name": "x"})
     assert (status, body["error"]["code"]) == (409, "read_only_store")
+
+
+def test_the_config_takes_file_urls() -> None:
+    from gateway.config import parse_config
+    from gateway.core.errors import RuleError
+
+    assert parse_config({"database": "file:///etc/gateway/keys.yaml"}, {}).database == "file:///etc/gateway/keys.yaml"
+    for url, says in (("file:///", "file URL has no path"), ("file://keys.yaml", "file:///path/keys.yaml")):
+        with pytest.raises(RuleError) as err:
+            parse_config({"database": url}, {})
+        assert says in str(err.value)
