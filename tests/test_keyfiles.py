@@ -254,3 +254,35 @@ def test_a_refused_plan_changes_nothing(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "keys[1]" in result.stderr and "account: 'acme' in the store" in result.stderr
     assert rows(tmp_path, "a") == before
+
+
+def test_apply_on_postgresql(shared_postgres: str, tmp_path: Path) -> None:
+    """The same plan and transaction on PostgreSQL: add, change, prune, idempotence, rollback."""
+    import uuid
+
+    from tests.conftest import drop_schema
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    config = tmp_path / "pg.yaml"
+    config.write_text(f"database: {shared_postgres}?schema={schema}\nlimits: {{keys_per_account: 3}}\n")
+    try:
+        keys = [{**GOOD[0], "name": f"k{i}", "key": f"PgSecret{i}" + "y" * 23} for i in range(3)]
+        (tmp_path / "keys.yaml").write_text(yaml.safe_dump({"keys": keys}))
+        first = cli("apply", "keys.yaml", "--config", str(config), cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.strip().endswith("3 to add, 0 to change, 0 to delete, 0 unchanged")
+        keys[0]["name"] = "renamed"
+        (tmp_path / "keys.yaml").write_text(yaml.safe_dump({"keys": keys[:2]}))
+        second = cli("apply", "keys.yaml", "--config", str(config), "--prune", cwd=tmp_path)
+        assert second.stdout.strip().endswith("0 to add, 1 to change, 1 to delete, 1 unchanged"), second.stdout
+        again = cli("apply", "keys.yaml", "--config", str(config), "--prune", cwd=tmp_path)
+        assert again.stdout.strip() == "0 to add, 0 to change, 0 to delete, 2 unchanged"
+        over = [*keys[:2], *({**GOOD[0], "name": f"n{i}", "key": f"PgOver{i}" + "z" * 25} for i in range(2))]
+        (tmp_path / "over.yaml").write_text(yaml.safe_dump({"keys": over}))
+        refused = cli("apply", "over.yaml", "--config", str(config), cwd=tmp_path)
+        assert refused.returncode == 1 and "key_limit_reached" in refused.stderr
+        exported = cli("export", "--config", str(config), cwd=tmp_path)
+        names = sorted(entry["name"] for entry in yaml.safe_load(exported.stdout)["keys"])
+        assert names == ["k1", "renamed"]  # the refused file wrote nothing
+    finally:
+        drop_schema(schema)
