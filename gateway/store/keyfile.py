@@ -37,8 +37,18 @@ from gateway.core.record import (
 MAX_FILE_BYTES = 32 * 1024 * 1024  # 32 MiB: about 30 times a file of 100,000 keys' fields
 MAX_KEYS = 200_000
 # What the key object shows but a file cannot set: ignored when read (they change with use).
+# (`quota_used` and `quota_resets_at` are §7.5's, for exports made once quotas exist.)
 SHOWN_ONLY = frozenset(
-    {"key_masked", "created_at", "updated_at", "last_used_at", "request_count", "previous_expires_at"}
+    {
+        "key_masked",
+        "created_at",
+        "updated_at",
+        "last_used_at",
+        "request_count",
+        "previous_expires_at",
+        "quota_used",
+        "quota_resets_at",
+    }
 )
 SECRET_FIELDS = frozenset({"sealed", "key"})
 FINGERPRINT = b"gateway secret fingerprint"  # what the runtime hands `Store.check_secret`
@@ -332,7 +342,7 @@ def shown(name: str, value: Any) -> Any:
         return list(value)
     if name == "rate_limits":
         return [limit.to_json() for limit in value]
-    return value
+    return value.to_json() if hasattr(value, "to_json") else value
 
 
 @dataclass
@@ -420,8 +430,8 @@ def plan(
                 f"{entry.label}: account: {existing.account!r} in the store; a key cannot move to another account"
             )
         step = Step("change", key_id, entry.account, entry.fields["name"])
-        for name in COMPARED:
-            before, after = getattr(existing, name), entry.fields[name]
+        for name, after in entry.fields.items():  # COMPARED, and any editable field added later
+            before = getattr(existing, name, after)
             if before != after:
                 step.changes[name] = (shown(name, before), shown(name, after))
                 step.columns[name] = after
