@@ -426,14 +426,19 @@ def cmd_keys_export(args: argparse.Namespace) -> int:
     )
     # --json: the same file as JSON, which loads about a hundred times faster (large DB-less files)
     text = json.dumps({"keys": entries}, indent=1, ensure_ascii=False) + "\n" if args.json else dump(entries, header)
-    if args.output:
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _write_keys(text, args.output, len(entries))
+    return 0
+
+
+def _write_keys(text: str, output: str | None, count: int) -> None:
+    """A keys file to `output` (mode 0600: it holds sealed secrets), or to standard output."""
+    if output:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        print(f"{len(entries)} keys written to {args.output}", file=sys.stderr)
+        print(f"{count} keys written to {output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return 0
 
 
 def _apply_document(args: argparse.Namespace, read: Any, action: str) -> int:
@@ -453,6 +458,17 @@ def _apply_document(args: argparse.Namespace, read: Any, action: str) -> int:
         keys_file = read(box, config.limits.ips_per_key, accepts)
     except KeyFileError as err:
         raise SystemExit(f"gateway: keys {action}: {err}; nothing changed") from None
+    if getattr(args, "output", None):  # import --output: a keys file (for DB-less mode), no store
+        from gateway.store.keyfile import dump, export_entry, make_key
+
+        entries = []
+        for entry in keys_file.entries:
+            key = make_key(entry, entry.secret, box, entry.id)
+            entries.append(export_entry(key, box.encrypt(entry.secret, entry.id)))
+        _write_keys(
+            dump(entries, f"# gateway keys import --from kong: {len(entries)} keys\n"), args.output, len(entries)
+        )
+        return 0
 
     async def run() -> Any:
         store = await _open_store(config, box)
@@ -599,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     kong.add_argument("--from", dest="source", required=True, choices=["kong"], help="where the keys come from")
     kong.add_argument("file", nargs="+", help="a decK file, or Admin API JSON (/consumers, /key-auths, /plugins)")
     kong.add_argument("--dry-run", action="store_true", help="print the changes, change nothing")
+    kong.add_argument("--output", "-o", help="write a keys file (e.g. for DB-less mode) instead of the store")
     kong.set_defaults(func=cmd_keys_import)
 
     tokens = commands.add_parser("tokens", help="manage admin tokens")

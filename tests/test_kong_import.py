@@ -208,3 +208,20 @@ def test_json_deck_and_bad_input(tmp_path: Path) -> None:
     (tmp_path / "twice.yaml").write_text(yaml.safe_dump(twice))
     result = cli("import", "--from", "kong", "twice.yaml", "--config", config_for(tmp_path, "a"), cwd=tmp_path)
     assert result.returncode == 1 and "the same secret as keys[0] (keys[1] is Kong y)" in result.stderr
+
+
+def test_import_to_a_keys_file_for_db_less_mode(tmp_path: Path) -> None:
+    from gateway.core.sealing import SecretBox
+    from gateway.store.keyfile import parse_keys
+    from tests.conftest import SECRET
+
+    (tmp_path / "kong.yaml").write_text(DECK)
+    config = config_for(tmp_path, "a")
+    result = cli("import", "--from", "kong", "kong.yaml", "--config", config, "--output", "keys.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "a.db").exists()  # no store touched
+    text = (tmp_path / "keys.yaml").read_text()
+    assert oct((tmp_path / "keys.yaml").stat().st_mode & 0o777) == "0o600"
+    assert ALICE_1 not in text and BOB not in text  # sealed
+    served = parse_keys(text.encode(), SecretBox(SECRET), need_secrets=True)
+    assert {entry.secret for entry in served.entries} == {ALICE_1, ALICE_2, BOB}
