@@ -189,6 +189,9 @@ async def test_usage_is_counted_in_memory(start_gateway, upstream, tmp_path: Pat
     _, page = await running.admin.call("GET", "/api/v1/keys")
     (key,) = page["items"]
     assert key["request_count"] == 3 and key["last_used_at"] is not None
+    from gateway.core.record import iso_time
+
+    assert key["created_at"] == iso_time((tmp_path / "keys.yaml").stat().st_mtime)  # not the time of reading
     status, body = await running.admin.call("PATCH", f"/api/v1/keys/{key['id']}", {"name": "x"})
     assert (status, body["error"]["code"]) == (409, "read_only_store")
 

@@ -94,6 +94,8 @@ class FileStore:
         try:
             with open(self.path, "rb") as handle:
                 data = handle.read(64 * 1024 * 1024 + 1)
+                # entries without created_at show the file's time: the same in every worker and reload
+                stamp = iso_time(os.fstat(handle.fileno()).st_mtime)
         except OSError as err:
             raise KeyFileError(f"{self.path}: cannot read: {err.strerror}") from None
         parsed = parse_keys(data, self.box, source=self.path, ips_limit=MAX_IPS, need_secrets=True)
@@ -101,7 +103,7 @@ class FileStore:
         secrets: dict[str, str] = {}
         for entry in parsed.entries:
             assert entry.id is not None and entry.secret is not None
-            keys[entry.id] = make_key(entry, entry.secret, self.box, entry.id, iso_time(time.time()))
+            keys[entry.id] = make_key(entry, entry.secret, self.box, entry.id, stamp)
             secrets[entry.id] = entry.secret
         return keys, secrets
 
