@@ -413,7 +413,7 @@ def cmd_keys_export(args: argparse.Namespace) -> int:
             for key in await _all_keys(store, args.account):
                 sealed = await store.get_sealed(key.id)
                 if sealed is not None:
-                    entries.append(export_entry(key, sealed))
+                    entries.append(export_entry(key, sealed, usage=not args.no_usage))
             return entries
         finally:
             await store.close()
@@ -605,6 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--account", help="only this account's keys")
     export.add_argument("--output", "-o", help="file to write (mode 0600; default: standard output)")
+    export.add_argument(
+        "--no-usage", action="store_true", help="leave out last_used_at and request_count (a file kept in git)"
+    )
     export.set_defaults(func=cmd_keys_export)
     apply = actions.add_parser("apply", help="make the store match a keys file; prints the changes", parents=[after])
     apply.add_argument("file")

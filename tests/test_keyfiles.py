@@ -88,6 +88,8 @@ async def test_export_then_apply_on_a_fresh_store_keeps_every_secret_working(
     before = rows(tmp_path, "b")
     as_json = cli("export", "--json", "--config", config_for(tmp_path, "a"), "-o", "keys.json", cwd=tmp_path)
     assert as_json.returncode == 0 and json.loads((tmp_path / "keys.json").read_text())["keys"]
+    quiet = yaml.safe_load(cli("export", "--no-usage", "--config", config_for(tmp_path, "a"), cwd=tmp_path).stdout)
+    assert all("request_count" not in entry and "last_used_at" not in entry for entry in quiet["keys"])
     same = cli("apply", "keys.json", "--config", config_for(tmp_path, "b"), cwd=tmp_path)
     assert same.stdout.strip() == "0 to add, 0 to change, 0 to delete, 3 unchanged"
 

@@ -318,8 +318,16 @@ def make_key(entry: Entry, secret: str, box: sealing.SecretBox, key_id: str, now
 
 
 # writing
-def export_entry(key: Key, sealed: str) -> dict[str, Any]:
-    return {**key.to_json(), "sealed": sealed}
+USAGE_FIELDS = ("last_used_at", "request_count", "quota_used", "quota_resets_at")  # they change with traffic
+
+
+def export_entry(key: Key, sealed: str, usage: bool = True) -> dict[str, Any]:
+    """One key as the file holds it; without `usage`, the fields that change with traffic are
+    left out, so a file kept in git changes only when a key does."""
+    shown = key.to_json()
+    if not usage:
+        shown = {name: value for name, value in shown.items() if name not in USAGE_FIELDS}
+    return {**shown, "sealed": sealed}
 
 
 def dump(entries: Iterable[dict[str, Any]], header: str = "") -> str:
