@@ -499,11 +499,11 @@ def _apply_document(args: argparse.Namespace, read: Any, action: str) -> int:
 
 
 def cmd_keys_apply(args: argparse.Namespace) -> int:
-    from gateway.store.keyfile import KeyFileError, parse_keys
+    from gateway.store.keyfile import MAX_FILE_BYTES, KeyFileError, parse_keys
 
     try:
         with open(args.file, "rb") as handle:
-            data = handle.read(64 * 1024 * 1024)
+            data = handle.read(MAX_FILE_BYTES + 1)  # one byte more than allowed: enough to refuse it
     except OSError as err:
         raise SystemExit(f"gateway: keys apply: cannot read {args.file}: {err.strerror}") from None
 
@@ -516,14 +516,14 @@ def cmd_keys_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_import(args: argparse.Namespace) -> int:
-    from gateway.store.keyfile import KeyFileError, check_document, load_document
+    from gateway.store.keyfile import MAX_FILE_BYTES, KeyFileError, check_document, load_document
     from gateway.store.kong import KongError, read_kong
 
     documents = []
     for name in args.file:
         try:
             with open(name, "rb") as handle:
-                documents.append(load_document(handle.read(64 * 1024 * 1024 + 1), name))
+                documents.append(load_document(handle.read(MAX_FILE_BYTES + 1), name))
         except OSError as err:
             raise SystemExit(f"gateway: keys import: cannot read {name}: {err.strerror}") from None
         except KeyFileError as err:

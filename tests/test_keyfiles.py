@@ -175,7 +175,7 @@ def _hostile(name: str, tmp_path: Path) -> tuple[bytes, str]:
     entry = {"name": "Fine too", "account": "acme", "key": "GoodSecretNumberTwo0123456789abc"}
     same_id = "k_01m8v53gz9mm09g6htramgad78"
     cases: dict[str, tuple[Any, str]] = {
-        "huge": (b"keys:\n" + b"# padding\n" * (4 * 1024 * 1024), "at most 33554432 are read"),
+        "huge": (b"keys:\n" + b"# padding\n" * (4 * 1024 * 1024), "larger than 33554432 bytes (32 MiB)"),
         "deep": (b"keys: " + b"[" * 50_000 + b"]" * 50_000, "keys.yaml: "),
         "bad yaml": (b"keys:\n  - name: [unclosed\n", "not valid YAML at line"),
         "not utf-8": (b"keys:\n  - name: \xff\xfe\n", "not UTF-8"),

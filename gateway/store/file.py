@@ -27,7 +27,7 @@ from gateway.core.errors import RuleError
 from gateway.core.record import Key, iso_time
 from gateway.core.tokens import Token
 from gateway.store.base import Audit, Changes, StoreUnavailable
-from gateway.store.keyfile import FINGERPRINT, KeyFileError, make_key, parse_keys
+from gateway.store.keyfile import FINGERPRINT, MAX_FILE_BYTES, KeyFileError, make_key, parse_keys
 
 log = logging.getLogger("gateway.store.file")
 POLL_SECONDS = 0.25
@@ -93,7 +93,7 @@ class FileStore:
         assert self.box is not None
         try:
             with open(self.path, "rb") as handle:
-                data = handle.read(64 * 1024 * 1024 + 1)
+                data = handle.read(MAX_FILE_BYTES + 1)
                 # entries without created_at show the file's time: the same in every worker and reload
                 stamp = iso_time(os.fstat(handle.fileno()).st_mtime)
         except OSError as err:

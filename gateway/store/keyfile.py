@@ -118,7 +118,7 @@ def load_document(data: bytes, source: str) -> Any:
     starting with `{`) is read by the json module: a hundred times faster than YAML, for large
     DB-less files (`gateway keys export --json`)."""
     if len(data) > MAX_FILE_BYTES:
-        raise KeyFileError(f"{source}: the file is {len(data)} bytes; at most {MAX_FILE_BYTES} are read")
+        raise KeyFileError(f"{source}: larger than {MAX_FILE_BYTES} bytes (32 MiB), the most a keys file may hold")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
