@@ -59,19 +59,27 @@ class Relay:
         self.sent_at = 0.0
         self.plan: ResponsePlan | None = None
         self.head_only = exchange.head.method == b"HEAD"  # the answer has a head and no body
-        self.upstreams: Chooser | None = None  # the upstream the request goes to
-        self.target: Upstreams | None = None  # the target of the current try (its load counts it)
-        self.tried: list[Upstreams] | None = None  # targets tried before the current one
-        self.retries = 0  # other targets it may still try
+        # Set by start: `target`, the target of the current try (its load counts it, until
+        # let_go); `retries`, how many other targets it may still try; and when there is a
+        # choice, `upstreams` (the upstream it goes to) and `tried` (the targets tried before).
+        self.target: Upstreams | None
+        self.retries: int
+        self.upstreams: Chooser
+        self.tried: list[Upstreams] | None
 
     def start(self) -> None:
-        upstreams = self.services.upstream_for(self.exchange.head)
-        self.upstreams = upstreams
-        target = upstreams.pick(None)
-        if target is None:  # every target is out: the least recently failed one, once
-            target = upstreams.fallback()
+        target = self.services.single  # one upstream of one target: nothing to choose
+        if target is None:
+            upstreams = self.upstreams = self.services.upstream_for(self.exchange.head)
+            self.tried = None
+            target = upstreams.pick(None)
+            if target is None:  # every target is out: the least recently failed one, once
+                target = upstreams.fallback()
+                self.retries = 0
+            else:
+                self.retries = upstreams.retries
         else:
-            self.retries = upstreams.retries
+            self.retries = 0
         self.send_to(target)
 
     def send_to(self, target: Upstreams) -> None:
@@ -96,7 +104,7 @@ class Relay:
     def retry(self, failed: Upstreams) -> bool:
         """Try another target, if one is left and retries are: the caller has checked that
         nothing of the request reached `failed`, or that it may be sent again."""
-        if self.retries <= 0 or self.upstreams is None:
+        if self.retries <= 0:
             return False
         tried = self.tried
         if tried is None:
@@ -229,7 +237,10 @@ class Relay:
             if self.paused:
                 self.resume(upstream)
             upstream.finish(reusable and exchange.request_complete)
-        self.let_go()
+        target = self.target
+        if target is not None:  # (let_go, inline: every answer passes here)
+            self.target = None
+            target.active -= 1
         exchange.answered()
 
     def on_upstream_lost(self) -> None:

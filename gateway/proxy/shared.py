@@ -81,6 +81,8 @@ class DataPath:
         self.default = self.upstreams["default"]
         self.pool: Target = self.default.targets[0]  # the default's first target (tests and bench look in it)
         self.chooser = upstream_chooser(config, self.upstreams)
+        # the relay's shortcut: one upstream of one target, no rule choosing (one request, one target)
+        self.single: Target | None = self.pool if self.chooser is None and len(self.default.targets) == 1 else None
         if not decide_only:
             metrics.upstream_counters = self.upstream_counters
         rates = config.rate_limits
