@@ -205,3 +205,36 @@ def test_the_config_takes_file_urls() -> None:
         with pytest.raises(RuleError) as err:
             parse_config({"database": url}, {})
         assert says in str(err.value)
+
+
+async def test_inotify_wakes_the_store_before_the_poll(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.store.file import POLL_SECONDS, FileStore
+
+    (tmp_path / "live").mkdir()
+    (tmp_path / "staging").mkdir()
+    path = tmp_path / "live" / "keys.yaml"
+    path.write_text(keys_document({"name": "First", "key": FIRST}))
+    store = FileStore(str(path), SecretBox(SECRET))
+    await store.open()
+    try:
+        assert store._watch is not None  # Linux: the folder is watched
+        assert await store.wait_for_change() == "none"
+        (tmp_path / "staging" / "next.yaml").write_text(keys_document({"name": "Second", "key": SECOND}))
+
+        async def replace_soon() -> None:
+            await asyncio.sleep(0.01)
+            os.replace(tmp_path / "staging" / "next.yaml", path)
+
+        started = time.monotonic()
+        replacing = asyncio.create_task(replace_soon())
+        assert await store.wait_for_change() == "resync"
+        took = time.monotonic() - started
+        await replacing
+        assert [key.name for key in await store.list_keys(None, None, 10)] == ["Second"]
+        print(f"inotify: replacement read {took:.3f} s after the wait began (polling: up to {POLL_SECONDS} s)")
+        assert took < POLL_SECONDS
+    finally:
+        await store.close()
+    assert store._watch is None
