@@ -27,8 +27,8 @@ class RoundRobin:
         best = -1
         total = 0
         for i, target in enumerate(self.targets):
-            if not target.available(now) or (tried is not None and target in tried):
-                continue
+            if not target.healthy or now < target.ejected_until or (tried is not None and target in tried):
+                continue  # (Target.available, inline)
             if load is not None and target.active * LOAD_SCALE // target.weight != load:
                 continue
             current[i] += target.weight
