@@ -27,8 +27,9 @@ from tests.conftest import Running, free_port, wait_for_port
 from tests.rawhttp import RawClient
 
 # An upstream process: `python -c SERVER port log name mode`. Modes: `ok` answers 200 with
-# `name|Host`; `reset` reads each request in full, logs it as read (not executed) and resets
-# the connection (SO_LINGER 0). `GET /healthz` answers 503 while the file `log + ".down"` exists.
+# `name|Host` (`slow`: 50 ms after executing); `reset` reads each request in full, logs it as
+# read (not executed) and resets the connection (SO_LINGER 0). `GET /healthz` answers 503
+# while the file `log + ".down"` exists.
 SERVER = r"""
 import asyncio, os, socket, struct, sys
 port, log_path, name, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
@@ -61,6 +62,8 @@ async def handle(reader, writer):
                 return
             else:
                 os.write(log, b"done %s %s\n" % (method, target))
+                if mode == "slow":  # executed, then a while before the answer
+                    await asyncio.sleep(0.05)
                 status, body = b"200 OK", name.encode() + b"|" + host
             head = b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (status, len(body))
             writer.write(head + body)
@@ -227,6 +230,38 @@ async def test_a_target_killed_mid_stream_costs_no_get_and_runs_no_post_twice(se
     status = await gw.upstreams()
     killed = next(t for t in status["default"]["targets"] if t["url"] == three[1].url)
     assert killed["ejected_until"] is not None and killed["healthy"] is True
+
+
+async def test_a_target_killed_with_requests_in_flight(servers: Any, gateway: Any) -> None:
+    """Killed while it holds requests: the GETs it never answered go elsewhere, the POSTs it
+    may have run are 502s, and no POST runs twice."""
+    three = [servers("sa", "slow"), servers("sb", "slow"), servers("sc", "slow")]
+    gw = await gateway(upstreams={"default": group(*three)})
+    results: dict[str, int] = {}
+
+    async def client(worker: int) -> None:
+        for i in range(20):
+            method = "POST" if (worker + i) % 2 else "GET"
+            path = f"/f/{worker}-{i}"
+            results[f"{method} {path}"] = (await gw.call(method, path, b"{}" if method == "POST" else None))[0]
+
+    async def killer() -> None:
+        await asyncio.sleep(0.4)
+        three[0].kill()
+
+    await asyncio.gather(killer(), *(client(w) for w in range(12)))
+    gets = Counter(status for request, status in results.items() if request.startswith("GET"))
+    posts = Counter(status for request, status in results.items() if request.startswith("POST"))
+    assert gets == {200: 120}, gets
+    assert set(posts) <= {200, 502} and posts[502] >= 1, posts  # POSTs it held when it died
+    runs = executed(three, "POST")
+    assert max(runs.values()) == 1
+    for request, status in results.items():
+        method, path = request.split(" ")
+        if method == "POST" and status == 200:
+            assert runs[path] == 1
+    gets_run = executed(three, "GET")
+    assert set(gets_run) == {r.split(" ")[1] for r in results if r.startswith("GET")}
 
 
 async def test_a_target_resetting_after_reading_gets_gets_retried_and_posts_refused(servers: Any, gateway: Any) -> None:
