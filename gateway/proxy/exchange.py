@@ -22,7 +22,7 @@ from gateway.proxy.relay import UPSTREAM_FULL, Relay
 from gateway.proxy.seams import Client, ExchangeServices
 from gateway.wire.ambiguous import IDEMPOTENT
 from gateway.wire.refusals import CONTINUE, deny_response
-from gateway.wire.request import UNKNOWN, RequestHead, Unknown
+from gateway.wire.request import RequestHead
 from gateway.wire.verdict import judge_body, judge_head
 
 # Reasons to stop reading from a client; reading resumes when none is left.
@@ -115,13 +115,12 @@ class Exchange:
         self.now = time.time()
         if not head.ambiguous:
             shape = head.shape  # the requests of one shape share their route (see wire.request.RequestShape)
-            known = shape.route if shape is not None else UNKNOWN
-            if isinstance(known, Unknown):
+            if shape is not None and shape.route_known:
+                route = shape.route
+            else:
                 route = server.routes.match(head.method.decode("latin-1"), head.path.decode("latin-1"))
                 if shape is not None:
-                    shape.route = route
-            else:
-                route = known
+                    shape.route, shape.route_known = route, True
             self.route = route
         self.key = server.keyring.lookup(head.presented) if head.presented else None
         ip = conn.peer_ip
@@ -155,10 +154,15 @@ class Exchange:
     # rate limits, checked last so that a refused request consumes nothing
     def admit(self) -> None:
         assert self.key is not None
-        self.admitted(self.services.limiter.admit(self.key, self.now))
+        answer = self.services.limiter.admit(self.key, self.now)
+        if answer.__class__ is bytes:  # allowed: the common case, without a call
+            self.head_ending = answer
+            self.forward()
+        else:
+            self.admitted(answer)
 
     def admitted(self, answer: Admission) -> None:
-        if isinstance(answer, bytes):  # allowed (the common case first)
+        if isinstance(answer, bytes):
             self.head_ending = answer
             self.forward()
         elif isinstance(answer, Refused):
@@ -221,7 +225,9 @@ class Exchange:
             self.conn.write(CONTINUE)
         # sent again only when repeating it is harmless and the whole body is in hand
         replay = head.method in IDEMPOTENT and (not head.has_body or self.inspected)
-        self._enter(FORWARDING)
+        if FORWARDING not in PHASES[self.state]:  # (`_enter`, written out on the hot path)
+            raise PhaseError(f"{self.state} -> {FORWARDING}")
+        self.state = FORWARDING
         self.relay = Relay(self, self.conn, self.services.relays, replay)
         self.relay.start()
 
@@ -254,7 +260,9 @@ class Exchange:
 
     def answering(self, status: int, keep_alive: bool) -> None:
         """The upstream's answer begins; after it the connection stays open only if `keep_alive`."""
-        self._enter(STREAMING)
+        if STREAMING not in PHASES[self.state]:  # (`_enter`, written out on the hot path)
+            raise PhaseError(f"{self.state} -> {STREAMING}")
+        self.state = STREAMING
         self.response_started = True
         self.status = status
         self.keep_alive = keep_alive
@@ -266,7 +274,9 @@ class Exchange:
         """The relay delivered the upstream's answer in full."""
         self.response_complete = True
         self.relay = None
-        self._enter(ANSWERED)
+        if ANSWERED not in PHASES[self.state]:  # (`_enter`, written out on the hot path)
+            raise PhaseError(f"{self.state} -> {ANSWERED}")
+        self.state = ANSWERED
         self.record(self.status, "allowed")
         self.conn.finished(self)
 

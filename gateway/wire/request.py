@@ -385,13 +385,6 @@ def framing_of(head: RequestHead) -> bytes:
 LEARN_EVERY = 8  # a peer whose messages never repeat their shape pays for learning on one miss in 8
 
 
-class Unknown:
-    """Not looked up yet (a memo whose answer may be None)."""
-
-
-UNKNOWN = Unknown()
-
-
 def whole_head(data: bytes, limit: int, body: int) -> bytes | None:
     """The head `data` starts with (through its blank line) when it is at most `limit` bytes,
     `body` bytes follow it to the end of `data`, and every line ends in CRLF: a bare LF could end
@@ -429,6 +422,7 @@ class RequestShape:
         "key_start",
         "length_header",
         "route",
+        "route_known",
         "second",
         "second_at",
         "third",
@@ -450,7 +444,8 @@ class RequestShape:
         self.head = head.copy(head.headers, head.presented)
         self.head.shape = self
         # memos the requests of this shape share: they depend only on the fixed bytes
-        self.route: RouteMatch | Unknown | None = UNKNOWN  # the route of its method and path
+        self.route: RouteMatch | None = None  # the route of its method and path, once `route_known`
+        self.route_known = False
         # (peer, client IP, trusted, upstream Host) -> the upstream head without identity and framing
         self.upstream: tuple[tuple[bytes, bytes, bool, bytes], bytes, int | None, bytes] | None = None
         self.key_header = key_header
