@@ -84,6 +84,14 @@ def raise_open_file_limit() -> None:
             log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, err)
 
 
+def upstreams_summary(config: Config) -> str:
+    """The start line's account of the upstreams: the one URL, or each upstream's targets."""
+    groups = config.upstream_groups
+    if len(groups) == 1 and len(groups[0][1].targets) == 1:
+        return groups[0][1].targets[0].url
+    return "; ".join(f"{name}: {', '.join(target.url for target in group.targets)}" for name, group in groups)
+
+
 class Gateway:
     """Owns the store, keyring and servers of one process."""
 
@@ -142,7 +150,7 @@ class Gateway:
             "proxy on %s:%d -> %s; admin API on http://%s:%d (%d keys loaded)",
             self.config.listen.host,
             self.proxy.port,
-            self.config.upstream.url,
+            upstreams_summary(self.config),
             self.config.admin.host,
             self.admin_port,
             len(self.keyring),
