@@ -42,6 +42,42 @@ def connection_budget() -> int:
 class DataPath:
     """The data path's state in one process; client connections hold it as `server`."""
 
+    # slots: more than 30 instance attributes would cost every read its specialised lookup
+    __slots__ = (
+        "_limit_logged",
+        "access",
+        "askers",
+        "auth_scheme",
+        "checks",
+        "chooser",
+        "clock",
+        "config",
+        "connections",
+        "decide_only",
+        "default",
+        "draining",
+        "head_rules",
+        "keyring",
+        "limiter",
+        "limits",
+        "limits_fail_open",
+        "max_connections",
+        "max_inspect",
+        "metrics",
+        "now",
+        "outbox",
+        "per_ip",
+        "pool",
+        "refused_connections",
+        "relays",
+        "routes",
+        "single",
+        "trusted",
+        "unknown_allowed",
+        "upstreams",
+        "usage",
+    )
+
     def __init__(
         self,
         config: Config,
