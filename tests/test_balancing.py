@@ -11,6 +11,7 @@ import pytest
 
 from gateway.config import parse_config
 from gateway.core.errors import RuleError
+from gateway.observe.metrics import Metrics, render
 from gateway.proxy.balance import Balancer, build_upstreams
 from gateway.proxy.balance.target import Target
 from gateway.proxy.outbox import Outbox
@@ -183,3 +184,24 @@ def test_upstreams_default_and_gateway_upstream_are_one_or_the_other() -> None:
     with pytest.raises(RuleError) as caught:
         parse_config(raw, {"GATEWAY_UPSTREAM": "http://10.0.0.8"})
     assert caught.value.field == "GATEWAY_UPSTREAM"
+
+
+def test_target_metrics_are_summed_over_workers_and_up_only_if_up_in_each() -> None:
+    balancers, clock = upstreams(group(1, 1))
+    first, second = balancers["orders"].targets
+    first.requests, first.answers, first.latency = 3, 2, 0.5
+    for _ in range(3):
+        second.failed("connect failed")
+    worker = Metrics(0)
+    worker.upstream_counters = lambda: [t.counters() for b in balancers.values() for t in b.targets]
+    one = worker.snapshot()
+    first.ejected_until = clock.now + 5  # out in the second worker only
+    other = dict(worker.snapshot(), worker=1)
+    text = render([one, other], {}).decode()
+    where = f'target="{first.url}",upstream="orders"'
+    assert f"gateway_upstream_requests_total{{{where}}} 6.0" in text
+    assert f"gateway_upstream_target_latency_seconds_count{{{where}}} 4.0" in text
+    assert f"gateway_upstream_target_latency_seconds_sum{{{where}}} 1.0" in text
+    assert f"gateway_upstream_target_up{{{where}}} 0.0" in text
+    assert f'gateway_upstream_ejections_total{{target="{second.url}",upstream="orders"}} 2.0' in text
+    assert f'gateway_upstream_failures_total{{target="{second.url}",upstream="orders"}} 6.0' in text
