@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.certs import make_cert
 from tests.conftest import Running, free_port, wait_for_port
 from tests.rawhttp import RawClient
 
@@ -401,3 +403,32 @@ async def test_rules_choose_their_upstream_and_metrics_and_the_api_show_each(ser
 def test_the_server_script_is_plain_python() -> None:
     compile(SERVER, "SERVER", "exec")
     assert os.path.basename(sys.executable)
+
+
+async def test_tls_verification_is_per_upstream(tmp_path: Path, gateway: Any) -> None:
+    cert, key = make_cert(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntls")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    routes = {
+        "unknown": "allow",
+        "rules": [
+            {"path": "/strict/**", "interface": "crm.{rest}", "upstream": "strict"},
+            {"path": "/lax/**", "interface": "crm.{rest}", "upstream": "lax"},
+        ],
+    }
+    try:
+        gw = await gateway(routes=routes, upstreams={"strict": group(url), "lax": group(url, verify_tls=False)})
+        assert await gw.call("GET", "/lax/a") == (200, "tls")
+        status, body = await gw.call("GET", "/strict/a")  # a self-signed certificate: not trusted
+        assert status == 502 and "upstream_unavailable" in body
+    finally:
+        server.close()
