@@ -7,7 +7,13 @@ and the upstream side (`seams.RelayServices`). It takes an idle pooled connectio
 one, writes the upstream head and whatever body is in hand, and then receives the
 `UpstreamConnection`'s callbacks. It reports back through three calls: `exchange.answered()`
 (the answer went out in full), `exchange.refuse(deny)` (no answer came) and
-`exchange.record()`. A request is sent a second time only when `replay` allows it.
+`exchange.record()`.
+
+Which target: the upstream of the request's route (`services.upstream_for`) picks one per try
+(proxy.balance). A request goes to another target only when nothing of it can have been run
+twice: its connect failed (nothing was written: any method), or, when `replay` allows it
+(idempotent, body whole in hand), a fresh connection closed before any answer byte. A pooled
+connection found closed is replaced by a fresh one to the same target, under `replay` only.
 """
 
 from __future__ import annotations
