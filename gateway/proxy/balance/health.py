@@ -72,6 +72,7 @@ class ActiveChecks:
                     )
             else:
                 passed, failed = 0, failed + 1
+                target.last_failure = target.clock.now  # (the last resort is the least recently failed)
                 if target.healthy and failed >= active.unhealthy:
                     target.healthy = False
                     log.warning(
