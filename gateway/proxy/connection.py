@@ -150,10 +150,12 @@ class ClientConnection(asyncio.Protocol):
         shapes.chunk = None
         if not self.in_head and self.parsing is None and not self.last_request:  # the first bytes after a request
             if self.current is None and not self.asker:  # between requests: may be one whole request
-                head = shapes.whole(data)
-                if head is not None:  # the same request as before but for its key and body: no parser
-                    self.take(head, data)
+                shape = shapes.shape
+                found = shape.read(data) if shape is not None else None
+                if found is not None:  # the same request as before but for its key and body: no parser
+                    self.take(shape.with_key(*found), data)  # type: ignore[union-attr]
                     return
+                shapes.missed(data)
             self.in_head = True  # blank lines before a head count against its timeout
             self.head_started = now
             self.head_bytes = 0

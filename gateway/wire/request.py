@@ -530,8 +530,9 @@ def request_shape(data: bytes, head: RequestHead, rules: HeadRules) -> RequestSh
 
 class RequestShapes:
     """One client connection's learnt request shape (mirrors wire.response.ResponseShapes):
-    `whole` reads a read that is one whole request of the shape without the parser; `offer`
-    and `learn` let the parser's reading of a read teach the shape, on one miss in LEARN_EVERY."""
+    a read that `shape.read` accepts is one whole request of it, read without the parser;
+    `missed` and `learn` let the parser's reading of a read teach the shape, on one miss in
+    LEARN_EVERY. (The connection calls `shape.read` itself: one call less per request.)"""
 
     __slots__ = ("chunk", "misses", "shape")
 
@@ -540,17 +541,11 @@ class RequestShapes:
         self.chunk: bytes | None = None  # the read being parsed, when it began between requests
         self.misses = 0
 
-    def whole(self, data: bytes) -> RequestHead | None:
-        """The head of `data` when it is one whole request of the shape (its body follows it)."""
-        shape = self.shape
-        if shape is not None:
-            found = shape.read(data)
-            if found is not None:
-                return shape.with_key(*found)
+    def missed(self, data: bytes) -> None:
+        """`data`, read between requests, was not of the shape: the parser reads it."""
         self.misses += 1
         if self.misses % LEARN_EVERY == 1:
             self.chunk = data  # the parser's reading of it may teach the shape
-        return None
 
     def learn(self, head: RequestHead, rules: HeadRules) -> None:
         """The parser read `head` (a real key's request) as the whole of the offered read."""
