@@ -555,10 +555,6 @@ async def test_an_unknown_expectation_is_no_plain_text_417(
     assert error_of(answer)[:2] == (status, code)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/ratelimit.py parse_limits looks `per` up in a dict: an unhashable value is a TypeError (500)",
-)
 @pytest.mark.parametrize("per", [[], {}, [["day"]]])
 async def test_a_rate_limit_window_that_is_not_a_string(target: Target, per: Any) -> None:
     for method, path in (("POST", "/api/v1/keys"), ("PATCH", target.path("/api/v1/keys/{id}"))):

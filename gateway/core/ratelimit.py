@@ -58,7 +58,7 @@ def parse_limits(value: Any, field: str = "rate_limits") -> tuple[Limit, ...]:
         requests, per = item["requests"], item["per"]
         if isinstance(requests, bool) or not isinstance(requests, int) or not 1 <= requests <= MAX_REQUESTS:
             raise RuleError(where, f"{where}.requests must be a whole number from 1 to {MAX_REQUESTS}")
-        if per not in WINDOWS:
+        if not isinstance(per, str) or per not in WINDOWS:  # (a list or object is not hashable)
             raise RuleError(where, f"{where}.per must be one of {', '.join(WINDOWS)}")
         if any(limit.per == per for limit in limits):
             raise RuleError(where, f"{where}: one limit per window; {per} is given twice")
