@@ -9,14 +9,14 @@ APT := DEBIAN_FRONTEND=noninteractive apt-get
 .PHONY: run test test-deps lint format bench fuzz clean clean-data
 
 # `make run` installs what running needs; `make test` adds the test tools to the same venv.
-$(VENV)/.run: pyproject.toml
+$(VENV)/.run: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[postgres]'
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[postgres]'
 	touch $@
 
-$(VENV)/.test: pyproject.toml $(VENV)/.run
-	$(BIN)/pip install --quiet -e '.[test,postgres]'
+$(VENV)/.test: pyproject.toml requirements.lock $(VENV)/.run
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[test,postgres]'
 	touch $@
 
 run: $(VENV)/.run
@@ -37,6 +37,9 @@ test-deps:
 	@if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && ! command -v redis-server >/dev/null; then \
 		echo "installing Debian's redis-server for a throwaway test server ..."; \
 		$(APT) update -qq && $(APT) install -y -qq redis-server >/dev/null; fi
+	@if [ ! -x /usr/sbin/nginx ]; then \
+		echo "installing Debian's nginx (forward authorization through auth_request) ..."; \
+		$(APT) update -qq && $(APT) install -y -qq nginx >/dev/null; fi
 
 # axe-core (npm) for the console's accessibility check: the test injects it into the page.
 AXE := .cache/axe/node_modules/axe-core/axe.min.js
@@ -44,16 +47,15 @@ $(AXE):
 	@command -v npm >/dev/null || { $(APT) update -qq && $(APT) install -y -qq npm >/dev/null; }
 	npm install --silent --no-audit --no-fund --prefix .cache/axe axe-core@4.14.1
 
-test: $(VENV)/.test test-deps $(AXE)
-	$(BIN)/ruff check gateway tests examples bench
-	$(BIN)/ruff format --check gateway tests examples bench
-	$(BIN)/lint-imports
+test: lint test-deps $(AXE)
 	$(BIN)/python -m pytest -q
 
+# ruff, the import contracts, and mypy (strict on core, wire, proxy and keyring: pyproject.toml)
 lint: $(VENV)/.test
 	$(BIN)/ruff check gateway tests examples bench
 	$(BIN)/ruff format --check gateway tests examples bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 format: $(VENV)/.test
 	$(BIN)/ruff check --fix gateway tests examples bench
