@@ -1,4 +1,14 @@
-"""Shared fixtures: a real gateway on real ports with a real SQLite file."""
+"""Shared fixtures: a real gateway on real ports with a real SQLite file; and the lanes.
+
+The lanes are assigned here, by test module, rather than in each file (see `FAST`):
+- `fast`: pure code and tables (core, wire, config, routes, authorization, IP rules, the
+  ambiguity rules, the shortcut differential's pure half, the docs) and the admin service on
+  SQLite. `make test-fast` runs them (`pytest -m fast`); `make test` runs everything.
+- The data path never touches the store, so modules about it run on SQLite only
+  (`ONE_STORE`): their PostgreSQL twins are deselected. Every store and admin test keeps both.
+- PostgreSQL is found or started by the first test that needs it (`shared_postgres`), never at
+  import: the fast lane starts none.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +21,11 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 from yarl import URL
 
@@ -26,6 +36,93 @@ from tests.pgserver import postgres_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-key-0123456789abcdef"
+
+# The lanes, by test module: a file's name without `.py`, or a prefix ending in `*`.
+# Every test of these is `fast`: pure code and tables, milliseconds each.
+FAST = {
+    "test_accesslog",
+    "test_ambiguous",
+    "test_architecture",
+    "test_authorize",
+    "test_config",
+    "test_deploy",
+    "test_docs",
+    "test_iprules",
+    "test_keyring",
+    "test_ratelimit",
+    "test_routes",
+    "test_wire",
+}
+FAST_WITHOUT_FIXTURES = {"test_shape_differential"}  # the pure half: the rest drive a live gateway
+FAST_ON_SQLITE = {"test_admin"}  # the admin service over HTTP, on SQLite (PostgreSQL: full suite)
+# The data path reads the in-memory keyring and never the store: one store is enough for it.
+ONE_STORE = {
+    "test_adversarial",
+    "test_exhaustion",
+    "test_forward_auth",
+    "test_proxy_decisions",
+    "test_proxy_http",
+    "test_ratelimit*",
+    "test_request_properties",
+    "test_shape_differential",
+    "test_upstream_framing",
+}
+
+
+def _listed(module: str, names: set[str]) -> bool:
+    return any(module == name or (name.endswith("*") and module.startswith(name[:-1])) for name in names)
+
+
+def _is_fast(item: pytest.Item, database: str | None) -> bool:
+    module = item.path.stem
+    if database == "postgres":
+        return False
+    if _listed(module, FAST | FAST_ON_SQLITE):
+        return True
+    # asks for no fixture: its signature is empty (hypothesis hides what it draws; the autouse
+    # fixtures of pytest-asyncio are no concern of the test)
+    function = getattr(item, "function", None)
+    return _listed(module, FAST_WITHOUT_FIXTURES) and function is not None and not signature(function).parameters
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A renamed test file must not leave a lane silently: every name above names a file."""
+    here = {path.stem for path in Path(__file__).parent.glob("test_*.py")}
+    lanes = FAST | FAST_WITHOUT_FIXTURES | FAST_ON_SQLITE | ONE_STORE
+    stale = sorted(name for name in lanes if not any(_listed(module, {name}) for module in here))
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py lists test modules that do not exist: {', '.join(stale)}")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """`-m fast` does not import a module that holds no fast test: importing (and rewriting the
+    asserts of) all of them costs seconds, and some find or start PostgreSQL at import."""
+    if config.getoption("markexpr", "").strip() != "fast":
+        return None
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    if _listed(collection_path.stem, FAST | FAST_WITHOUT_FIXTURES | FAST_ON_SQLITE):
+        return None
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks the fast tests, and deselects the PostgreSQL twin of each data-path test."""
+    kept: list[pytest.Item] = []
+    twins: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        database = callspec.params.get("database_url") if callspec is not None else None
+        if database == "postgres" and _listed(item.path.stem, ONE_STORE):
+            twins.append(item)
+            continue
+        if _is_fast(item, database):
+            item.add_marker(pytest.mark.fast)
+        kept.append(item)
+    if twins:
+        config.hook.pytest_deselected(items=twins)
+        items[:] = kept
 
 
 def free_port() -> int:
@@ -52,12 +149,27 @@ def make_key(**fields: Any) -> Key:
     return Key(**(base | fields))
 
 
-POSTGRES = postgres_url()  # the machine's, or a throwaway server started for this session
+def __getattr__(name: str) -> str:
+    """`from tests.conftest import POSTGRES`: the shared server's URL, looked for (or started)
+    when a module imports it rather than when this one loads. The fast lane never imports such
+    a module (see `pytest_ignore_collect`); tests written from now on take `shared_postgres`."""
+    if name == "POSTGRES":
+        return postgres_url()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@pytest.fixture(scope="session")
+def shared_postgres() -> str:
+    """The session's PostgreSQL (tests/pgserver.py): the machine's, or a throwaway server that
+    the first test asking for it starts and the session's end removes."""
+    return postgres_url()
 
 
 def drop_schema(schema: str) -> None:
+    import asyncpg  # only the PostgreSQL tests pay for it
+
     async def drop() -> None:
-        conn = await asyncpg.connect(POSTGRES)
+        conn = await asyncpg.connect(postgres_url())
         try:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
@@ -68,15 +180,17 @@ def drop_schema(schema: str) -> None:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each test runs on both backends; on PostgreSQL in a schema of its own, dropped after.
+    """Each test runs on both backends (but see `ONE_STORE`); on PostgreSQL in a schema of its
+    own, dropped after. Only the PostgreSQL case asks for the server, so SQLite never waits on it.
 
     A plain (not async) fixture, so pytest tears it down strictly after the gateways using it.
     """
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/gateway.db"
         return
+    server = request.getfixturevalue("shared_postgres")
     schema = f"t_{uuid.uuid4().hex[:16]}"
-    yield f"{POSTGRES}?schema={schema}"
+    yield f"{server}?schema={schema}"
     drop_schema(schema)
 
 

@@ -3,10 +3,13 @@
 `GATEWAY_TEST_POSTGRES` names a server to use. Otherwise the tests use the one at
 127.0.0.1:5432 if it answers, and else start a throwaway server of their own: `initdb` into a
 temporary folder, `pg_ctl start` on a free port with trust authentication, a database `test`;
-it is stopped and removed when the test session ends. The binaries come from Debian's
-`postgresql` package (`make test` installs it when missing). PostgreSQL refuses to run as
-root, so a root session runs it as the `postgres` user the package creates. A test that must
-restart or stop its server makes a `Throwaway` of its own (never the shared one).
+it is stopped and removed when the test session ends. The server is looked for (and started)
+by the first test that needs it, not when the tests are collected: a session that runs no
+PostgreSQL test, such as `make test-fast`, never starts one (`initdb`, `pg_ctl start` and
+`createdb` take 1.1-1.2 s here) and needs no `postgresql` package. The binaries come from
+Debian's `postgresql` package (`make test` installs it when missing). PostgreSQL refuses to
+run as root, so a root session runs it as the `postgres` user the package creates. A test
+that must restart or stop its server makes a `Throwaway` of its own (never the shared one).
 """
 
 from __future__ import annotations
@@ -103,8 +106,19 @@ def _start_throwaway() -> str:
     return server.url
 
 
+_shared: str | None = None
+
+
 def postgres_url() -> str:
-    """The server the tests use (see the module's docstring)."""
+    """The server the tests use (see the module's docstring): found, or started, on the first
+    call; every later call in the session answers the same without looking again."""
+    global _shared
+    if _shared is None:
+        _shared = _find_or_start()
+    return _shared
+
+
+def _find_or_start() -> str:
     url = os.environ.get("GATEWAY_TEST_POSTGRES")
     if url:
         return url
