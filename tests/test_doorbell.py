@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store import doorbell, sqlite
-from tests.conftest import make_key, wait_for_port
+from tests.conftest import make_key, wait_for_port, workflow_status
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("runuser"), reason="needs root (runuser)")
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -300,14 +300,7 @@ def admin(url: str, token: str, method: str, path: str, body: object = None) -> 
         return json.loads(raw) if raw else None
 
 
-def status(url: str, key: str) -> int:
-    request = urllib.request.Request(url + "/api/v5/workflow/task/approve", method="POST", data=b"")
-    request.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
+status = workflow_status  # (tests/conftest.py)
 
 
 @ROOT_ONLY

@@ -129,6 +129,17 @@ async def test_a_dribbled_body_read_for_its_app_id_is_cut_off(start_gateway: Any
     assert scripted.paths == []
 
 
+async def served(port: int, source: str, key: str) -> bool:
+    """A new client from `source` is answered 200."""
+    client = await RawClient.connect(port, source)
+    try:
+        await client.send(get(b"/p", key))
+        (response,) = await client.read_responses(1, timeout=3.0)
+        return response.status == 200
+    finally:
+        await client.close()
+
+
 async def admin_answers(running: Any) -> None:
     async with (
         aiohttp.ClientSession() as session,
@@ -176,13 +187,7 @@ async def test_connections_over_the_limits_are_closed_at_once(start_gateway: Any
         for sock in held[-5:]:  # room again: a client gets in and is served
             sock.close()
         await asyncio.sleep(0.1)
-        client = await RawClient.connect(port, "127.0.0.9")
-        try:
-            await client.send(get(b"/p", key))
-            (response,) = await client.read_responses(1, timeout=3.0)
-            assert response.status == 200
-        finally:
-            await client.close()
+        assert await served(port, "127.0.0.9", key)
     finally:
         for sock in held:
             sock.close()
@@ -198,13 +203,7 @@ async def test_a_thousand_idle_connections_lock_no_one_out(start_gateway: Any, s
         for n in range(2, 13):
             held += await asyncio.to_thread(open_idle, port, f"127.0.1.{n}", 100)
         await asyncio.sleep(0.1)
-        client = await RawClient.connect(port, "127.0.2.1")
-        try:
-            await client.send(get(b"/p", key))
-            (response,) = await client.read_responses(1, timeout=3.0)
-            assert response.status == 200
-        finally:
-            await client.close()
+        assert await served(port, "127.0.2.1", key)
         await admin_answers(running)
     finally:
         for sock in held:

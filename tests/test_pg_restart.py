@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import free_port, wait_for_port, workflow_status
 from tests.pgserver import Throwaway
 
 WORKFLOW = "/api/v5/workflow/task/approve"
@@ -72,13 +72,7 @@ class Replica:
             return err.code, json.loads(err.read() or b"null")
 
     def status(self, key: str) -> int:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.proxy_port}{WORKFLOW}", data=b"", method="POST")
-        request.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status
-        except urllib.error.HTTPError as err:
-            return err.code
+        return workflow_status(f"http://127.0.0.1:{self.proxy_port}", key)
 
     def log(self) -> str:
         return self.output.read_text(errors="replace")

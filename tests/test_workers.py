@@ -7,7 +7,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import Process, wait_for_port
+from tests.conftest import Process, wait_for_port, workflow_status
 
 
 def admin(proc: Process, method: str, path: str, body=None):
@@ -20,14 +20,7 @@ def admin(proc: Process, method: str, path: str, body=None):
 
 
 def call(proc: Process, key: str) -> int:
-    """One request on a new connection; the kernel spreads new connections over the workers."""
-    request = urllib.request.Request(proc.proxy_url + "/api/v5/workflow/task/approve", method="POST", data=b"")
-    request.add_header("Authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
+    return workflow_status(proc.proxy_url, key)
 
 
 def test_two_workers_share_the_port_and_see_changes(spawn, upstream_process) -> None:
