@@ -234,11 +234,10 @@ async def test_a_client_that_never_reads_its_answers_cannot_fill_our_memory(
     them used to have them all queued in the gateway (10 MB of requests: +114 MiB)."""
     running = await start(start_gateway, scripted, idle_timeout=1.0)
     port = running.gateway.proxy.port
+    flood = b"GET / HTTP/1.1\r\n\r\n" * 300_000  # (made before measuring: 5.4 MB of this process's own)
     with open("/proc/self/statm") as statm:
         before = int(statm.read().split()[1]) * 4096
-    await asyncio.gather(
-        *(asyncio.to_thread(flood_without_reading, port, b"GET / HTTP/1.1\r\n\r\n" * 300_000) for _ in range(4))
-    )
+    await asyncio.gather(*(asyncio.to_thread(flood_without_reading, port, flood) for _ in range(4)))
     with open("/proc/self/statm") as statm:
         grown = int(statm.read().split()[1]) * 4096 - before
     assert grown < 40 * 1024 * 1024, f"resident memory grew by {grown >> 20} MiB"

@@ -365,7 +365,7 @@ def test_the_config_accepts_the_registered_database_urls_only() -> None:
         url = scheme.prefix + "host/db"
         assert schemes.find(url) is scheme and schemes.problem(url) is None
         assert parse_config({"database": url}, {}).database.startswith(scheme.prefix)
-    for url in ("sqlite:///", "mysql://host/db", "sqlite://x.db", "file:///x.yaml"):
+    for url in ("sqlite:///", "mysql://host/db", "sqlite://x.db", "file:///"):
         expected = schemes.problem(url)
         with pytest.raises(RuleError) as caught:
             parse_config({"database": url}, {})
