@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.admin.service import KeyService
 from gateway.core.errors import RuleError
-from gateway.core.record import CATEGORIES, iso_time
+from gateway.core.record import iso_time
 from gateway.core.routes import RouteTable
 from gateway.core.tokens import PERMISSIONS, ROOT, Principal
 from gateway.store import STORE_ERRORS
@@ -387,8 +387,20 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 
 
 async def interfaces(request: web.Request) -> web.Response:
-    catalogue = request.app[ROUTES].catalogue
-    categories = [{"id": c, "interfaces": list(catalogue.get(c, []))} for c in CATEGORIES]
+    table = request.app[ROUTES]
+    categories = []
+    for c in table.listed():
+        ids = table.catalogue.get(c, [])
+        named = {i: table.interface_names[i] for i in ids if i in table.interface_names}
+        name = table.category_names[c]
+        categories.append(
+            {
+                "id": c,
+                "name": {"en": name.en, "zh": name.zh},
+                "interfaces": list(ids),
+                "interface_names": {i: {"en": n.en, "zh": n.zh} for i, n in named.items()},
+            }
+        )
     return web.json_response({"categories": categories})
 
 

@@ -200,7 +200,7 @@ def parse_interfaces(value: Any, known: Callable[[str], bool] = lambda _: True) 
         if not isinstance(item, str):
             raise RuleError(field, f"{field} must be a string")
         category, dot, name = item.strip().partition(".")
-        if category not in CATEGORIES:
+        if category not in CATEGORIES and not known(category):
             categories = ", ".join(CATEGORIES)
             raise RuleError(field, f"{field}: unknown category (known: {categories})")
         if dot and not INTERFACE_NAME.fullmatch(name):

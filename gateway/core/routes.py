@@ -15,6 +15,7 @@ from gateway.core.errors import RuleError
 from gateway.core.memo import remember
 from gateway.core.record import CATEGORIES
 
+CATEGORY_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME_PART = re.compile(r"[A-Za-z0-9_]*")
 APP_SOURCES = ("body", "path", "query", "header")
@@ -35,6 +36,29 @@ class RouteRule:
 
 
 @dataclass(frozen=True)
+class Names:
+    """A human-readable name in English and Chinese."""
+
+    en: str
+    zh: str
+
+
+@dataclass(frozen=True)
+class CatalogueInterface:
+    id: str  # <category>.<name>
+    name: Names
+
+
+@dataclass(frozen=True)
+class CatalogueCategory:
+    """One category of the operator's own API, with its interfaces (`routes.catalogue`)."""
+
+    category: str
+    name: Names
+    interfaces: tuple[CatalogueInterface, ...] = ()
+
+
+@dataclass(frozen=True)
 class Routes:
     """The `routes` section of the config."""
 
@@ -42,6 +66,7 @@ class Routes:
     unknown: str = "deny"
     max_body_inspect: int = 1048576
     rules: tuple[RouteRule, ...] = ()
+    catalogue: tuple[CatalogueCategory, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +127,18 @@ PRESET: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
+# The platform categories' names, shown beside their ids by GET /api/v1/interfaces.
+CATEGORY_NAMES: dict[str, Names] = {
+    "contacts": Names("Contacts", "通讯录"),
+    "app": Names("Apps", "应用"),
+    "form": Names("Forms", "表单"),
+    "data": Names("Data", "数据"),
+    "file": Names("Files", "文件"),
+    "workflow": Names("Workflow", "流程"),
+    "crm": Names("CRM", "客户管理"),
+}
+
+
 # The preset's data actions are listed by id, not as the `data.{action}` template, so an
 # interface scope naming `data.lst` is refused instead of allowing nothing.
 PRESET_IDS: dict[str, tuple[str, ...]] = {"data.{action}": tuple(dict.fromkeys(_DATA_OPS.values()))}
@@ -142,21 +179,57 @@ def split_path(path: str) -> list[str] | None:
 class RouteTable:
     """Compiled rules. `match` is pure and allocation-light; results are memoised."""
 
-    def __init__(self, rules: tuple[RouteRule, ...]) -> None:
+    def __init__(self, rules: tuple[RouteRule, ...], catalogue: tuple[CatalogueCategory, ...] = ()) -> None:
         self._root = _Node()
         self.catalogue: dict[str, list[str]] = {c: [] for c in CATEGORIES}
+        self.category_names: dict[str, Names] = dict(CATEGORY_NAMES)
+        self.interface_names: dict[str, Names] = {}
+        self.own: list[str] = []  # catalogue categories in the order the config writes them
+        self.preset = "jiandaoyun"
         self._accepted: list[re.Pattern[str]] = []
         self._cache: dict[tuple[str, str], RouteMatch | None] = {}
         self.app_keys: set[str] = set()  # every name an app id is read by (a second place is checked)
+        for i, category in enumerate(catalogue):
+            self._add_category(category, f"routes.catalogue[{i}]")
         for i, rule in enumerate(rules):
             self._add(rule, f"routes.rules[{i}]")
 
     def accepts(self, interface: str) -> bool:
         """Whether a key's interface scope may name this id: a category, a listed interface id,
         or an id a listed template (`workflow.{rest}`) produces."""
-        if interface in CATEGORIES:
+        if interface in self.catalogue:
             return True
         return any(pattern.fullmatch(interface) for pattern in self._accepted)
+
+    def listed(self) -> list[str]:
+        """The categories GET /api/v1/interfaces shows: the platform's seven under a preset
+        (crm may be empty), only those with interfaces under `preset: none`, then the catalogue's."""
+        order = list(CATEGORIES) + [c for c in self.own if c not in CATEGORIES]
+        if self.preset == "none":
+            return [c for c in order if c in self.own or self.catalogue[c]]
+        return order
+
+    def _add_category(self, entry: CatalogueCategory, where: str) -> None:
+        if not CATEGORY_NAME.fullmatch(entry.category):
+            raise RuleError(f"{where}.category", f"1-64 letters, digits, _ and -, got {entry.category!r}")
+        if entry.category in self.own:
+            raise RuleError(f"{where}.category", f"{entry.category!r} is listed twice")
+        _check_names(entry.name, f"{where}.name")
+        self.own.append(entry.category)
+        self.catalogue.setdefault(entry.category, [])
+        self.category_names[entry.category] = entry.name
+        for j, interface in enumerate(entry.interfaces):
+            at = f"{where}.interfaces[{j}]"
+            category, dot, name = interface.id.partition(".")
+            if category != entry.category or not dot or not name or not NAME_PART.fullmatch(name):
+                message = f"expected {entry.category}.<name> (letters, digits and _), got {interface.id!r}"
+                raise RuleError(f"{at}.id", message)
+            if interface.id in self.interface_names:
+                raise RuleError(f"{at}.id", f"{interface.id!r} is listed twice")
+            _check_names(interface.name, f"{at}.name")
+            self.interface_names[interface.id] = interface.name
+            self.catalogue[category].append(interface.id)
+            self._accepted.append(_template_pattern(interface.id))
 
     def _add(self, rule: RouteRule, where: str, catalogue_ids: dict[str, tuple[str, ...]] | None = None) -> None:
         catalogue_ids = catalogue_ids or {}
@@ -191,7 +264,7 @@ class RouteTable:
                 node.capture = node.capture or _Node()
                 node = node.capture
         leaf = _Leaf(
-            interface_parts=self._template(rule.interface, params, rest_index, where),
+            interface_parts=self._template(rule.interface, params, rest_index, where, self.catalogue),
             params=params,
             rest_index=rest_index,
             methods=self._methods(rule.methods, where),
@@ -218,12 +291,17 @@ class RouteTable:
 
     @staticmethod
     def _template(
-        template: str, params: dict[str, tuple[int, int, int]], rest_index: int | None, where: str
+        template: str,
+        params: dict[str, tuple[int, int, int]],
+        rest_index: int | None,
+        where: str,
+        categories: dict[str, list[str]],
     ) -> tuple[str | tuple[str], ...]:
         category, dot, name = template.partition(".")
-        if category not in CATEGORIES or not dot or not name:
-            known = ", ".join(CATEGORIES)
-            raise RuleError(f"{where}.interface", f"expected <category>.<name> with category in {known}")
+        if category not in categories or not dot or not name:
+            known = ", ".join(categories)
+            message = f"expected <category>.<name> with category in {known} (or one of routes.catalogue)"
+            raise RuleError(f"{where}.interface", message)
         parts: list[str | tuple[str]] = [category + "."]
         for i, piece in enumerate(PARAM.split(name)):
             if i % 2:
@@ -302,9 +380,18 @@ def _walk(node: _Node, segments: list[str], i: int, method: str) -> _Leaf | None
     return None
 
 
+def _check_names(names: Names, where: str) -> None:
+    for language in ("en", "zh"):
+        text = getattr(names, language).strip()
+        if not 1 <= len(text) <= 100 or any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in text):
+            raise RuleError(f"{where}.{language}", "1-100 characters, no control characters")
+
+
 def compile_routes(routes: Routes) -> RouteTable:
-    """User rules first (they win over an identical preset path), then the preset."""
-    table = RouteTable(routes.rules)
+    """Catalogue first (rules may name its categories), user rules (they win over an identical
+    preset path), then the preset."""
+    table = RouteTable(routes.rules, routes.catalogue)
+    table.preset = routes.preset
     for rule in preset_rules(routes.preset):
         table._add(rule, "routes.preset", PRESET_IDS)
     return table

@@ -13,6 +13,7 @@ const state = {
   keys: [], // the page shown
   accounts: {}, // account -> number of keys
   catalogue: [],
+  names: {}, // id -> {en, zh}, as GET /api/v1/interfaces names them (the operator's own catalogue)
   limits: { keys_per_account: 500, ips_per_key: 50 },
   revealed: new Map(),
   pages: [null], // the cursor of each page seen so far; the last one is the page shown
@@ -38,7 +39,9 @@ function t(name, values = {}) {
 
 function label(id) {
   const names = NAMES[id];
-  return names ? names[state.lang === "zh" ? 1 : 0] : id;
+  if (names) return names[state.lang === "zh" ? 1 : 0];
+  const given = state.names[id];
+  return given ? (state.lang === "zh" ? given.zh : given.en) || id : id;
 }
 
 function translatePage() {
@@ -199,6 +202,11 @@ async function enter() {
   try {
     const catalogue = await api("GET", "/api/v1/interfaces");
     state.catalogue = catalogue.categories;
+    state.names = {};
+    for (const category of state.catalogue) {
+      if (category.name) state.names[category.id] = category.name;
+      Object.assign(state.names, category.interface_names || {});
+    }
     await loadSettings();
     await loadPage(null);
   } catch (err) {
