@@ -42,6 +42,107 @@ def test_preset(method: str, path: str, interface: str, source: str | None, app_
     assert (match.interface, match.app_source, match.app_id) == (interface, source, app_id)
 
 
+# Every path the official demo clients (github jiandaoyun/api-demo) call, as each sends it:
+# Python, Node and Java use the v5 shapes, Go (and C#) the older ones. Same operation, same id.
+V5 = "python, node, java"
+DEMO_CLIENTS = [
+    (V5, "/api/v5/app/list", "app.list", None, None),
+    (V5, "/api/v5/app/entry/list", "app.entry_list", "body", None),
+    (V5, "/api/v5/app/entry/widget/list", "form.widget_list", "body", None),
+    *(
+        (V5, f"/api/v5/app/entry/data/{op}", f"data.{op}", "body", None)
+        for op in ("create", "get", "update", "delete", "batch_create", "list", "batch_update", "batch_delete")
+    ),
+    (V5, "/api/v5/app/entry/file/get_upload_token", "file.get_upload_token", "body", None),
+    *(
+        (V5, f"/api/v5/corp/department/{op}", "contacts.department_" + op.replace("/", "_"), None, None)
+        for op in ("list", "create", "update", "delete", "dept_no/get", "import", "user/list")
+    ),
+    *(
+        (V5, f"/api/v5/corp/user/{op}", f"contacts.user_{op}", None, None)
+        for op in ("get", "create", "update", "delete", "batch_delete", "import")
+    ),
+    *(
+        (V5, f"/api/v5/corp/role/{op}", "contacts.role_" + op.replace("/", "_"), None, None)
+        for op in ("list", "create", "update", "delete", "user/list", "add_members", "remove_members")
+    ),
+    *(
+        (V5, f"/api/v5/corp/role_group/{op}", f"contacts.role_group_{op}", None, None)
+        for op in ("list", "create", "update", "delete")
+    ),
+    *(
+        (V5, f"/api/v5/corp/guest/{op}", "contacts.guest_" + op.replace("/", "_"), None, None)
+        for op in ("department/list", "user/list", "user/get")
+    ),
+    ("go", "/api/v1/app/retrieve_all", "app.list", None, None),
+    ("go", "/api/v1/app/A1/entry_retrieve", "app.entry_list", "path", "A1"),
+    ("go", "/api/v2/app/A1/entry/E1/widgets", "form.widget_list", "path", "A1"),
+    ("go", "/api/v4/app/A1/entry/E1/data_create", "data.create", "path", "A1"),
+    ("go", "/api/v4/app/A1/entry/E1/data_retrieve", "data.get", "path", "A1"),
+    ("go", "/api/v4/app/A1/entry/E1/data_update", "data.update", "path", "A1"),
+    ("go", "/api/v1/app/A1/entry/E1/data_delete", "data.delete", "path", "A1"),
+    ("go", "/api/v1/app/A1/entry/E1/data_batch_create", "data.batch_create", "path", "A1"),
+    ("go", "/api/v1/app/A1/entry/E1/data", "data.list", "path", "A1"),
+    ("go", "/api/v1/app/A1/entry/E1/data_batch_update", "data.batch_update", "path", "A1"),
+    ("go", "/api/v1/app/A1/entry/E1/data_batch_delete", "data.batch_delete", "path", "A1"),
+    ("go", "/api/v1/app/A1/entry/E1/file/get_upload_token", "file.get_upload_token", "path", "A1"),
+    ("go", "/api/v1/app/A1/entry/E1/data/D1/approval_comments", "workflow.approval_comments", "path", "A1"),
+    ("go", "/api/v2/department/1/department_list", "contacts.department_list", None, None),
+    ("go", "/api/v2/department/create", "contacts.department_create", None, None),
+    ("go", "/api/v2/department/12/update", "contacts.department_update", None, None),
+    ("go", "/api/v2/department/12/delete", "contacts.department_delete", None, None),
+    ("go", "/api/v2/department/get_deptno_by_integrateid", "contacts.department_dept_no_get", None, None),
+    ("go", "/api/v2/department/import", "contacts.department_import", None, None),
+    ("go", "/api/v2/department/1/member_list", "contacts.department_user_list", None, None),
+    ("go", "/api/v1/department/1/member_list", "contacts.department_user_list", None, None),
+    ("go", "/api/v2/user/jane/user_retrieve", "contacts.user_get", None, None),
+    ("go", "/api/v2/user/create", "contacts.user_create", None, None),
+    ("go", "/api/v2/user/jane/update", "contacts.user_update", None, None),
+    ("go", "/api/v2/user/jane/delete", "contacts.user_delete", None, None),
+    ("go", "/api/v2/user/batch_delete", "contacts.user_batch_delete", None, None),
+    ("go", "/api/v2/user/import", "contacts.user_import", None, None),
+    ("go", "/api/v2/role/list", "contacts.role_list", None, None),
+    ("go", "/api/v2/role/create", "contacts.role_create", None, None),
+    ("go", "/api/v2/role/update", "contacts.role_update", None, None),
+    ("go", "/api/v2/role/delete", "contacts.role_delete", None, None),
+    ("go", "/api/v2/role/member_list", "contacts.role_user_list", None, None),
+    ("go", "/api/v2/role/add_members", "contacts.role_add_members", None, None),
+    ("go", "/api/v2/role/remove_members", "contacts.role_remove_members", None, None),
+    ("go", "/api/v2/role_group/list", "contacts.role_group_list", None, None),
+    ("go", "/api/v2/role_group/create", "contacts.role_group_create", None, None),
+    ("go", "/api/v2/role_group/update", "contacts.role_group_update", None, None),
+    ("go", "/api/v2/role_group/delete", "contacts.role_group_delete", None, None),
+    ("go", "/api/v4/corp_coop/guest/department_list", "contacts.guest_department_list", None, None),
+    ("go", "/api/v4/corp_coop/guest/member_list", "contacts.guest_user_list", None, None),
+    ("go", "/api/v4/corp_coop/guest/user_retrieve", "contacts.guest_user_get", None, None),
+]
+
+
+@pytest.mark.parametrize(("client", "path", "interface", "source", "app_id"), DEMO_CLIENTS)
+def test_every_demo_client_call_is_routed(
+    client: str, path: str, interface: str, source: str | None, app_id: str | None
+) -> None:
+    match = PRESET.match("POST", path)  # every demo client call is a POST
+    assert match is not None, (client, path)
+    assert (match.interface, match.app_source, match.app_id) == (interface, source, app_id)
+    assert PRESET.accepts(interface)
+
+
+def test_older_contacts_paths_are_exact() -> None:
+    for path in (
+        "/api/v2/department/1/2/department_list",
+        "/api/v2/department/1/other",
+        "/api/v2/user/jane",
+        "/api/v2/role/nothing",
+        "/api/v2/role_group/x/list",
+        "/api/v4/corp_coop/department_list",
+        "/api/v4/corp_coop/guest/other",
+    ):
+        assert PRESET.match("POST", path) is None, path
+    older = [i for i in PRESET.catalogue["contacts"] if "{" not in i]
+    assert "contacts.department_list" in older and "contacts.{rest}" in PRESET.catalogue["contacts"]
+
+
 @pytest.mark.parametrize(
     "path",
     [

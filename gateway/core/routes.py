@@ -110,6 +110,38 @@ _DATA_OPS = {
     "data_batch_delete": "data.batch_delete",
 }
 _V1_ENTRY = "app/{app_id}/entry/{entry_id}"
+# The older contacts paths (v1-v4, without `corp/`) the Go and C# demo clients call, each named
+# as the `corp/**` path of the same operation names it (`corp/department/list` is
+# contacts.department_list), so one interface scope covers both versions of a call.
+_OLDER_CONTACTS = {
+    "department/{dept_no}/department_list": "department_list",
+    "department/create": "department_create",
+    "department/{dept_no}/update": "department_update",
+    "department/{dept_no}/delete": "department_delete",
+    "department/get_deptno_by_integrateid": "department_dept_no_get",
+    "department/import": "department_import",
+    "department/{dept_no}/member_list": "department_user_list",
+    "user/{username}/user_retrieve": "user_get",
+    "user/create": "user_create",
+    "user/{username}/update": "user_update",
+    "user/{username}/delete": "user_delete",
+    "user/batch_delete": "user_batch_delete",
+    "user/import": "user_import",
+    "role/list": "role_list",
+    "role/create": "role_create",
+    "role/update": "role_update",
+    "role/delete": "role_delete",
+    "role/member_list": "role_user_list",
+    "role/add_members": "role_add_members",
+    "role/remove_members": "role_remove_members",
+    "role_group/list": "role_group_list",
+    "role_group/create": "role_group_create",
+    "role_group/update": "role_group_update",
+    "role_group/delete": "role_group_delete",
+    "corp_coop/guest/department_list": "guest_department_list",
+    "corp_coop/guest/member_list": "guest_user_list",
+    "corp_coop/guest/user_retrieve": "guest_user_get",
+}
 PRESET: tuple[tuple[str, str, str | None], ...] = (
     ("app/list", "app.list", None),
     ("app/entry/list", "app.entry_list", "body.app_id"),
@@ -124,6 +156,7 @@ PRESET: tuple[tuple[str, str, str | None], ...] = (
     (f"{_V1_ENTRY}/data/{{data_id}}/approval_comments", "workflow.approval_comments", "path.app_id"),
     ("corp/**", "contacts.{rest}", None),
     ("workflow/**", "workflow.{rest}", None),
+    *((path, f"contacts.{name}", None) for path, name in _OLDER_CONTACTS.items()),
 )
 
 
