@@ -201,8 +201,8 @@ def parse_interfaces(value: Any, known: Callable[[str], bool] = lambda _: True) 
             raise RuleError(field, f"{field} must be a string")
         category, dot, name = item.strip().partition(".")
         if category not in CATEGORIES and not known(category):
-            categories = ", ".join(CATEGORIES)
-            raise RuleError(field, f"{field}: unknown category (known: {categories})")
+            message = f"{field}: unknown category {category!r} (GET /api/v1/interfaces lists the categories)"
+            raise RuleError(field, message)
         if dot and not INTERFACE_NAME.fullmatch(name):
             message = f"{field}: an interface name is letters, digits and '_'"
             raise RuleError(field, message)
