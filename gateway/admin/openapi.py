@@ -24,10 +24,15 @@ from gateway.admin.api import ROUTE_TABLE, STATUS_OF, Route
 from gateway.admin.service import DEFAULT_PAGE, MAX_GRACE, MAX_PAGE, MAX_SEARCH
 from gateway.core import record, sealing
 from gateway.core.ratelimit import MAX_LIMITS, MAX_REQUESTS, WINDOWS
+from gateway.core.routes import CATEGORY_NAME
 from gateway.core.tokens import PERMISSIONS, Token
 from gateway.store import Audit
 
 Schema = dict[str, Any]
+NAMES: dict[str, Any] = {  # a name in both languages (routes.catalogue)
+    "type": "object",
+    "properties": {"en": {"type": "string"}, "zh": {"type": "string"}},
+}
 AUDIT_ACTIONS = ("create", "update", "copy", "delete", "reveal", "rotate")
 CREATE_ONLY = ("account",)  # set on create, never changed (record.parse_changes)
 PLAIN_TEXT = {"Metrics": "text/plain"}  # answers that are not JSON
@@ -78,9 +83,9 @@ def _text(padded: bool) -> Schema:
 
 
 def _interface(padded: bool) -> Schema:
-    """A category, or `category.name` (record.parse_interfaces); the catalogue decides which."""
-    categories = "|".join(record.CATEGORIES)
-    entry = f"(?:{categories})(?:\\.{record.INTERFACE_NAME.pattern})?"
+    """A category, or `category.name` (record.parse_interfaces); the catalogue decides which
+    (the platform's seven, and any of `routes.catalogue`: GET /api/v1/interfaces lists them)."""
+    entry = f"(?:{CATEGORY_NAME.pattern})(?:\\.{record.INTERFACE_NAME.pattern})?"
     space = _classes()[0]
     pattern = f"^{space}*{entry}{space}*$" if padded else f"^{entry}$"
     return {"type": "string", "pattern": pattern, "description": "a category or an interface id of the catalogue"}
@@ -305,14 +310,14 @@ def schemas() -> dict[str, Schema]:
             "properties": {
                 "categories": {
                     "type": "array",
-                    "minItems": len(record.CATEGORIES),
-                    "maxItems": len(record.CATEGORIES),
                     "items": {
                         "type": "object",
                         "required": ["id", "interfaces"],
                         "properties": {
-                            "id": {"enum": list(record.CATEGORIES)},
+                            "id": {"type": "string", "pattern": f"^{CATEGORY_NAME.pattern}$"},
                             "interfaces": {"type": "array", "items": {"type": "string"}},
+                            "name": NAMES,
+                            "interface_names": {"type": "object", "additionalProperties": NAMES},
                         },
                     },
                 }
