@@ -56,6 +56,7 @@ REQUEST_DROP = HOP_BY_HOP | {
 # Content-Length while the gateway and most parsers ignore it, so such a request is ambiguous.
 # (The key header and every X-Gateway-* and X-Forwarded-* name are checked too.)
 TWIN_GUARDED = HOP_BY_HOP | REQUEST_DROP
+SET_BY_US = (b"x-gateway-", b"x-forwarded-")  # name prefixes the gateway alone writes upstream
 NO_TOKENS: frozenset[bytes] = frozenset()
 NAME_MEMO_ENTRIES = 1024
 NAME_MEMO_LENGTH = 64
@@ -134,9 +135,7 @@ class HeadRules:
         if found is None:
             lower = name.lower()
             canon = canonical(lower)
-            if canon != lower and (
-                canon in TWIN_GUARDED or canon == self.auth_header or canon.startswith((b"x-gateway-", b"x-forwarded-"))
-            ):
+            if canon != lower and (canon in TWIN_GUARDED or canon == self.auth_header or canon.startswith(SET_BY_US)):
                 role = TWIN
             elif canon == self.auth_header:
                 role = KEY
@@ -358,7 +357,7 @@ def upstream_head(
     lines += [
         b"%s: %s\r\n" % (name, value)
         for (name, value), canon in zip(head.headers, head.names, strict=True)
-        if not (canon in drop or canon.startswith((b"x-gateway-", b"x-forwarded-")) or canon in dropped)
+        if not (canon in drop or canon.startswith(SET_BY_US) or canon in dropped)
     ]
     chain = b", ".join(head.forwarded_for) if trusted else b""
     lines.append(

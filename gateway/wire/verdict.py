@@ -59,8 +59,12 @@ def second_places(head: RequestHead, route: RouteMatch) -> object:
     return found[0] if all(value == found[0] for value in found) else AMBIGUOUS
 
 
-def disagree(app_id: object, second: object) -> bool:
-    """An app id read where the route says, against the one `second_places` found."""
+def elsewhere_differs(head: RequestHead, route: RouteMatch, app_id: object) -> bool:
+    """Whether a second place (`second_places`) holds another app id than `app_id`, the one
+    read where the route says; only a request with a query or an app-id header can."""
+    if not (head.app_headers or b"?" in head.url):
+        return False
+    second = second_places(head, route)
     return second is AMBIGUOUS or (second is not None and app_id != second)
 
 
@@ -83,8 +87,7 @@ def judge_head(
         app_id = app_id_in_head(head, route)
         if app_id is AMBIGUOUS:
             return AMBIGUOUS_VERDICT
-        second = route.app_source != "body" and (head.app_headers or b"?" in head.url)  # a second place may hold one
-        if second and disagree(app_id, second_places(head, route)):
+        if route.app_source != "body" and elsewhere_differs(head, route, app_id):
             return AMBIGUOUS_VERDICT
     found = app_id if isinstance(app_id, str) else None
     decision = decide.authorize(key, head.key_sent, ip, head.plugin, route, found, unknown_allowed, now)
@@ -103,7 +106,7 @@ def judge_body(body: bytes, route: RouteMatch, key: KeySnapshot, head: RequestHe
     app_id = body_app_id(body, route.app_key or "")
     if app_id is AMBIGUOUS:
         return AMBIGUOUS_VERDICT
-    if (head.app_headers or b"?" in head.url) and disagree(app_id, second_places(head, route)):
+    if elsewhere_differs(head, route, app_id):
         return AMBIGUOUS_VERDICT
     found = app_id if isinstance(app_id, str) else None
     return decide.authorize_app(key, found), found
