@@ -454,3 +454,14 @@ def workflow_status(proxy_url: str, key: str) -> int:
             return response.status
     except urllib.error.HTTPError as err:
         return err.code
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[Any]:
+    """An upstream recording the raw bytes of every request (tests/rawupstream.py)."""
+    from tests.rawupstream import RawUpstream
+
+    upstream = RawUpstream()
+    await upstream.start()
+    yield upstream
+    await upstream.stop()

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,20 +26,6 @@ RULES = [
     {"path": "/q/{x}", "interface": "crm.query", "app_id": "query.app_id"},
     {"path": "/h/{x}", "interface": "crm.header", "app_id": "header.X-App-Id"},
 ]
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    """SQLite only: these tests are about the wire, and the store is the same on both backends."""
-    yield f"sqlite:///{tmp_path}/gateway.db"
-
-
-@pytest.fixture
-async def raw_upstream() -> AsyncIterator[RawUpstream]:
-    upstream = RawUpstream()
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
 
 
 @dataclass

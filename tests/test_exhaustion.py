@@ -11,22 +11,15 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests import test_upstream_framing as framing
 from tests.rawhttp import RawClient
 from tests.test_upstream_framing import ScriptedUpstream, get
 
 scripted = framing.scripted  # an upstream answering each path with the bytes it is scripted to (a fixture)
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/gateway.db"
 
 
 async def start(start_gateway: Any, scripted: ScriptedUpstream, **limits: Any) -> Any:

@@ -15,7 +15,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +27,6 @@ from tests.rawupstream import RawUpstream
 
 WORKFLOW = b"/api/v5/workflow/task/approve"
 DELETE = b"/api/v5/app/entry/data/delete"
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/gateway.db"
-
-
-@pytest.fixture
-async def raw_upstream() -> AsyncIterator[RawUpstream]:
-    upstream = RawUpstream()
-    await upstream.start()
-    yield upstream
-    await upstream.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httptools
@@ -86,11 +85,6 @@ class _Scripted(asyncio.Protocol):
         delay = 0.5 if self.url.startswith(b"/slow") else 0.0
         for piece in answer_for(self.url):
             asyncio.get_running_loop().call_later(delay, self.transport.write, piece)
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path}/gateway.db"
 
 
 @pytest.fixture
